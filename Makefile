@@ -1,0 +1,46 @@
+# The README's two commands are `make run` and `make test`; everything else is for developers.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint unit fuzz bench system-deps clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,fuzz]'
+	touch $(STAMP)
+
+# Run the appliance on a demo device (no root needed).
+run: $(STAMP)
+	$(PY) -m tether check etc/tetherctl/bywg0.conf.example
+
+# Install everything the tests need (Debian packages when root) and run the whole suite.
+test: system-deps $(STAMP)
+	$(VENV)/bin/ruff check tether tests fuzz bench
+	$(VENV)/bin/pytest -q
+
+system-deps:
+	scripts/install-system-deps
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tether tests fuzz bench
+	$(VENV)/bin/ruff format --check tether tests fuzz bench
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not e2e"
+
+# make fuzz TARGET=config SECONDS=300   (targets: fuzz/fuzz_*.py)
+TARGET  ?= config
+SECONDS ?= 60
+fuzz: $(STAMP)
+	scripts/fuzz $(TARGET) $(SECONDS)
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

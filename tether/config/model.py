@@ -1,0 +1,314 @@
+"""The typed configuration of one device, read from (and rendered to) wg-quick's file format.
+
+The model is what the rest of tetherctl works with; the document under it is what gets edited
+and written. Parsing checks everything a running device would trip over later (keys, addresses,
+ports, duplicate peers), so a file that parses can be applied without surprises, and an error
+points at the line to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from tether import keys
+from tether.config import values as v
+from tether.config.document import PAIR, Document, Line, Section
+from tether.config.errors import ConfigError
+
+DEFAULT_MTU = 1420
+
+# lower-case key -> (canonical spelling, parser, repeatable)
+INTERFACE_KEYS = {
+    "privatekey": ("PrivateKey", v.parse_key, False),
+    "listenport": ("ListenPort", v.parse_port, False),
+    "address": ("Address", v.parse_interface_address, True),
+    "dns": ("DNS", v.parse_dns, True),
+    "mtu": ("MTU", v.parse_mtu, False),
+    "table": ("Table", v.parse_table, False),
+    "fwmark": ("FwMark", v.parse_fwmark, False),
+    "preup": ("PreUp", str, True),
+    "postup": ("PostUp", str, True),
+    "predown": ("PreDown", str, True),
+    "postdown": ("PostDown", str, True),
+    "saveconfig": ("SaveConfig", v.parse_bool, False),
+}
+PEER_KEYS = {
+    "publickey": ("PublicKey", v.parse_key, False),
+    "presharedkey": ("PresharedKey", v.parse_key, False),
+    "allowedips": ("AllowedIPs", v.parse_network, True),
+    "endpoint": ("Endpoint", v.parse_endpoint, False),
+    "persistentkeepalive": ("PersistentKeepalive", v.parse_keepalive, False),
+}
+LIST_KEYS = {"address", "dns", "allowedips"}  # values are comma-separated lists
+HOOK_KEYS = {"preup", "postup", "predown", "postdown"}  # the whole value is one shell command
+
+
+@dataclass
+class Interface:
+    private_key: bytes
+    listen_port: int | None = None
+    addresses: list[v.IPInterface] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    mtu: int | None = None
+    table: str | None = None
+    fwmark: int | None = None
+    pre_up: list[str] = field(default_factory=list)
+    post_up: list[str] = field(default_factory=list)
+    pre_down: list[str] = field(default_factory=list)
+    post_down: list[str] = field(default_factory=list)
+    save_config: bool = False
+    line: int = field(default=0, compare=False)
+
+    @property
+    def public_key(self) -> bytes:
+        return keys.public_from_private(self.private_key)
+
+    @property
+    def effective_mtu(self) -> int:
+        return self.mtu if self.mtu is not None else DEFAULT_MTU
+
+    @property
+    def own_addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The device's own tunnel addresses. An Address written as a bare network (the original
+        tool's `192.168.90.0/24`) names an address space and gives the device no address in it."""
+        return [a.ip for a in self.addresses if not _is_network_address(a)]
+
+    @property
+    def subnets(self) -> list[v.IPNetwork]:
+        return [a.network for a in self.addresses]
+
+
+@dataclass
+class Peer:
+    public_key: bytes
+    preshared_key: bytes | None = None
+    allowed_ips: list[v.IPNetwork] = field(default_factory=list)
+    endpoint: v.Endpoint | None = None
+    persistent_keepalive: int = 0
+    line: int = field(default=0, compare=False)
+
+    @property
+    def public_key_b64(self) -> str:
+        return keys.encode(self.public_key)
+
+
+@dataclass
+class DeviceConfig:
+    interface: Interface
+    peers: list[Peer] = field(default_factory=list)
+
+    def peer(self, public_key: bytes) -> Peer | None:
+        for peer in self.peers:
+            if peer.public_key == public_key:
+                return peer
+        return None
+
+
+def _is_network_address(addr: v.IPInterface) -> bool:
+    net = addr.network
+    return net.num_addresses > 2 and addr.ip == net.network_address
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def parse_document(doc: Document) -> DeviceConfig:
+    fn = doc.filename
+    for line in doc.preamble.pairs():
+        raise ConfigError(
+            fn, line.lineno, f"{line.key} is outside any [Interface] or [Peer] section"
+        )
+    interface: Interface | None = None
+    interface_line = 0
+    peers: list[Peer] = []
+    seen: dict[bytes, int] = {}
+    for section in doc.sections:
+        name = section.name
+        if name == "interface":
+            if interface is not None:
+                raise ConfigError(
+                    fn,
+                    section.header.lineno,
+                    f"a second [Interface] section (the first is on line {interface_line})",
+                )
+            interface_line = section.header.lineno
+            interface = _build(section, INTERFACE_KEYS, fn, _make_interface)
+        elif name == "peer":
+            peer = _build(section, PEER_KEYS, fn, _make_peer)
+            first = seen.get(peer.public_key)
+            if first is not None:
+                raise ConfigError(
+                    fn,
+                    peer.line,
+                    f"PublicKey {peer.public_key_b64} is already the peer on line {first}",
+                )
+            seen[peer.public_key] = peer.line
+            peers.append(peer)
+        else:
+            raise ConfigError(
+                fn,
+                section.header.lineno,
+                f"unknown section [{section.header.key}] (expected [Interface] or [Peer])",
+            )
+    if interface is None:
+        raise ConfigError(fn, None, "no [Interface] section")
+    own = interface.public_key
+    for peer in peers:
+        if peer.public_key == own:
+            # wg drops such a peer silently; a file that names the device as its own peer is a
+            # mistake (usually a pasted key of the wrong side), so say so.
+            raise ConfigError(fn, peer.line, "PublicKey is this device's own public key")
+    return DeviceConfig(interface, peers)
+
+
+def _build(section: Section, table: dict, fn: str, make):
+    fields: dict[str, object] = {}
+    where: dict[str, int] = {}
+    for line in section.pairs():
+        low = line.key.lower()
+        spec = table.get(low)
+        if spec is None:
+            kind = "[Interface]" if table is INTERFACE_KEYS else "[Peer]"
+            raise ConfigError(fn, line.lineno, f"unknown key {line.key!r} in {kind}")
+        canonical, parser, repeatable = spec
+        try:
+            if low in LIST_KEYS:
+                parsed = [parser(item) for item in v.split_list(line.value)]
+            elif low in HOOK_KEYS:
+                parsed = line.value
+            else:
+                parsed = parser(line.value)
+        except ValueError as e:
+            raise ConfigError(fn, line.lineno, f"{canonical}: {e}") from None
+        if repeatable:
+            items = fields.setdefault(low, [])
+            if low in LIST_KEYS:
+                items.extend(parsed)
+            elif parsed:
+                items.append(parsed)
+        else:
+            if low in fields:
+                raise ConfigError(
+                    fn, line.lineno, f"{canonical} is given twice (first on line {where[low]})"
+                )
+            fields[low] = parsed
+            where[low] = line.lineno
+    return make(fields, section.header.lineno, fn)
+
+
+def _make_interface(f: dict, lineno: int, fn: str) -> Interface:
+    if "privatekey" not in f:
+        raise ConfigError(fn, lineno, "[Interface] has no PrivateKey")
+    return Interface(
+        private_key=f["privatekey"],
+        listen_port=f.get("listenport"),
+        addresses=f.get("address", []),
+        dns=f.get("dns", []),
+        mtu=f.get("mtu"),
+        table=f.get("table"),
+        fwmark=f.get("fwmark"),
+        pre_up=f.get("preup", []),
+        post_up=f.get("postup", []),
+        pre_down=f.get("predown", []),
+        post_down=f.get("postdown", []),
+        save_config=f.get("saveconfig", False),
+        line=lineno,
+    )
+
+
+def _make_peer(f: dict, lineno: int, fn: str) -> Peer:
+    if "publickey" not in f:
+        raise ConfigError(fn, lineno, "[Peer] has no PublicKey")
+    return Peer(
+        public_key=f["publickey"],
+        preshared_key=f.get("presharedkey"),
+        allowed_ips=f.get("allowedips", []),
+        endpoint=f.get("endpoint"),
+        persistent_keepalive=f.get("persistentkeepalive", 0),
+        line=lineno,
+    )
+
+
+def parse_text(text: str, filename: str = "<config>") -> tuple[Document, DeviceConfig]:
+    doc = Document.parse(text, filename)
+    return doc, parse_document(doc)
+
+
+def parse_bytes(data: bytes, filename: str = "<config>") -> tuple[Document, DeviceConfig]:
+    """Files are UTF-8 (a BOM is allowed, as Windows editors write one)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(filename, lineno, "the file is not valid UTF-8") from None
+    return parse_text(text, filename)
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def interface_pairs(iface: Interface) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    if iface.addresses:
+        pairs.append(("Address", ", ".join(str(a) for a in iface.addresses)))
+    if iface.listen_port is not None:
+        pairs.append(("ListenPort", str(iface.listen_port)))
+    pairs.append(("PrivateKey", keys.encode(iface.private_key)))
+    if iface.dns:
+        pairs.append(("DNS", ", ".join(iface.dns)))
+    if iface.mtu is not None:
+        pairs.append(("MTU", str(iface.mtu)))
+    if iface.table is not None:
+        pairs.append(("Table", iface.table))
+    if iface.fwmark is not None:
+        pairs.append(("FwMark", hex(iface.fwmark) if iface.fwmark else "off"))
+    for key, commands in (
+        ("PreUp", iface.pre_up),
+        ("PostUp", iface.post_up),
+        ("PreDown", iface.pre_down),
+        ("PostDown", iface.post_down),
+    ):
+        pairs.extend((key, command) for command in commands)
+    if iface.save_config:
+        pairs.append(("SaveConfig", "true"))
+    return pairs
+
+
+def peer_pairs(peer: Peer) -> list[tuple[str, str]]:
+    pairs = [("PublicKey", keys.encode(peer.public_key))]
+    if peer.preshared_key is not None:
+        pairs.append(("PresharedKey", keys.encode(peer.preshared_key)))
+    if peer.allowed_ips:
+        pairs.append(("AllowedIPs", ", ".join(str(n) for n in peer.allowed_ips)))
+    if peer.endpoint is not None:
+        pairs.append(("Endpoint", str(peer.endpoint)))
+    if peer.persistent_keepalive:
+        pairs.append(("PersistentKeepalive", str(peer.persistent_keepalive)))
+    return pairs
+
+
+def render(config: DeviceConfig, newline: str = "\n") -> str:
+    """A fresh file for a model (new devices, `showconf`); edits of existing files go through
+    the document so that nothing else in them changes."""
+    blocks = []
+    for name, pairs in [("Interface", interface_pairs(config.interface))] + [
+        ("Peer", peer_pairs(p)) for p in config.peers
+    ]:
+        blocks.append(newline.join([f"[{name}]"] + [f"{k} = {val}" for k, val in pairs]) + newline)
+    return newline.join(blocks)
+
+
+__all__ = [
+    "ConfigError",
+    "DeviceConfig",
+    "Document",
+    "Interface",
+    "Line",
+    "Peer",
+    "PAIR",
+    "parse_bytes",
+    "parse_document",
+    "parse_text",
+    "render",
+]
