@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test,fuzz]'
 	touch $(STAMP)
 
-# Run the appliance on a demo device (no root needed).
+# Run the appliance on a demo device (no root needed); Ctrl-C stops it.
 run: $(STAMP)
-	$(PY) -m tether check etc/tetherctl/bywg0.conf.example
+	$(PY) -m tether demo --dir demo
 
 # Install everything the tests need (Debian packages when root) and run the whole suite.
 test: system-deps $(STAMP)

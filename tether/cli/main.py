@@ -12,7 +12,7 @@ import os
 import sys
 
 from tether import __version__
-from tether.cli import check, keycmds
+from tether.cli import check, demo, keycmds, run, show
 
 PROG = "tetherctl"
 
@@ -40,6 +40,10 @@ def build_parser() -> Parser:
     sub.required = True
     keycmds.register(sub)
     check.register(sub)
+    run.register(sub)
+    run.register_up_down(sub)
+    show.register(sub)
+    demo.register(sub)
     return parser
 
 

@@ -72,7 +72,7 @@ class Interface:
     def own_addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """The device's own tunnel addresses. An Address written as a bare network (the original
         tool's `192.168.90.0/24`) names an address space and gives the device no address in it."""
-        return [a.ip for a in self.addresses if not _is_network_address(a)]
+        return own_addresses(self.addresses)
 
     @property
     def subnets(self) -> list[v.IPNetwork]:
@@ -103,6 +103,10 @@ class DeviceConfig:
             if peer.public_key == public_key:
                 return peer
         return None
+
+
+def own_addresses(addresses: list[v.IPInterface]) -> list:
+    return [a.ip for a in addresses if not _is_network_address(a)]
 
 
 def _is_network_address(addr: v.IPInterface) -> bool:

@@ -165,13 +165,13 @@ def _network_text(network: Network) -> str:
     return f"{_address_text(network.network_address)}/{network.prefixlen}"
 
 
-def _parse_key(name: str, value: str) -> bytes:
+def parse_hex_key(name: str, value: str) -> bytes:
     if not _HEX_KEY.fullmatch(value):
         raise _invalid(f"{name}: a key is 64 hex digits")
     return bytes.fromhex(value)
 
 
-def _parse_uint(name: str, value: str, bits: int) -> int:
+def parse_uint(name: str, value: str, bits: int) -> int:
     # Go's ParseUint: ASCII digits only (no sign, space or underscore), any number of leading
     # zeros. Strip those before int() so a long run of zeros cannot trip CPython's digit limit.
     if not _DIGITS.fullmatch(value):
@@ -204,7 +204,7 @@ def parse_endpoint(value: str) -> Endpoint:
         if len(host) < 2 or host[-1] != "]":
             raise _invalid(f"endpoint {value!r}: missing ]")
         host = host[1:-1]
-    number = _parse_uint("endpoint port", port, 16)
+    number = parse_uint("endpoint port", port, 16)
     address = _parse_address(host)
     if bracketed != (address.version == 6):
         raise _invalid(f"endpoint {value!r}: brackets go around IPv6 addresses and only those")
@@ -242,7 +242,7 @@ class _SetParser:
         if not equals:
             raise UapiError(EPROTO, f"line without '=': {line[:64]!r}")
         if key == "public_key":
-            self.peer = PeerOp(_parse_key(key, value))
+            self.peer = PeerOp(parse_hex_key(key, value))
             self.request.peers.append(self.peer)
         elif self.peer is None:
             self._device_line(key, value)
@@ -252,12 +252,12 @@ class _SetParser:
     def _device_line(self, key: str, value: str) -> None:
         request = self.request
         if key == "private_key":
-            secret = _parse_key(key, value)
+            secret = parse_hex_key(key, value)
             request.private_key = secret if secret == ZERO_KEY else keys.clamp(secret)
         elif key == "listen_port":
-            request.listen_port = _parse_uint(key, value, 16)
+            request.listen_port = parse_uint(key, value, 16)
         elif key == "fwmark":
-            request.fwmark = _parse_uint(key, value, 32)
+            request.fwmark = parse_uint(key, value, 32)
         elif key == "replace_peers":
             _parse_true(key, value)
             request.replace_peers = True
@@ -277,7 +277,7 @@ class _SetParser:
             self.peer = PeerOp(peer.public_key, remove=True)
             self.request.peers[-1] = self.peer
         elif key == "preshared_key":
-            psk = _parse_key(key, value)
+            psk = parse_hex_key(key, value)
             if not removed:
                 peer.preshared_key = psk
         elif key == "endpoint":
@@ -285,7 +285,7 @@ class _SetParser:
             if not removed:
                 peer.endpoint = endpoint
         elif key == "persistent_keepalive_interval":
-            interval = _parse_uint(key, value, 16)
+            interval = parse_uint(key, value, 16)
             if not removed:
                 peer.persistent_keepalive_interval = interval
         elif key == "replace_allowed_ips":

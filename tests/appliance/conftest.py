@@ -1,0 +1,1 @@
+from .daemon_harness import daemon  # noqa: F401  (fixture)

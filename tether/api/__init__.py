@@ -1,0 +1,1 @@
+"""The peer self-service API and what it needs: address allocation, client configs."""

@@ -1,0 +1,1 @@
+"""The appliance: devices brought up from files and kept in line with them."""

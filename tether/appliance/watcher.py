@@ -1,0 +1,54 @@
+"""Watching the config directory: which devices' files changed.
+
+watchfiles (inotify underneath) reports every create, write, rename and delete; editors that save
+through a temporary file and a rename, and our own atomic writes, show up as several events on
+different names. A short debounce folds such a burst into one batch, and only `<device>.conf`
+names count, so temp files, backups and swap files are ignored. Whatever the events were, the
+daemon re-reads the named file and compares it with what is running, so a missed or duplicated
+event can never leave the device wrong for longer than the next event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import watchfiles
+
+from tether.config.store import DEVICE_NAME
+
+DEBOUNCE_MS = 50
+STEP_MS = 10
+# awatch yields (empty) after this much quiet; the first such yield proves the watch is live
+STARTUP_PROBE_MS = 200
+
+
+def device_of(path: str, directory: Path) -> str | None:
+    p = Path(path)
+    if p.parent != directory or p.suffix != ".conf":
+        return None
+    stem = p.name[:-5]
+    return stem if DEVICE_NAME.fullmatch(stem) and stem not in (".", "..") else None
+
+
+async def watch_config_dir(
+    directory: Path, only: list[str] | None, stop: asyncio.Event
+) -> AsyncIterator[set[str]]:
+    directory = Path(directory).resolve()
+    wanted = set(only) if only else None
+    async for changes in watchfiles.awatch(
+        directory,
+        debounce=DEBOUNCE_MS,
+        step=STEP_MS,
+        stop_event=stop,
+        recursive=False,
+        watch_filter=None,
+    ):
+        names = set()
+        for _change, path in changes:
+            name = device_of(path, directory)
+            if name is not None and (wanted is None or name in wanted):
+                names.add(name)
+        if names:
+            yield names

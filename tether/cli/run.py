@@ -1,0 +1,138 @@
+"""`tetherctl run`: the foreground daemon (what systemd runs).
+
+With no DEVICE, every `*.conf` in the config directory is brought up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from tether.config import store
+from tether.device.uapi_server import DEFAULT_RUN_DIR
+
+# The original tool's levels (verbose, error, silent) beside Python's usual names.
+LOG_LEVELS = {
+    "verbose": logging.DEBUG,
+    "v": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "e": logging.ERROR,
+    "silent": logging.CRITICAL + 10,
+    "s": logging.CRITICAL + 10,
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run", help="run devices in the foreground", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("devices", nargs="*", metavar="DEVICE")
+    add_common_options(p)
+    p.set_defaults(func=cmd_run)
+
+
+def add_common_options(p) -> None:
+    p.add_env_option(
+        "--config-dir",
+        metavar="DIR",
+        help=f"where device files live (default {store.DEFAULT_CONFIG_DIR})",
+    )
+    p.add_env_option(
+        "--run-dir",
+        metavar="DIR",
+        help=f"where UAPI sockets go (default {DEFAULT_RUN_DIR}, where wg looks)",
+    )
+    p.add_env_option(
+        "--log",
+        metavar="LEVEL",
+        default="info",
+        choices=sorted(LOG_LEVELS),
+        help="verbose|debug|info|warning|error|silent",
+    )
+
+
+def setup_logging(level_name: str) -> None:
+    logging.basicConfig(
+        level=LOG_LEVELS[level_name],
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_run(args) -> int:
+    from tether.appliance.daemon import Daemon
+    from tether.device.uapi_server import run_dir
+
+    setup_logging(args.log)
+    try:
+        for name in args.devices:
+            store.check_device_name(name)
+    except ValueError as e:
+        print(f"tetherctl: {e}", file=sys.stderr)
+        return 1
+
+    async def main() -> int:
+        daemon = Daemon(
+            store.config_dir(args.config_dir),
+            list(args.devices),
+            run_dir=run_dir(args.run_dir),
+        )
+        return await daemon.run()
+
+    return asyncio.run(main())
+
+
+def register_up_down(sub) -> None:
+    p = sub.add_parser("up", help="start a detached daemon for DEVICE; returns once it is up")
+    p.add_argument("device", metavar="DEVICE")
+    add_common_options(p)
+    p.add_env_option(
+        "--state-dir",
+        metavar="DIR",
+        help="pidfile and log of detached daemons (default /run/tetherctl as root)",
+    )
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", help="stop DEVICE's detached daemon (PreDown, SaveConfig, PostDown)")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_env_option("--state-dir", metavar="DIR", help="where `up` put the pidfile")
+    p.set_defaults(func=cmd_down)
+
+
+def cmd_up(args) -> int:
+    from tether.appliance import detach
+    from tether.appliance.daemon import Daemon
+    from tether.device.uapi_server import run_dir
+
+    try:
+        name = store.check_device_name(args.device)
+    except ValueError as e:
+        print(f"tetherctl: {e}", file=sys.stderr)
+        return 1
+    directory = store.config_dir(args.config_dir)
+    if not store.device_path(directory, name).exists():
+        print(f"tetherctl: {store.device_path(directory, name)} does not exist", file=sys.stderr)
+        return 1
+
+    def make_daemon():
+        return Daemon(directory, [name], run_dir=run_dir(args.run_dir))
+
+    ok, message = detach.up(
+        name,
+        make_daemon,
+        directory=detach.state_dir(args.state_dir),
+        log_level=LOG_LEVELS[args.log],
+    )
+    print(message if ok else f"tetherctl: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_down(args) -> int:
+    from tether.appliance import detach
+
+    ok, message = detach.down(args.device, directory=detach.state_dir(args.state_dir))
+    print(message if ok else f"tetherctl: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1

@@ -1,0 +1,364 @@
+"""One running WireGuard device: the thin IO shell around the sans-IO protocol core.
+
+The shell owns what the core must not: the UDP socket, the clock, the timer, the UAPI socket
+and the "inside" that decrypted packets go to (the exit netstack, or until it exists the local
+responder that answers pings to the device's own addresses). Everything runs on one asyncio
+loop thread; the core is only ever touched from that thread, so it needs no locks.
+
+Datagrams are read in batches until the socket would block, and the core's outputs are flushed
+once per batch, so the per-datagram cost is the core's work plus one `recvfrom_into`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from tether import keys
+from tether.config.model import DEFAULT_MTU
+from tether.config.values import Endpoint
+from tether.device import udp
+from tether.device.state import PeerState, RunningState
+from tether.device.uapi import (
+    EADDRINUSE,
+    EINVAL,
+    DeviceSnapshot,
+    PeerSnapshot,
+    SetRequest,
+    UapiError,
+)
+from tether.device.uapi import Endpoint as UapiEndpoint
+from tether.wireguard.core import WireGuardCore
+
+log = logging.getLogger("tether.device")
+
+BATCH = 256
+DATAGRAM_MAX = 65535
+
+
+class Inside(Protocol):
+    """Where decrypted packets go, and where packets toward peers come from."""
+
+    def deliver(self, peer_key: bytes, packet: bytes, now: float) -> None: ...
+
+    def take_outbound(self) -> list[bytes]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def on_timer(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Device:
+    """A device is created empty and configured through the primitives below (the appliance's
+    reconciler drives them from the file; the UAPI socket drives them from `wg set`)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        private_key: bytes | None = None,
+        mtu: int = DEFAULT_MTU,
+        addresses: list | None = None,
+        inside_factory: Callable[[Device], Inside] | None = None,
+        bind_host4: str = "0.0.0.0",
+        bind_host6: str = "::",
+    ):
+        self.name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.core = WireGuardCore(private_key, mtu=mtu)
+        self.addresses: list = list(addresses or [])
+        self.sock: socket.socket | None = None
+        self.listen_port = 0
+        self._bind_hosts = (bind_host4, bind_host6)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._buffer = bytearray(DATAGRAM_MAX)
+        self._inside_factory = inside_factory
+        self.inside: Inside | None = None
+        self.closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None, listen_port: int = 0) -> None:
+        """Bind the socket and start serving. Raises udp.BindError if the port is taken."""
+        self.loop = loop or asyncio.get_running_loop()
+        self._bind(listen_port)
+        if self._inside_factory is not None:
+            self.inside = self._inside_factory(self)
+        self._after_io()
+
+    def _bind(self, port: int) -> None:
+        sock = udp.bind(port, *self._bind_hosts)
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        self.sock = sock
+        self.listen_port = sock.getsockname()[1]
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+        log.info("%s: listening on UDP port %d", self.name, self.listen_port)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.sock is not None:
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        if self.inside is not None:
+            self.inside.close()
+
+    # -- configuration primitives (the reconciler's DeviceOps) --------------------------------
+
+    def running_state(self) -> RunningState:
+        peers = {
+            key: PeerState(
+                peer.preshared_key,
+                peer.persistent_keepalive or 0,
+                list(peer.allowed_ips),
+                peer.endpoint,
+            )
+            for key, peer in self.core.peers.items()
+        }
+        return RunningState(
+            self.core.private_key, self.listen_port, self.core.mtu, list(self.addresses), peers
+        )
+
+    def set_private_key(self, key: bytes | None) -> None:
+        self.core.set_private_key(key, time.monotonic())
+        self._after_io()
+
+    def set_listen_port(self, port: int) -> None:
+        """Rebind; raises udp.BindError (leaving the old socket in place) if the port is taken."""
+        if port != self.listen_port or port == 0:
+            self._bind(port)
+
+    def set_mtu(self, mtu: int) -> None:
+        self.core.mtu = mtu
+        notify = getattr(self.inside, "set_mtu", None)
+        if notify is not None:
+            notify(mtu)
+
+    def set_addresses(self, addresses: list) -> None:
+        self.addresses = list(addresses)
+        notify = getattr(self.inside, "set_addresses", None)
+        if notify is not None:
+            notify(self.addresses)
+
+    def set_peer(self, public_key: bytes, **changes) -> None:
+        """Create or change a peer. `allowed_ips` replaces the peer's list; `endpoint` is a
+        config Endpoint (a host name is resolved here) or an (ip, port) tuple."""
+        if public_key == self.core.public_key:
+            return  # wg's rule: a peer with the device's own key is ignored
+        kwargs = {}
+        for name in ("preshared_key", "persistent_keepalive"):
+            if name in changes:
+                kwargs[name] = changes[name]
+        if "allowed_ips" in changes:
+            kwargs["allowed_ips"] = changes["allowed_ips"]
+            kwargs["replace_allowed_ips"] = True
+        if "endpoint" in changes:
+            endpoint = changes["endpoint"]
+            if endpoint is not None and not isinstance(endpoint, tuple):
+                endpoint = resolve_endpoint(endpoint, public_key)
+            if endpoint is not None or public_key not in self.core.peers:
+                kwargs["endpoint"] = endpoint
+        self.core.add_or_update_peer(public_key, now=time.monotonic(), **kwargs)
+        self._after_io()
+
+    def remove_peer(self, public_key: bytes) -> None:
+        self.core.remove_peer(public_key, time.monotonic())
+
+    # -- data path ---------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock = self.sock
+        buf = self._buffer
+        view = memoryview(buf)
+        core = self.core
+        now = time.monotonic()
+        wall = time.time()
+        for _ in range(BATCH):
+            try:
+                n, address = sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # ICMP errors surface here on Linux; the socket carries on
+                log.debug("%s: recvfrom: %s", self.name, e)
+                continue
+            core.receive_datagram(bytes(view[:n]), udp.unmap(address), now, wall)
+        self._after_io()
+
+    def send_packet(self, packet: bytes) -> bool:
+        """Route an IP packet from the inside to the peer whose AllowedIPs cover its destination."""
+        ok = self.core.send_packet(packet, time.monotonic(), time.time())
+        return ok
+
+    def _after_io(self) -> None:
+        """Flush what the core produced, hand decrypted packets inside, and rearm the timer."""
+        core = self.core
+        inside = self.inside
+        for _ in range(4):  # inside replies may produce more core output; bounded passes
+            if core.delivered:
+                delivered, core.delivered = core.delivered, []
+                if inside is not None:
+                    now = time.monotonic()
+                    for peer, packet in delivered:
+                        inside.deliver(peer.public_key, packet, now)
+            if inside is not None:
+                outbound = inside.take_outbound()
+                if outbound:
+                    now, wall = time.monotonic(), time.time()
+                    for packet in outbound:
+                        core.send_packet(packet, now, wall)
+            if core.outgoing:
+                self._flush()
+            if not core.delivered and not core.outgoing:
+                break
+        self._rearm()
+
+    def _flush(self) -> None:
+        outgoing, self.core.outgoing = self.core.outgoing, []
+        sock = self.sock
+        for datagram, endpoint in outgoing:
+            address = udp.to_socket_address(sock, endpoint)
+            if address is None:
+                continue
+            try:
+                sock.sendto(datagram, address)
+            except (BlockingIOError, InterruptedError):
+                # The socket buffer is full: drop, as a NIC would; WireGuard and the inner
+                # transports recover from loss.
+                self.core.stats["drop_send_buffer_full"] = (
+                    self.core.stats.get("drop_send_buffer_full", 0) + 1
+                )
+            except OSError as e:
+                log.debug("%s: sendto %s: %s", self.name, endpoint, e)
+
+    def _rearm(self) -> None:
+        deadline = self.core.next_deadline()
+        if self.inside is not None:
+            inner = self.inside.next_deadline()
+            if inner is not None and (deadline is None or inner < deadline):
+                deadline = inner
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and not self.closed:
+            # core deadlines are time.monotonic(); asyncio's loop.time() is the same clock
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now, wall = time.monotonic(), time.time()
+        self.core.on_timer(now, wall)
+        if self.inside is not None:
+            self.inside.on_timer(now)
+        self._after_io()
+
+    # -- UAPI --------------------------------------------------------------------------------
+
+    def uapi_get(self) -> DeviceSnapshot:
+        peers = []
+        for peer in self.core.peers.values():
+            wall = peer.last_handshake_wall
+            sec, nsec = (0, 0) if wall is None else (int(wall), int((wall % 1) * 1e9))
+            endpoint = None
+            if peer.endpoint is not None:
+                endpoint = UapiEndpoint(
+                    ipaddress.ip_address(peer.endpoint[0].split("%", 1)[0]), peer.endpoint[1]
+                )
+            peers.append(
+                PeerSnapshot(
+                    public_key=peer.public_key,
+                    preshared_key=peer.preshared_key,
+                    endpoint=endpoint,
+                    last_handshake_time_sec=sec,
+                    last_handshake_time_nsec=nsec,
+                    tx_bytes=peer.tx_bytes,
+                    rx_bytes=peer.rx_bytes,
+                    persistent_keepalive_interval=peer.persistent_keepalive,
+                    allowed_ips=list(peer.allowed_ips),
+                )
+            )
+        return DeviceSnapshot(
+            private_key=self.core.private_key, listen_port=self.listen_port, peers=peers
+        )
+
+    def uapi_set(self, request: SetRequest) -> None:
+        """Apply a parsed `set` request as a whole: a port that cannot be bound is refused before
+        anything changes."""
+        now = time.monotonic()
+        if request.listen_port is not None and request.listen_port != self.listen_port:
+            try:
+                self._bind(request.listen_port)
+            except udp.BindError as e:
+                raise UapiError(EADDRINUSE, str(e)) from None
+        if request.private_key is not None:
+            key = None if request.private_key == bytes(32) else request.private_key
+            if key != self.core.private_key:
+                self.core.set_private_key(key, now)
+        if request.replace_peers:
+            self.core.remove_all_peers(now)
+        own = self.core.public_key
+        for op in request.peers:
+            if op.public_key == own:
+                continue  # wg's rule: a peer with our own key is silently ignored
+            if op.remove:
+                self.core.remove_peer(op.public_key, now)
+                continue
+            exists = op.public_key in self.core.peers
+            if op.update_only and not exists:
+                continue
+            changes = {}
+            if op.preshared_key is not None:
+                changes["preshared_key"] = (
+                    None if op.preshared_key == bytes(32) else op.preshared_key
+                )
+            if op.endpoint is not None:
+                changes["endpoint"] = (str(op.endpoint.address), op.endpoint.port)
+            if op.persistent_keepalive_interval is not None:
+                changes["persistent_keepalive"] = op.persistent_keepalive_interval
+            adds = [c.network for c in op.allowed_ips if not c.remove]
+            removes = [c.network for c in op.allowed_ips if c.remove]
+            if op.replace_allowed_ips or adds:
+                changes["allowed_ips"] = adds
+                changes["replace_allowed_ips"] = op.replace_allowed_ips
+            if removes:
+                changes["remove_allowed_ips"] = removes
+            try:
+                self.core.add_or_update_peer(op.public_key, now=now, **changes)
+            except ValueError as e:
+                raise UapiError(EINVAL, str(e)) from None
+        self._after_io()
+
+
+def resolve_endpoint(ep: Endpoint, public_key: bytes) -> tuple[str, int] | None:
+    """An Endpoint's host as an IP. Names are resolved here, once per change, as wg does at
+    `setconf` time; a name that does not resolve leaves the peer without an endpoint until it
+    contacts us."""
+    if ep.ip is not None:
+        return (ep.host, ep.port)
+    try:
+        infos = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_DGRAM)
+    except OSError as e:
+        log.warning("peer %s: cannot resolve endpoint %s: %s", keys.encode(public_key), ep, e)
+        return None
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for info in infos:
+            if info[0] == family:
+                return (info[4][0], ep.port)
+    return None

@@ -1,0 +1,22 @@
+"""A running device's configuration-relevant state, as the reconciler compares it with a file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PeerState:
+    preshared_key: bytes | None
+    persistent_keepalive: int
+    allowed_ips: list
+    endpoint: tuple[str, int] | None = None
+
+
+@dataclass
+class RunningState:
+    private_key: bytes | None
+    listen_port: int
+    mtu: int
+    addresses: list
+    peers: dict[bytes, PeerState] = field(default_factory=dict)

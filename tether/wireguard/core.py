@@ -1,0 +1,548 @@
+"""The WireGuard device core, sans-IO: peers, sessions, timers and the per-packet data path.
+
+The IO shell feeds it datagrams from the UDP socket (`receive_datagram`), IP packets from the
+exit netstack (`send_packet`) and timer expiries (`on_timer`), always with the current monotonic
+time `now` and, where handshakes are made or completed, the wall-clock time `wall` (TAI64N
+timestamps and `last_handshake_wall` need it). After each call it drains two lists:
+
+- `outgoing`: (datagram, endpoint) pairs for the UDP socket;
+- `delivered`: (peer, ip_packet) pairs that decrypted, passed the replay window and whose source
+  address cryptokey routing assigns to the very peer that sent them.
+
+and sleeps until `next_deadline()`. Nothing here reads a clock, a socket or a thread, so tests
+drive hours of protocol time in milliseconds.
+
+Behaviour follows wireguard-go's device/ package (receive.go, send.go, timers.go, noise-protocol
+state handling) and the paper §5-§6; deliberate differences are:
+
+- the device is "under load" by message rate rather than queue length (see ratelimit.py);
+- a responder keeps its own pending initiation when answering the peer's (see peer.py);
+- a cookie reply to our pending initiation makes us resend it at once with mac2 (see
+  handshakes.py), rather than after the retransmit timer;
+- a response to an initiation sent over REKEY_TIMEOUT + jitter ago is refused (see
+  session.PendingInitiation): wireguard-go accepts it after giving up retrying, and the two
+  sides' sessions then expire far apart;
+- changing the private key drops every session (wireguard-go lets old sessions keep receiving).
+
+`outgoing` datagrams and `delivered` packets are `bytes`. Drops are counted by reason in
+`stats.drops`, never raised: everything a remote sender can cause is a counted drop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import random
+import struct
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tether.wireguard.allowedips import AllowedIPs, NetworkLike
+from tether.wireguard.constants import (
+    KEEPALIVE_TIMEOUT,
+    KEY_LEN,
+    MAX_PEERS,
+    MAX_TIMER_HANDSHAKES,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_MAX_SIZE,
+    MESSAGE_TRANSPORT,
+    MESSAGE_TRANSPORT_HEADER_SIZE,
+    MESSAGE_TRANSPORT_MIN_SIZE,
+    PADDING_MULTIPLE,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+)
+from tether.wireguard.cookie import CookieChecker
+from tether.wireguard.crypto import CryptoError
+from tether.wireguard.handshakes import HandshakeLayer
+from tether.wireguard.messages import MessageError, message_type
+from tether.wireguard.noise import LocalIdentity
+from tether.wireguard.peer import DEFAULT_MAX_STAGED, Peer
+from tether.wireguard.ratelimit import DEFAULT_UNDER_LOAD_RATE, HandshakeRateLimiter, LoadMonitor
+from tether.wireguard.session import IndexTable, Session
+from tether.wireguard.timers import (
+    NEW_HANDSHAKE,
+    PERSISTENT_KEEPALIVE,
+    RETRANSMIT_HANDSHAKE,
+    SEND_KEEPALIVE,
+    ZERO_KEY_MATERIAL,
+    TimerQueue,
+)
+
+__all__ = ["DEFAULT_MTU", "UNCHANGED", "CoreStats", "Peer", "WireGuardCore"]
+
+DEFAULT_MTU = 1420
+# An IP packet whose transport message (header, padding, tag) would not fit one UDP datagram.
+MAX_PACKET_SIZE = MESSAGE_MAX_SIZE - MESSAGE_TRANSPORT_MIN_SIZE - (PADDING_MULTIPLE - 1)
+# On receive, an initiator rekeys this long before its session would be rejected, so the new
+# session is in place before the old one dies even if the peer only ever receives (§6.2).
+_REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+_ZERO_KEY = bytes(KEY_LEN)
+_unpack_header = struct.Struct("<IIQ").unpack_from
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = _Unchanged()
+"""Sentinel for `add_or_update_peer` arguments that leave a setting as it is."""
+
+
+@dataclass
+class CoreStats:
+    """Counters for `wg show`-style diagnostics and metrics; drops are keyed by reason."""
+
+    drops: Counter = field(default_factory=Counter)
+    initiations_sent: int = 0
+    initiations_received: int = 0  # authenticated and admitted (fresh timestamp, not a flood)
+    responses_sent: int = 0
+    responses_received: int = 0  # authenticated
+    handshakes_completed: int = 0  # initiator: response consumed; responder: key confirmed
+    cookie_replies_sent: int = 0
+    cookie_replies_received: int = 0  # authenticated
+    keepalives_received: int = 0
+
+    @property
+    def handshakes_sent(self) -> int:
+        return self.initiations_sent
+
+    @property
+    def handshakes_received(self) -> int:
+        return self.initiations_received
+
+
+class WireGuardCore(HandshakeLayer):
+    """One WireGuard device's protocol state; see the module docstring for the contract.
+
+    `rng`, when given, must offer `randbytes(n)` and `random()` (a `random.Random` seeded for
+    tests); it then supplies ephemeral keys, local indices, cookie secrets and timer jitter.
+    By default the first three come from os.urandom and jitter from a non-cryptographic
+    generator, as wireguard-go's fastrandn.
+    """
+
+    def __init__(
+        self,
+        private_key: bytes | None,
+        *,
+        rng: random.Random | None = None,
+        mtu: int = DEFAULT_MTU,
+        under_load_rate: int = DEFAULT_UNDER_LOAD_RATE,
+        max_staged: int = DEFAULT_MAX_STAGED,
+    ) -> None:
+        if rng is None:
+            self._random_bytes = os.urandom
+            jitter_source = random.Random()
+        else:
+            self._random_bytes = rng.randbytes
+            jitter_source = rng
+        self._index = IndexTable(lambda: int.from_bytes(self._random_bytes(4), "little"))
+        self._timers = TimerQueue(lambda: jitter_source.random() * REKEY_TIMEOUT_JITTER_MAX)
+        self.mtu = mtu
+        self.max_staged = max_staged
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips = AllowedIPs()
+        self._lookup = self.allowed_ips.lookup
+        self._load = LoadMonitor(under_load_rate)
+        self._ratelimiter = HandshakeRateLimiter()
+        self.outgoing: list[tuple[bytes, tuple]] = []
+        self.delivered: list[tuple[Peer, bytes]] = []
+        self.stats = CoreStats()
+        self.local: LocalIdentity | None = None
+        self._private_key: bytes | None = None
+        self._checker: CookieChecker | None = None
+        self.set_private_key(private_key, 0.0)
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def private_key(self) -> bytes | None:
+        return self._private_key
+
+    @property
+    def public_key(self) -> bytes | None:
+        return None if self.local is None else self.local.spub
+
+    def set_private_key(self, key: bytes | None, now: float) -> None:
+        """Set (or clear, with None or all zeros) our static key, as `wg set private-key`.
+
+        A different key invalidates every session and pending handshake (they were made with
+        the old identity); staged packets stay and start handshakes under the new one. A peer
+        whose public key equals our new public key is removed, as wireguard-go does.
+        """
+        if key is not None:
+            key = bytes(key)
+            if len(key) != KEY_LEN:
+                raise ValueError("a private key is 32 bytes")
+            if key == _ZERO_KEY:
+                key = None
+        if key == self._private_key:
+            return
+        self._private_key = key
+        self.local = None if key is None else LocalIdentity(key)
+        self._checker = None
+        if self.local is not None:
+            self._checker = CookieChecker(self.local.spub, random=self._random_bytes)
+        if self.local is not None and self.local.spub in self.peers:
+            self.remove_peer(self.local.spub, now)
+        for peer in self.peers.values():
+            peer.drop_sessions(self._index)
+            peer.set_local(self.local)
+            peer.last_sent_handshake = -math.inf
+
+    def add_or_update_peer(
+        self,
+        public_key: bytes,
+        *,
+        now: float,
+        preshared_key: bytes | None | _Unchanged = UNCHANGED,
+        endpoint: tuple | None | _Unchanged = UNCHANGED,
+        persistent_keepalive: int | None | _Unchanged = UNCHANGED,
+        allowed_ips: Iterable[NetworkLike] | _Unchanged = UNCHANGED,
+        replace_allowed_ips: bool = False,
+        remove_allowed_ips: Iterable[NetworkLike] = (),
+    ) -> Peer:
+        """Create or change a peer live, leaving its sessions (and other peers) untouched.
+
+        `preshared_key` None or all zeros means none; `persistent_keepalive` is seconds, 0 or
+        None meaning off (switching it on sends a keepalive at the next `on_timer`, as
+        wireguard-go sends one at once). Allowed-IPs are applied in the order: replace (drop
+        all), `remove_allowed_ips`, then `allowed_ips` inserted (taking a prefix over from any
+        other peer). Raises ValueError for bad values, before changing anything, and for our
+        own public key, which the caller should treat as a no-op as wireguard-go does.
+        """
+        public_key = bytes(public_key)
+        if len(public_key) != KEY_LEN:
+            raise ValueError("a public key is 32 bytes")
+        if self.local is not None and public_key == self.local.spub:
+            raise ValueError("a device cannot have its own public key as a peer")
+        if preshared_key is not UNCHANGED and preshared_key is not None:
+            preshared_key = bytes(preshared_key)
+            if len(preshared_key) != KEY_LEN:
+                raise ValueError("a preshared key is 32 bytes")
+            if preshared_key == _ZERO_KEY:
+                preshared_key = None
+        if persistent_keepalive is not UNCHANGED:
+            persistent_keepalive = int(persistent_keepalive or 0)
+            if not 0 <= persistent_keepalive <= 0xFFFF:
+                raise ValueError("persistent keepalive is 0..65535 seconds")
+        if allowed_ips is not UNCHANGED:
+            allowed_ips = [ipaddress.ip_network(p, strict=False) for p in allowed_ips]
+        removals = [ipaddress.ip_network(p, strict=False) for p in remove_allowed_ips]
+
+        peer = self.peers.get(public_key)
+        if peer is None:
+            if len(self.peers) >= MAX_PEERS:
+                raise ValueError(f"a device has at most {MAX_PEERS} peers")
+            peer = Peer(
+                public_key,
+                local=self.local,
+                table=self.allowed_ips,
+                timer_queue=self._timers,
+                max_staged=self.max_staged,
+            )
+            self.peers[public_key] = peer
+        if preshared_key is not UNCHANGED and preshared_key != peer.preshared_key:
+            peer.preshared_key = preshared_key
+            peer.set_local(self.local)
+        if endpoint is not UNCHANGED:
+            peer.endpoint = endpoint
+        if persistent_keepalive is not UNCHANGED:
+            was = peer.persistent_keepalive
+            peer.persistent_keepalive = persistent_keepalive
+            if not persistent_keepalive:
+                peer.persistent_keepalive_at = None
+            elif not was:
+                peer.timers_fire_persistent_keepalive_now(now)
+        if replace_allowed_ips:
+            self.allowed_ips.remove_by_peer(peer)
+        for network in removals:
+            self.allowed_ips.remove(network, peer)  # a no-op unless this peer owns it
+        if allowed_ips is not UNCHANGED:
+            for network in allowed_ips:
+                self.allowed_ips.insert(network, peer)
+        return peer
+
+    def remove_peer(self, public_key: bytes, now: float) -> bool:
+        """Remove a peer with its sessions, indices, allowed-IPs, staged packets and timers."""
+        peer = self.peers.pop(bytes(public_key), None)
+        if peer is None:
+            return False
+        peer.drop_sessions(self._index)
+        flushed = peer.flush_staged()
+        if flushed:
+            self.stats.drops["peer_removed"] += flushed
+        self.allowed_ips.remove_by_peer(peer)
+        peer.timers_stop()
+        peer.removed = True
+        return True
+
+    def remove_all_peers(self, now: float) -> None:
+        for public_key in list(self.peers):
+            self.remove_peer(public_key, now)
+
+    # ------------------------------------------------------------------ data path: receive
+
+    def receive_datagram(self, data: bytes, source: tuple, now: float, wall: float) -> None:
+        """Process one UDP payload that arrived from `source` (host, port[, ...])."""
+        size = len(data)
+        if size >= MESSAGE_TRANSPORT_MIN_SIZE:
+            mtype, receiver, counter = _unpack_header(data)
+            if mtype == MESSAGE_TRANSPORT:
+                self._receive_transport(data, size, receiver, counter, source, now, wall)
+                return
+        try:
+            mtype = message_type(data)
+        except MessageError:
+            self.stats.drops["malformed"] += 1
+            return
+        if mtype == MESSAGE_COOKIE_REPLY:
+            self._receive_cookie_reply(data, now)
+        else:
+            self._receive_handshake(mtype, data, source, now, wall)
+
+    def _receive_transport(
+        self,
+        data: bytes,
+        size: int,
+        receiver: int,
+        counter: int,
+        source: tuple,
+        now: float,
+        wall: float,
+    ) -> None:
+        drops = self.stats.drops
+        session = self._index.entries.get(receiver)
+        if session.__class__ is not Session:
+            drops["unknown_index"] += 1
+            return
+        if now - session.created > REJECT_AFTER_TIME:
+            drops["session_expired"] += 1
+            return
+        try:
+            plaintext = session.decrypt(counter, data[MESSAGE_TRANSPORT_HEADER_SIZE:])
+        except CryptoError:
+            drops["decrypt"] += 1
+            return
+        if not session.replay.check_and_update(counter):
+            drops["replay"] += 1
+            return
+        peer = session.peer
+        if session is peer.next:
+            self._confirm(peer, session, source, now, wall)
+        peer.endpoint = source
+        peer.rx_bytes += size
+        if not peer.sent_last_minute_handshake:
+            current = peer.current
+            if (
+                current is not None
+                and current.is_initiator
+                and now - current.created > _REKEY_ON_RECEIVE_AGE
+            ):
+                peer.sent_last_minute_handshake = True
+                self._send_initiation(peer, now, wall, False)
+        if peer.persistent_keepalive:
+            peer.timers_any_authenticated_packet_traversal(now)
+        peer.new_handshake_at = None  # timers_any_authenticated_packet_received, inlined
+        length = len(plaintext)
+        if not length:
+            self.stats.keepalives_received += 1
+            return
+        if peer.send_keepalive_at is None:
+            peer.timers_data_received(now)
+        else:
+            peer.need_another_keepalive = True
+        # Cryptokey routing: the inner source address must belong to the sending peer. Only the
+        # version, the length (to strip padding) and the source address are read.
+        version = plaintext[0] >> 4
+        if version == 4:
+            if length < 20:
+                drops["bad_ip"] += 1
+                return
+            total = (plaintext[2] << 8) | plaintext[3]
+            if total > length or total < 20:
+                drops["bad_ip"] += 1
+                return
+            src = plaintext[12:16]
+        elif version == 6:
+            if length < 40:
+                drops["bad_ip"] += 1
+                return
+            total = ((plaintext[4] << 8) | plaintext[5]) + 40
+            if total > length:
+                drops["bad_ip"] += 1
+                return
+            src = plaintext[8:24]
+        else:
+            drops["bad_ip"] += 1
+            return
+        if self._lookup(src) is not peer:
+            drops["source_not_allowed"] += 1
+            return
+        self.delivered.append((peer, plaintext if total == length else plaintext[:total]))
+
+    def _confirm(
+        self, peer: Peer, session: Session, source: tuple, now: float, wall: float
+    ) -> None:
+        """Key confirmation (§5.4.6): the initiator used the responder session we offered."""
+        peer.confirm(session, self._index)
+        peer.endpoint = source
+        peer.timers_handshake_complete(wall)
+        self.stats.handshakes_completed += 1
+        self._send_staged(peer, now, wall)
+
+    # ------------------------------------------------------------------ data path: send
+
+    def send_packet(self, ip_packet: bytes, now: float, wall: float) -> bool:
+        """Route an IP packet by destination (cryptokey routing) and send it to that peer.
+
+        False, with a counted drop, if it is not IPv4/IPv6, too big, or no peer owns the
+        destination.
+        """
+        size = len(ip_packet)
+        version = ip_packet[0] >> 4 if size else 0
+        if version == 4 and size >= 20:
+            dst = ip_packet[16:20]
+        elif version == 6 and size >= 40:
+            dst = ip_packet[24:40]
+        else:
+            self.stats.drops["bad_ip"] += 1
+            return False
+        peer = self._lookup(dst)
+        if peer is None:
+            self.stats.drops["no_route"] += 1
+            return False
+        if size > MAX_PACKET_SIZE:
+            self.stats.drops["too_big"] += 1
+            return False
+        self.send_to_peer(peer, ip_packet, now, wall)
+        return True
+
+    def send_to_peer(self, peer: Peer, ip_packet: bytes, now: float, wall: float) -> None:
+        """Encrypt `ip_packet` for `peer` now, or stage it and start a handshake."""
+        session = peer.current
+        if (
+            session is not None
+            and not peer.staged
+            and session.send_counter < REJECT_AFTER_MESSAGES
+            and now - session.created < REJECT_AFTER_TIME
+        ):
+            # The common case, inlined: a live session and nothing queued ahead of this packet.
+            datagram = session.seal(ip_packet, self.mtu)
+            endpoint = peer.endpoint
+            if endpoint is None:
+                self.stats.drops["no_endpoint"] += 1
+            else:
+                self.outgoing.append((datagram, endpoint))
+                peer.tx_bytes += len(datagram)
+            if peer.persistent_keepalive:
+                peer.timers_any_authenticated_packet_traversal(now)
+            peer.send_keepalive_at = None  # timers_any_authenticated_packet_sent, inlined
+            if peer.new_handshake_at is None and ip_packet:
+                peer.timers_data_sent(now)
+            if session.send_counter > REKEY_AFTER_MESSAGES or (
+                session.is_initiator and now - session.created > REKEY_AFTER_TIME
+            ):
+                self._send_initiation(peer, now, wall, False)
+            return
+        if peer.removed:
+            self.stats.drops["peer_removed"] += 1
+            return
+        if not peer.stage(ip_packet):
+            self.stats.drops["queue_full"] += 1
+        self._send_staged(peer, now, wall)
+
+    def _send_staged(self, peer: Peer, now: float, wall: float) -> None:
+        """Send what is staged with the current session, or start a handshake to get one."""
+        staged = peer.staged
+        if not staged:
+            return
+        session = peer.current
+        if session is None or not session.can_send(now):
+            self._send_initiation(peer, now, wall, False)
+            return
+        mtu = self.mtu
+        data_sent = False
+        while staged and session.send_counter < REJECT_AFTER_MESSAGES:
+            packet = staged.popleft()
+            if packet:
+                data_sent = True
+            self._send(peer, session.seal(packet, mtu))
+        peer.timers_any_authenticated_packet_traversal(now)
+        peer.timers_any_authenticated_packet_sent()
+        if data_sent:
+            peer.timers_data_sent(now)
+        if (
+            staged
+            or session.send_counter > REKEY_AFTER_MESSAGES
+            or (session.is_initiator and now - session.created > REKEY_AFTER_TIME)
+        ):
+            self._send_initiation(peer, now, wall, False)
+
+    def _send_keepalive(self, peer: Peer, now: float, wall: float) -> None:
+        """An empty transport message, unless real packets are waiting to go anyway."""
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._send_staged(peer, now, wall)
+
+    def _send(self, peer: Peer, datagram: bytes) -> None:
+        endpoint = peer.endpoint
+        if endpoint is None:
+            self.stats.drops["no_endpoint"] += 1
+            return
+        self.outgoing.append((datagram, endpoint))
+        peer.tx_bytes += len(datagram)
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        """The exact monotonic time of the earliest pending timer of any peer, or None."""
+        return self._timers.next_deadline()
+
+    def on_timer(self, now: float, wall: float) -> None:
+        """Run every timer due at `now`; safe to call early or more often than needed."""
+        timers = self._timers
+        for peer in timers.pop_due(now):
+            if peer.removed:
+                continue
+            while (which := peer.pop_expired(now)) is not None:
+                if which == RETRANSMIT_HANDSHAKE:
+                    self._expired_retransmit_handshake(peer, now, wall)
+                elif which == SEND_KEEPALIVE:
+                    self._send_keepalive(peer, now, wall)
+                    if peer.need_another_keepalive:
+                        peer.need_another_keepalive = False
+                        peer.timers_data_received(now)
+                elif which == NEW_HANDSHAKE:
+                    # Data went out but nothing came back for KEEPALIVE_TIMEOUT + REKEY_TIMEOUT.
+                    self._send_initiation(peer, now, wall, False)
+                elif which == PERSISTENT_KEEPALIVE:
+                    if peer.persistent_keepalive:
+                        self._send_keepalive(peer, now, wall)
+                elif which == ZERO_KEY_MATERIAL:
+                    peer.drop_sessions(self._index)
+                    flushed = peer.flush_staged()
+                    if flushed:
+                        self.stats.drops["keys_zeroed"] += flushed
+            timers.reschedule(peer)
+
+    def _expired_retransmit_handshake(self, peer: Peer, now: float, wall: float) -> None:
+        if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
+            # REKEY_ATTEMPT_TIME is used up: stop, drop what waited for a session, and schedule
+            # erasing whatever is left of the attempt.
+            peer.send_keepalive_at = None
+            flushed = peer.flush_staged()
+            if flushed:
+                self.stats.drops["handshake_gave_up"] += flushed
+            if peer.zero_key_material_at is None:
+                peer.timers_session_derived(now)
+            return
+        peer.handshake_attempts += 1
+        self._send_initiation(peer, now, wall, True)
