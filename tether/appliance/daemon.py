@@ -14,6 +14,7 @@ the log, and the daemon carries on with the others.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from tether import keys
 from tether.appliance import hooks, notify
+from tether.appliance.hub import DaemonHub
 from tether.appliance.reconcile import reconcile
 from tether.appliance.saveconfig import fold_running_state
 from tether.appliance.watcher import watch_config_dir
@@ -29,7 +31,7 @@ from tether.config.editor import ConfigFile
 from tether.config.errors import ConfigError
 from tether.config.model import DeviceConfig
 from tether.device.device import Device
-from tether.device.inside import LocalResponder
+from tether.device.exit_shell import ExitShell
 from tether.device.uapi_server import UapiServer
 from tether.device.udp import BindError
 
@@ -63,8 +65,16 @@ class Daemon:
         run_dir: str = "/var/run/wireguard",
         watch: bool = True,
         hook_timeout: float = hooks.DEFAULT_TIMEOUT,
-        inside_factory=LocalResponder.for_device,
+        inside_factory=None,
+        allow_local: bool = False,
+        api=None,
     ):
+        """`api` is an ApiSettings (None: no API); `allow_local` lets the exit reach the host's
+        loopback, link-local and own addresses, which it refuses by default."""
+        if inside_factory is None:
+            inside_factory = functools.partial(ExitShell, allow_local=allow_local)
+        self.api = api
+        self._api_handle = None
         self.config_dir = Path(config_dir)
         self.names = list(names or [])
         self.run_dir = run_dir
@@ -292,6 +302,14 @@ class Daemon:
         up = [s.name for s in self.slots.values() if s.up]
         if not up and not self.watch:
             return 1
+        if self.api is not None:
+            try:
+                self._api_handle = await asyncio.to_thread(self.api.start, DaemonHub(self))
+            except OSError as e:
+                log.error("peer API: cannot listen on %s: %s", self.api, e)
+                await self._shutdown()
+                return 1
+            log.info("peer API listening on %s", self.api)
         notify.ready(self._status())
         self.ready.set()
         tasks = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._reloads())]
@@ -302,12 +320,18 @@ class Daemon:
         finally:
             for task in tasks:
                 task.cancel()
-            notify.stopping()
-            for slot in list(self.slots.values()):
-                if slot.up:
-                    async with slot.lock:
-                        await self._down(slot)
+            await self._shutdown()
         return 0
+
+    async def _shutdown(self) -> None:
+        notify.stopping()
+        if self._api_handle is not None:
+            await asyncio.to_thread(self._api_handle.stop)
+            self._api_handle = None
+        for slot in list(self.slots.values()):
+            if slot.up:
+                async with slot.lock:
+                    await self._down(slot)
 
     def stop(self) -> None:
         self._stop.set()

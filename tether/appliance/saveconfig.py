@@ -23,9 +23,9 @@ def fold_running_state(cfg: ConfigFile, state: RunningState) -> None:
     changes = {}
     if state.private_key is not None and state.private_key != iface.private_key:
         changes["private_key"] = state.private_key
-    # A file without ListenPort asked for a random port: keep it that way rather than pinning
-    # whatever port this run happened to get.
-    if iface.listen_port is not None and state.listen_port != iface.listen_port:
+    # A file without ListenPort (or with 0) asked for a random port: keep it that way rather
+    # than pinning whatever port this run happened to get.
+    if iface.listen_port and state.listen_port != iface.listen_port:
         changes["listen_port"] = state.listen_port
     if changes:
         cfg.update_interface(**changes)

@@ -20,6 +20,8 @@ from tether.config.store import DEVICE_NAME
 
 DEBOUNCE_MS = 50
 STEP_MS = 10
+# awatch yields (empty) after this much quiet; its first yield proves the watch is live
+STARTUP_PROBE_MS = 200
 # awatch yields (empty) after this much quiet; the first such yield proves the watch is live
 STARTUP_PROBE_MS = 200
 
@@ -34,9 +36,13 @@ def device_of(path: str, directory: Path) -> str | None:
 
 async def watch_config_dir(
     directory: Path, only: list[str] | None, stop: asyncio.Event
-) -> AsyncIterator[set[str]]:
+) -> AsyncIterator[set[str] | None]:
+    """Yields sets of changed device names. The first item is None, as soon as the watch is in
+    place: a file written between the daemon's first scan and that moment produced no event, so
+    the caller rescans everything then."""
     directory = Path(directory).resolve()
     wanted = set(only) if only else None
+    started = False
     async for changes in watchfiles.awatch(
         directory,
         debounce=DEBOUNCE_MS,
@@ -44,7 +50,12 @@ async def watch_config_dir(
         stop_event=stop,
         recursive=False,
         watch_filter=None,
+        rust_timeout=STARTUP_PROBE_MS,
+        yield_on_timeout=True,
     ):
+        if not started:
+            started = True
+            yield None
         names = set()
         for _change, path in changes:
             name = device_of(path, directory)

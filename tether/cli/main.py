@@ -12,7 +12,7 @@ import os
 import sys
 
 from tether import __version__
-from tether.cli import check, demo, keycmds, run, show
+from tether.cli import check, compat, demo, keycmds, peer, repl, run, show
 
 PROG = "tetherctl"
 
@@ -41,6 +41,9 @@ def build_parser() -> Parser:
     keycmds.register(sub)
     check.register(sub)
     run.register(sub)
+    peer.register(sub)
+    repl.register(sub)
+    compat.register(sub)
     run.register_up_down(sub)
     show.register(sub)
     demo.register(sub)

@@ -32,12 +32,55 @@ def register(sub) -> None:
     )
     p.add_argument("devices", nargs="*", metavar="DEVICE")
     add_common_options(p)
+    add_api_options(p)
+    add_exit_options(p)
     p.set_defaults(func=cmd_run)
+
+
+def add_exit_options(p) -> None:
+    p.add_env_option(
+        "--allow-local-destinations",
+        metavar="yes|no",
+        default="no",
+        choices=["yes", "no", "true", "false", "1", "0"],
+        help="let peers reach this host's loopback, link-local and own addresses through the "
+        "exit (refused by default)",
+    )
+
+
+def allow_local(args) -> bool:
+    return str(getattr(args, "allow_local_destinations", "no")).lower() in ("yes", "true", "1")
+
+
+def add_api_options(p) -> None:
+    p.add_env_option("--api-listen", metavar="HOST:PORT", help="serve the peer API (default off)")
+    p.add_env_option("--api-device", metavar="NAME", help="device of the bare API routes")
+    p.add_env_option("--api-token-file", metavar="FILE", help="require this bearer token")
+    p.add_env_option("--public-ipv4", metavar="IP", help="public IPv4 address for client configs")
+    p.add_env_option("--public-ipv6", metavar="IP", help="public IPv6 address for client configs")
+    p.add_env_option("--public-domain", metavar="NAME", help="public name for client configs")
+
+
+def api_settings(args):
+    """The API's settings from the options (None: no API); ValueError on a bad option."""
+    if not getattr(args, "api_listen", None):
+        return None
+    from tether.api.settings import ApiSettings
+
+    return ApiSettings.from_options(
+        args.api_listen,
+        device=args.api_device,
+        public_ipv4=args.public_ipv4,
+        public_ipv6=args.public_ipv6,
+        public_domain=args.public_domain,
+        token_file=args.api_token_file,
+    )
 
 
 def add_common_options(p) -> None:
     p.add_env_option(
         "--config-dir",
+        "--config",
         metavar="DIR",
         help=f"where device files live (default {store.DEFAULT_CONFIG_DIR})",
     )
@@ -71,6 +114,7 @@ def cmd_run(args) -> int:
     try:
         for name in args.devices:
             store.check_device_name(name)
+        api = api_settings(args)
     except ValueError as e:
         print(f"tetherctl: {e}", file=sys.stderr)
         return 1
@@ -80,6 +124,8 @@ def cmd_run(args) -> int:
             store.config_dir(args.config_dir),
             list(args.devices),
             run_dir=run_dir(args.run_dir),
+            api=api,
+            allow_local=allow_local(args),
         )
         return await daemon.run()
 
@@ -88,8 +134,11 @@ def cmd_run(args) -> int:
 
 def register_up_down(sub) -> None:
     p = sub.add_parser("up", help="start a detached daemon for DEVICE; returns once it is up")
-    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("device", nargs="?", metavar="DEVICE")
+    p.add_argument("--dname", help="the device, in the original tool's spelling")
     add_common_options(p)
+    add_api_options(p)
+    add_exit_options(p)
     p.add_env_option(
         "--state-dir",
         metavar="DIR",
@@ -97,9 +146,19 @@ def register_up_down(sub) -> None:
     )
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down", help="stop DEVICE's detached daemon (PreDown, SaveConfig, PostDown)")
-    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("device", nargs="?", metavar="DEVICE")
+    p.add_argument("--dname", help="the device, in the original tool's spelling")
+    p.add_env_option("--config-dir", "--config", metavar="DIR", help="where device files live")
+    p.add_argument("--new_file", metavar="FILE", help="afterwards, copy the saved config here")
     p.add_env_option("--state-dir", metavar="DIR", help="where `up` put the pidfile")
     p.set_defaults(func=cmd_down)
+
+
+def _device_arg(args) -> str:
+    name = args.device or getattr(args, "dname", None)
+    if not name:
+        raise ValueError("which device? give DEVICE (or --dname=NAME)")
+    return store.check_device_name(name)
 
 
 def cmd_up(args) -> int:
@@ -108,7 +167,8 @@ def cmd_up(args) -> int:
     from tether.device.uapi_server import run_dir
 
     try:
-        name = store.check_device_name(args.device)
+        name = _device_arg(args)
+        api = api_settings(args)
     except ValueError as e:
         print(f"tetherctl: {e}", file=sys.stderr)
         return 1
@@ -118,7 +178,9 @@ def cmd_up(args) -> int:
         return 1
 
     def make_daemon():
-        return Daemon(directory, [name], run_dir=run_dir(args.run_dir))
+        return Daemon(
+            directory, [name], run_dir=run_dir(args.run_dir), api=api, allow_local=allow_local(args)
+        )
 
     ok, message = detach.up(
         name,
@@ -131,8 +193,21 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
+    import os
+    import shutil
+
     from tether.appliance import detach
 
-    ok, message = detach.down(args.device, directory=detach.state_dir(args.state_dir))
+    try:
+        name = _device_arg(args)
+    except ValueError as e:
+        print(f"tetherctl: {e}", file=sys.stderr)
+        return 1
+    ok, message = detach.down(name, directory=detach.state_dir(args.state_dir))
     print(message if ok else f"tetherctl: {message}", file=sys.stdout if ok else sys.stderr)
+    new_file = getattr(args, "new_file", None)
+    if ok and new_file:
+        source = store.device_path(store.config_dir(getattr(args, "config_dir", None)), name)
+        shutil.copyfile(source, new_file)
+        os.chmod(new_file, 0o600)
     return 0 if ok else 1

@@ -92,7 +92,7 @@ class Device:
         self._bind(listen_port)
         if self._inside_factory is not None:
             self.inside = self._inside_factory(self)
-        self._after_io()
+        self.process_pending()
 
     def _bind(self, port: int) -> None:
         sock = udp.bind(port, *self._bind_hosts)
@@ -135,7 +135,7 @@ class Device:
 
     def set_private_key(self, key: bytes | None) -> None:
         self.core.set_private_key(key, time.monotonic())
-        self._after_io()
+        self.process_pending()
 
     def set_listen_port(self, port: int) -> None:
         """Rebind; raises udp.BindError (leaving the old socket in place) if the port is taken."""
@@ -173,7 +173,7 @@ class Device:
             if endpoint is not None or public_key not in self.core.peers:
                 kwargs["endpoint"] = endpoint
         self.core.add_or_update_peer(public_key, now=time.monotonic(), **kwargs)
-        self._after_io()
+        self.process_pending()
 
     def remove_peer(self, public_key: bytes) -> None:
         self.core.remove_peer(public_key, time.monotonic())
@@ -196,15 +196,16 @@ class Device:
                 log.debug("%s: recvfrom: %s", self.name, e)
                 continue
             core.receive_datagram(bytes(view[:n]), udp.unmap(address), now, wall)
-        self._after_io()
+        self.process_pending()
 
     def send_packet(self, packet: bytes) -> bool:
         """Route an IP packet from the inside to the peer whose AllowedIPs cover its destination."""
         ok = self.core.send_packet(packet, time.monotonic(), time.time())
         return ok
 
-    def _after_io(self) -> None:
-        """Flush what the core produced, hand decrypted packets inside, and rearm the timer."""
+    def process_pending(self) -> None:
+        """Flush what the core produced, hand decrypted packets inside, collect what the inside
+        has for peers, and rearm the timer. The inside calls this after host-side IO."""
         core = self.core
         inside = self.inside
         for _ in range(4):  # inside replies may produce more core output; bounded passes
@@ -267,7 +268,7 @@ class Device:
         self.core.on_timer(now, wall)
         if self.inside is not None:
             self.inside.on_timer(now)
-        self._after_io()
+        self.process_pending()
 
     # -- UAPI --------------------------------------------------------------------------------
 
@@ -343,7 +344,7 @@ class Device:
                 self.core.add_or_update_peer(op.public_key, now=now, **changes)
             except ValueError as e:
                 raise UapiError(EINVAL, str(e)) from None
-        self._after_io()
+        self.process_pending()
 
 
 def resolve_endpoint(ep: Endpoint, public_key: bytes) -> tuple[str, int] | None:

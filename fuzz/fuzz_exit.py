@@ -1,0 +1,155 @@
+"""Fuzz target for the sans-IO exit: arbitrary peer packets and host events, no sockets.
+
+Run: `python fuzz/fuzz_exit.py [corpus_dir] [-max_total_time=60]` (needs atheris).
+The contract under test: `Exit.deliver` and the host-event methods never raise, whatever the
+bytes and whatever order events come in; every packet the exit emits parses and fits the MTU;
+flow counts stay within their limits.
+
+The input is a list of records, each starting with an opcode byte:
+  0 raw packet: 2-byte length, then that many bytes, delivered as they are;
+  1 structured packet: version/protocol/destination selectors, then a payload, wrapped in an IP
+    header with a valid checksum so the fuzzer gets past `parse_ip` into the flow tables;
+  2 host event: an event kind and a flow index among the flows the exit has opened;
+  3 time: advance the clock by a byte's worth of steps and run the timers.
+One exit lives across inputs (as in a long-running daemon); its limits are small so they are hit.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import sys
+
+from tether.netstack.exit import Exit, ExitConfig
+from tether.netstack.exit_actions import EchoSend, TcpConnect, UdpOpen
+from tether.netstack.ip import build_ipv4, build_ipv6, parse_ip
+
+MTU = 1280
+_CFG = ExitConfig(max_udp_per_peer=8, max_tcp_per_peer=8, max_flows=24, max_echo_per_peer=4)
+_EXIT = Exit(["10.9.0.1/24", "fd00:9::1/64"], mtu=MTU, config=_CFG, isn=lambda bits: 7)
+_FLOWS: list = []
+_ECHOES: list[EchoSend] = []
+_CLOCK = [1000.0]
+_PEERS = (b"A" * 32, b"B" * 32)
+_SRC4 = (bytes([10, 9, 0, 2]), bytes([10, 9, 0, 3]))
+_SRC6 = (bytes.fromhex("fd000009000000000000000000000002"),)
+_DST4 = (bytes([198, 51, 100, 7]), bytes([10, 9, 0, 1]), bytes([10, 9, 0, 3]),
+         bytes([127, 0, 0, 1]), bytes([224, 0, 0, 1]), bytes([10, 9, 0, 255]))  # fmt: skip
+_DST6 = (bytes.fromhex("20010db8000000000000000000000007"),
+         bytes.fromhex("fd000009000000000000000000000001"), bytes(15) + b"\x01")  # fmt: skip
+_ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EMSGSIZE, errno.EIO)
+
+
+def _collect() -> None:
+    for a in _EXIT.take_actions():
+        t = type(a)
+        if t is UdpOpen or t is TcpConnect:
+            _FLOWS.append(a.flow)
+        elif t is EchoSend:
+            _ECHOES.append(a)
+    del _FLOWS[:-64]
+    del _ECHOES[:-16]
+    for p in _EXIT.take_outbound():
+        assert len(p) <= MTU, len(p)
+        parse_ip(p)
+    assert _EXIT.flow_count <= _CFG.max_flows
+
+
+def _host_event(kind: int, index: int, arg: bytes) -> None:
+    now = _CLOCK[0]
+    if kind % 8 == 7 and _ECHOES:
+        e = _ECHOES[index % len(_ECHOES)]
+        src = _DST4[0] if e.version == 4 else _DST6[0]
+        _EXIT.echo_reply(e.version, src, e.seq, arg, now)
+        return
+    if not _FLOWS:
+        return
+    flow = _FLOWS[index % len(_FLOWS)]
+    err = _ERRNOS[index % len(_ERRNOS)]
+    if not hasattr(flow, "conn"):
+        k = kind % 3
+        if k == 0:
+            _EXIT.udp_received(flow, arg * (1 + kind // 3), now)
+        elif k == 1:
+            _EXIT.udp_error(flow, err, now, len(arg) * 64)
+        else:
+            _EXIT.udp_open_failed(flow, err, now)
+        return
+    k = kind % 8
+    if k == 0:
+        _EXIT.tcp_connected(flow, now)
+    elif k == 1:
+        _EXIT.tcp_connect_failed(flow, err, now)
+    elif k == 2:
+        n = _EXIT.tcp_read_budget(flow)
+        if n:
+            _EXIT.tcp_data(flow, (arg or b"d") * (1 + kind), now)
+    elif k == 3:
+        _EXIT.tcp_eof(flow, now)
+    elif k == 4:
+        _EXIT.tcp_reset(flow, now)
+    elif k == 5:
+        _EXIT.tcp_write_blocked(flow)
+    else:
+        _EXIT.tcp_writable(flow, now)
+
+
+def _structured(sel: bytes, payload: bytes) -> bytes:
+    v6 = sel[0] & 1
+    proto = (6, 17, 1, 58, 44, 0, 132, sel[1])[sel[0] >> 1 & 7]
+    ttl = (64, 1, 2, 255)[sel[0] >> 4 & 3]
+    if v6:
+        return build_ipv6(_SRC6[0], _DST6[sel[2] % len(_DST6)], proto, payload, ttl)
+    src = _SRC4[sel[0] >> 6 & 1]
+    ident, frag = struct.unpack("!HH", sel[3:7]) if len(sel) >= 7 else (0, 0)
+    pkt = bytearray(build_ipv4(src, _DST4[sel[2] % len(_DST4)], proto, payload, ttl, ident))
+    if sel[0] & 0x80:  # fragment fields from the input, checksum redone
+        pkt[6:8] = struct.pack("!H", frag)
+        pkt[10:12] = b"\x00\x00"
+        s = int.from_bytes(pkt[:20], "big") % 0xFFFF
+        pkt[10:12] = struct.pack("!H", (~(s or 0xFFFF)) & 0xFFFF)
+    return bytes(pkt)
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
+    pos, n = 0, len(data)
+    while pos < n:
+        op = data[pos]
+        pos += 1
+        peer = _PEERS[op >> 7]
+        kind = op & 3
+        if kind == 0:
+            if pos + 2 > n:
+                break
+            (length,) = struct.unpack_from("!H", data, pos)
+            pos += 2
+            _EXIT.deliver(peer, data[pos : pos + length], _CLOCK[0])
+            pos += length
+        elif kind == 1:
+            sel = data[pos : pos + 7]
+            pos += 7
+            length = data[pos] * 8 if pos < n else 0
+            pos += 1
+            if len(sel) < 3:
+                break
+            _EXIT.deliver(peer, _structured(sel, data[pos : pos + length]), _CLOCK[0])
+            pos += length
+        elif kind == 2:
+            arg = data[pos + 2 : pos + 2 + (data[pos + 1] & 31 if pos + 1 < n else 0)]
+            if pos + 1 < n:
+                _host_event(op >> 2 & 31, data[pos], arg)
+            pos += 2 + len(arg)
+        else:
+            step = data[pos] if pos < n else 1
+            pos += 1
+            _CLOCK[0] += step * (0.01 if op & 0x80 else 1.0)
+            _EXIT.on_timer(_CLOCK[0])
+        _collect()
+
+
+if __name__ == "__main__":
+    import atheris
+
+    atheris.instrument_all()
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()

@@ -1,0 +1,193 @@
+"""Safety: bearer token, size limits, rate limit, secrets never in answers, metrics, /peers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tether import keys
+from tether.api.app import make_app
+from tether.api.hub import DeviceCounters
+from tether.api.ratelimit import RateLimit, RateLimiter
+from tether.api.settings import read_token_file
+
+from .conftest import PUBLIC
+from .support import PEER1, SERVER_PRIVATE, call, new_key, write_device
+
+TOKEN = "s3cret-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def locked_app(hub):
+    return make_app(hub, public=PUBLIC, token=TOKEN, rate_limit=None)
+
+
+ROUTES = [
+    ("POST", "/peer/add/ipv4/{key}"),
+    ("POST", "/peer/new/ipv4"),
+    ("DELETE", "/peer/remove/{key}"),
+    ("GET", "/peer/config/ipv4/{key}"),
+    ("POST", "/devices/bywg0/peer/add/ipv4/{key}"),
+    ("GET", "/devices/bywg0/peer/config/ipv4/{key}"),
+    ("DELETE", "/devices/bywg0/peer/remove/{key}"),
+    ("GET", "/peers"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/no/such/route"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_needs_the_token(locked_app, conf_dir, method, path):
+    before = (conf_dir / "bywg0.conf").read_bytes()
+    url = path.format(key=new_key())
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = call(locked_app, method, url, headers=headers)
+        assert r.status == 401 and r.text == "missing or wrong API token\n"
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert (conf_dir / "bywg0.conf").read_bytes() == before
+    r = call(locked_app, method, url, headers=AUTH)
+    assert r.status != 401
+
+
+def test_peers_needs_a_configured_token_and_lists_no_secrets(app, locked_app, hub):
+    assert call(app, "GET", "/peers").status == 403
+    hub.stats = {"bywg0": {keys.decode(PEER1): (100, 200, 1700000000.5)}}
+    r = call(locked_app, "GET", "/peers", headers=AUTH)
+    assert r.status == 200 and r.headers["content-type"] == "application/json"
+    peers = json.loads(r.body)["peers"]
+    assert peers == [
+        {
+            "device": "bywg0",
+            "public_key": PEER1,
+            "allowed_ips": ["10.8.0.2/32", "fd08::2/128"],
+            "live": True,
+            "rx_bytes": 100,
+            "tx_bytes": 200,
+            "last_handshake": 1700000000.5,
+        }
+    ]
+    assert SERVER_PRIVATE not in r.text
+    r = call(locked_app, "GET", "/devices/bywg0/peers", headers=AUTH)
+    assert json.loads(r.body)["peers"][0]["public_key"] == PEER1
+    assert call(locked_app, "GET", "/devices/none/peers", headers=AUTH).status == 404
+
+
+def test_token_file_rules(tmp_path):
+    f = tmp_path / "token"
+    f.write_text(TOKEN + "\n")
+    os.chmod(f, 0o600)
+    assert read_token_file(str(f)) == TOKEN
+    os.chmod(f, 0o644)
+    with pytest.raises(ValueError, match="readable by others"):
+        read_token_file(str(f))
+    os.chmod(f, 0o600)
+    f.write_text("short\n")
+    with pytest.raises(ValueError, match="at least 16"):
+        read_token_file(str(f))
+    with pytest.raises(ValueError, match="cannot read"):
+        read_token_file(str(tmp_path / "missing"))
+
+
+def test_huge_bodies_and_targets_are_refused_unread(app, conf_dir):
+    before = (conf_dir / "bywg0.conf").read_bytes()
+    r = call(app, "POST", f"/peer/add/ipv4/{new_key()}", body=b"x" * 100_000)
+    assert r.status == 413 and r.text.startswith("request body too large")
+    r = call(app, "POST", f"/peer/add/ipv4/{new_key()}", headers={"Content-Length": "-5"})
+    assert r.status == 413
+    r = call(app, "POST", f"/peer/add/ipv4/{new_key()}", headers={"Content-Length": "x"})
+    assert r.status == 400
+    r = call(app, "GET", "/peer/config/ipv4/" + "A" * 5000)
+    assert r.status == 414
+    r = call(app, "GET", f"/peer/config/ipv4/{PEER1}", query="format=qr&" + "a=b&" * 1000)
+    assert r.status == 414
+    assert (conf_dir / "bywg0.conf").read_bytes() == before
+    assert call(app, "POST", f"/peer/add/ipv4/{new_key()}", body=b"small").status == 200
+
+
+def test_rate_limit_per_client_address(hub):
+    app = make_app(hub, public=PUBLIC, rate_limit=RateLimit(per_minute=0.001, burst=3))
+    for _ in range(3):
+        assert call(app, "POST", f"/peer/add/ipv4/{new_key()}", remote="198.51.100.1").status == 200
+    r = call(app, "POST", "/peer/new/ipv4", remote="198.51.100.1")
+    assert r.status == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.text == "too many peers added from this address; retry later\n"
+    # forwarded-for headers are client-controlled and do not give a new budget
+    r = call(
+        app,
+        "POST",
+        f"/peer/add/ipv4/{new_key()}",
+        remote="198.51.100.1",
+        headers={"X-Forwarded-For": "192.0.2.99"},
+    )
+    assert r.status == 429
+    assert call(app, "POST", f"/peer/add/ipv4/{new_key()}", remote="198.51.100.2").status == 200
+    # reads and removes are not limited
+    assert call(app, "GET", f"/peer/config/ipv4/{PEER1}", remote="198.51.100.1").status == 200
+    # a refused request did not touch the file
+    assert call(app, "DELETE", f"/peer/remove/{PEER1}", remote="198.51.100.1").status == 200
+
+
+def test_rate_limiter_refills_and_bounds_its_table():
+    now = [0.0]
+    lim = RateLimiter(RateLimit(per_minute=60, burst=2, max_clients=3), clock=lambda: now[0])
+    assert lim.take("a") == 0 and lim.take("a") == 0
+    assert lim.take("a") == pytest.approx(1.0)
+    now[0] = 1.0
+    assert lim.take("a") == 0
+    for c in "bcde":
+        lim.take(c)
+    assert len(lim._buckets) == 3
+
+
+def test_preshared_keys_are_never_handed_out(tmp_path, hub):
+    psk = keys.genpsk()
+    text = (
+        f"[Interface]\nAddress = 10.8.0.1/24\nListenPort = 1\nPrivateKey = {SERVER_PRIVATE}\n\n"
+        f"[Peer]\nPublicKey = {PEER1}\nPresharedKey = {psk}\nAllowedIPs = 10.8.0.2/32\n"
+    )
+    write_device(hub.config_dir, "bywg0", text)
+    app = make_app(hub, public=PUBLIC, rate_limit=None)
+    r = call(app, "GET", f"/peer/config/ipv4/{PEER1}")
+    assert r.status == 200 and psk not in r.text
+    assert "PresharedKey = __PLACEHOLDER__ # this peer has a preshared key" in r.text
+
+
+def test_metrics(app, hub):
+    hub.stats = {"bywg0": {keys.decode(PEER1): (1234, 5678, 1700000000.0)}}
+    hub.counts = DeviceCounters(
+        handshakes=7, drops={"replay": 2, "allowed_ips": 3}, exit_flows={"tcp": 4, "udp": 1}
+    )
+    call(app, "GET", "/healthz")
+    r = call(app, "GET", "/metrics")
+    assert r.status == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(r.text)
+        for s in fam.samples
+    }
+    peer = (("device", "bywg0"), ("public_key", PEER1))
+    assert samples[("tetherctl_peer_receive_bytes_total", peer)] == 1234
+    assert samples[("tetherctl_peer_transmit_bytes_total", peer)] == 5678
+    assert samples[("tetherctl_peer_last_handshake_seconds", peer)] == 1700000000.0
+    assert samples[("tetherctl_handshakes_total", (("device", "bywg0"),))] == 7
+    assert (
+        samples[("tetherctl_dropped_packets_total", (("device", "bywg0"), ("reason", "replay")))]
+        == 2
+    )
+    assert samples[("tetherctl_exit_flows", (("device", "bywg0"), ("protocol", "tcp")))] == 4
+    assert samples[("tetherctl_peers", (("device", "bywg0"),))] == 1
+    assert samples[("tetherctl_api_requests_total", (("method", "GET"), ("status", "200")))] >= 1
+    assert SERVER_PRIVATE not in r.text
+
+
+def test_metrics_survive_a_failing_device(app, hub):
+    def broken(name):
+        raise RuntimeError("device went away")
+
+    hub.peer_stats = broken
+    assert call(app, "GET", "/metrics").status == 200

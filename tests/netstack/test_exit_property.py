@@ -1,0 +1,366 @@
+"""Property tests: whatever peers send and whatever the host reports, the exit never raises,
+every packet it emits is well-formed and fits the MTU, and its actions are consistent (no action
+on a flow before it was opened or after it was closed, no write after shutdown, limits held)."""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, event, given, settings
+
+from tether.netstack.exit import ExitConfig
+from tether.netstack.exit_actions import (
+    EchoSend,
+    TcpClose,
+    TcpConnect,
+    TcpShutdown,
+    TcpWrite,
+    UdpClose,
+    UdpOpen,
+    UdpSend,
+)
+from tether.netstack.icmp import build_echo
+from tether.netstack.ip import (
+    PROTO_TCP,
+    PROTO_UDP,
+    PacketError,
+    fragment_ipv4,
+    fragment_ipv6,
+    parse_ip,
+)
+from tether.netstack.tcp import build_segment
+from tether.netstack.udp import build_udp_packet
+
+from .test_exit_support import (
+    NET4,
+    NET6,
+    OTHER_KEY,
+    OWN4,
+    OWN6,
+    PEER4,
+    PEER6,
+    PEER_KEY,
+    Harness,
+    ip_packet,
+)
+
+MTU = 1280
+CFG = ExitConfig(max_udp_per_peer=4, max_tcp_per_peer=3, max_flows=8, max_echo_per_peer=3)
+DST4 = [NET4, OWN4, bytes([10, 9, 0, 3]), bytes([127, 0, 0, 1]), bytes([224, 0, 0, 1]),
+        bytes([10, 9, 0, 255]), bytes([198, 51, 100, 8])]  # fmt: skip
+DST6 = [NET6, OWN6, PEER6[:15] + b"\x09", bytes(15) + b"\x01", b"\xff\x02" + bytes(13) + b"\x01"]
+SRC4 = [PEER4, bytes([10, 9, 0, 3]), bytes([0, 0, 0, 0])]
+SRC6 = [PEER6, bytes(16)]
+ISN = 0x12345678  # Harness's fixed initial sequence number: lets drawn ACKs complete handshakes
+
+
+@st.composite
+def packets(draw) -> list[bytes]:
+    v6 = draw(st.booleans())
+    src = draw(st.sampled_from(SRC6 if v6 else SRC4) | st.just(PEER6 if v6 else PEER4))
+    dst = draw(st.sampled_from(DST6 if v6 else DST4) | st.just(NET6 if v6 else NET4))
+    kind = draw(st.sampled_from(["tcp", "tcp", "udp", "udp", "echo", "proto", "raw"]))
+    ttl = draw(st.sampled_from([64, 1, 2]))
+    if kind == "raw":
+        return [draw(st.binary(max_size=120))]
+    if kind == "tcp":
+        flags = draw(st.sampled_from([0x02, 0x02, 0x10, 0x18, 0x11, 0x04, 0x14, 0x12, 0x01, 0xFF]))
+        seg = build_segment(
+            src, dst, draw(st.sampled_from([1000, 1001, 0])), draw(st.sampled_from([80, 443])),
+            draw(st.sampled_from([1000, 1001, 1301]) | st.integers(0, 2**32 - 1)),
+            draw(st.just(ISN + 1) | st.integers(0, 2**32 - 1)), flags,
+            draw(st.integers(0, 65535)), draw(st.binary(max_size=300)),
+            mss=draw(st.none() | st.integers(0, 65535)),
+            wscale=draw(st.none() | st.integers(0, 20)),
+            sack_permitted=draw(st.booleans()),
+        )  # fmt: skip
+        pkt = ip_packet(src, dst, PROTO_TCP, seg, ttl)
+    elif kind == "udp":
+        size = draw(st.sampled_from([0, 10, 1500, 3000]))
+        pkt = build_udp_packet(
+            src, dst, draw(st.sampled_from([5000, 5001, 0])), draw(st.sampled_from([53, 9, 0])),
+            bytes(size), ttl=ttl, ident=draw(st.integers(0, 65535)),
+        )  # fmt: skip
+    elif kind == "echo":
+        pkt = build_echo(src, dst, draw(st.integers(0, 65535)), draw(st.integers(0, 65535)),
+                         bytes(draw(st.sampled_from([0, 56, 2000]))), reply=draw(st.booleans()),
+                         ttl=ttl)  # fmt: skip
+    else:
+        pkt = ip_packet(src, dst, draw(st.integers(0, 255)), draw(st.binary(max_size=64)), ttl)
+    out = [pkt]
+    if draw(st.booleans()) and len(pkt) > 600:
+        try:
+            out = fragment_ipv6(pkt, 600, 7) if v6 else fragment_ipv4(pkt, 600)
+        except PacketError:
+            pass
+        out = draw(st.permutations(out))
+        if draw(st.booleans()):
+            out = out[:-1]
+    if draw(st.integers(0, 3)) == 0:
+        b = bytearray(out[0])
+        i = draw(st.integers(0, len(b) - 1))
+        b[i] ^= draw(st.integers(1, 255))
+        out[0] = bytes(b)
+    return out
+
+
+class Checker:
+    """Executes actions like a host would, checking their consistency."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.open: dict = {}  # flow -> "udp" | "tcp"
+        self.closed: dict = {}  # insertion-ordered: draws must not depend on id() order
+        self.shut: set = set()
+        self.echoes: list[EchoSend] = []
+
+    def check(self) -> None:
+        for a in self.h.actions():
+            t = type(a)
+            if t is EchoSend:
+                self.echoes.append(a)
+                continue
+            flow = a.flow
+            assert flow not in self.closed, a
+            if t in (UdpOpen, TcpConnect):
+                assert flow not in self.open
+                self.open[flow] = "udp" if t is UdpOpen else "tcp"
+                continue
+            assert flow in self.open, a
+            if t in (UdpClose, TcpClose):
+                self.closed[flow] = True
+                del self.open[flow]
+            elif t is TcpWrite:
+                assert flow not in self.shut and len(a.data) > 0
+            elif t is TcpShutdown:
+                self.shut.add(flow)
+            elif t is UdpSend:
+                assert self.open[flow] == "udp"
+        for p in self.h.out():
+            assert len(p) <= MTU
+            parse_ip(p)  # well-formed (IPv4 header checksum included)
+        assert self.h.x.flow_count <= CFG.max_flows
+        for ps in self.h.x._peers.values():
+            assert len(ps.udp_flows) <= CFG.max_udp_per_peer
+            assert 0 <= ps.tcp <= CFG.max_tcp_per_peer
+            assert 0 <= ps.echo <= CFG.max_echo_per_peer
+
+
+def host_event(draw, h: Harness, c: Checker) -> None:
+    x = h.x
+    flows = [f for f in c.open if not f.closed] or list(c.open) or list(c.closed)
+    if c.echoes and draw(st.booleans()):
+        e = draw(st.sampled_from(c.echoes))
+        src = draw(st.sampled_from([NET4, NET6]))
+        x.echo_reply(e.version, src, e.seq, draw(st.binary(max_size=100)), h.now)
+        return
+    if not flows:
+        return
+    f = draw(st.sampled_from(flows))
+    if c.open.get(f, "tcp" if hasattr(f, "conn") else "udp") == "udp" and not hasattr(f, "conn"):
+        ev = draw(st.sampled_from(["recv", "err", "open_failed"]))
+        if ev == "recv":
+            x.udp_received(f, bytes(draw(st.sampled_from([0, 5, 1400, 5000]))), h.now)
+        elif ev == "err":
+            err = draw(st.sampled_from([errno.ECONNREFUSED, errno.EMSGSIZE, errno.EIO]))
+            x.udp_error(f, err, h.now, draw(st.sampled_from([0, 1200])))
+        else:
+            x.udp_open_failed(f, errno.ENETUNREACH, h.now)
+        return
+    ev = draw(st.sampled_from(["conn", "fail", "data", "eof", "reset", "blocked", "writable"]))
+    if ev == "conn":
+        x.tcp_connected(f, h.now)
+    elif ev == "fail":
+        x.tcp_connect_failed(f, draw(st.sampled_from([111, 110, 113, 101, 24])), h.now)
+    elif ev == "data":
+        n = x.tcp_read_budget(f)
+        if n:
+            x.tcp_data(f, bytes(min(n, draw(st.integers(1, 70000)))), h.now)
+    elif ev == "eof":
+        x.tcp_eof(f, h.now)
+    elif ev == "reset":
+        x.tcp_reset(f, h.now)
+    elif ev == "blocked":
+        x.tcp_write_blocked(f)
+    else:
+        x.tcp_writable(f, h.now)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_traffic_and_host_events(data):
+    h = Harness(mtu=MTU, config=CFG)
+    c = Checker(h)
+    for _ in range(data.draw(st.integers(1, 40))):
+        op = data.draw(st.sampled_from(["pkt", "pkt", "pkt", "host", "host", "host", "time"]))
+        if op == "pkt":
+            peer = data.draw(st.sampled_from([PEER_KEY, OTHER_KEY]))
+            for p in data.draw(packets()):
+                h.deliver(p, peer)
+        elif op == "host":
+            host_event(data.draw, h, c)
+        else:
+            h.run_until(h.now + data.draw(st.sampled_from([0.01, 0.5, 5.0, 31.0, 200.0])))
+        c.check()
+    for key in h.x.stats:
+        event(key)
+    h.run_until(h.now + 10_000)  # every timer runs out: nothing may be left but idle TCP
+    c.check()
+    for f in c.open:
+        assert c.open[f] == "tcp", "a UDP flow outlived its idle timeout"
+    h.x.close()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=1600), st.sampled_from([PEER_KEY, b"", b"x"]))
+def test_garbage_never_raises(blob, peer):
+    h = Harness(mtu=MTU, config=CFG)
+    h.deliver(blob, peer)
+    h.deliver(memoryview(blob), peer)
+    for p in h.out():
+        assert len(p) <= MTU
+        parse_ip(p)
+    h.actions()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=20, max_size=200), st.booleans())
+def test_garbage_after_a_valid_ip_header_never_raises(body, v6):
+    from tether.netstack.ip import build_ipv4, build_ipv6
+
+    h = Harness(mtu=MTU, config=CFG)
+    for proto in (PROTO_TCP, PROTO_UDP, 1, 58, 44, 0):
+        if v6:
+            h.deliver(build_ipv6(PEER6, NET6, proto, body))
+        else:
+            h.deliver(build_ipv4(PEER4, NET4, proto, body))
+    for p in h.out():
+        assert len(p) <= MTU
+        parse_ip(p)
+
+
+class StreamHost:
+    """The host side of one TCP flow, as the shell behaves: writes may block (the data is kept,
+    in order), reading respects the read budget and stops while paused."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.flow = None
+        self.written = bytearray()
+        self.pending = bytearray()
+        self.blocked = False
+        self.paused = False
+        self.shutdown = False
+        self.closed: bool | None = None
+
+    def run(self) -> None:
+        for a in self.h.actions():
+            t = type(a)
+            if t is TcpConnect:
+                assert self.flow is None
+                self.flow = a.flow
+            elif t is TcpWrite:
+                assert not self.shutdown and self.closed is None
+                if self.blocked:
+                    self.pending += a.data
+                else:
+                    self.written += a.data
+            elif t is TcpShutdown:
+                self.shutdown = True
+            elif t is TcpClose:
+                self.closed = a.abort
+            elif t.__name__ == "TcpPauseReading":
+                self.paused = True
+            elif t.__name__ == "TcpResumeReading":
+                self.paused = False
+
+    def block(self) -> None:
+        if not self.blocked and self.flow is not None:
+            self.blocked = True
+            self.h.x.tcp_write_blocked(self.flow)
+
+    def unblock(self) -> None:
+        if self.blocked:
+            self.blocked = False
+            self.written += self.pending
+            self.pending.clear()
+            self.h.x.tcp_writable(self.flow, self.h.now)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
+    from .test_exit_support import PeerTcp
+
+    h = Harness(mtu=1280)
+    host = StreamHost(h)
+    client = PeerTcp(PEER4, NET4, 40000, 80, window=data.draw(st.sampled_from([0xFFFF, 3000])))
+    rnd = random.Random(data.draw(st.integers(0, 2**32 - 1)))  # seeded: shrinks, replays
+    sizes = st.sampled_from([0, 1500, 40_000, 100_000, 200_000])
+    up = rnd.randbytes(data.draw(sizes) + rnd.randrange(3000))
+    down = rnd.randbytes(data.draw(sizes) + rnd.randrange(3000))
+    loss = data.draw(st.sampled_from([0.0, 0.05, 0.2]))
+    to_exit: list[bytes] = [client.syn()]
+    down_pos = 0
+
+    def step(lossy: bool) -> None:
+        nonlocal to_exit, down_pos
+        for p in to_exit:
+            if not lossy or rnd.random() >= loss:
+                h.deliver(p)
+        to_exit = []
+        host.run()
+        if host.flow is not None and not host.flow.connected and not host.flow.closed:
+            h.x.tcp_connected(host.flow, h.now)
+            host.run()
+        for p in h.out():
+            if not lossy or rnd.random() >= loss:
+                to_exit += client.receive(p)
+        to_exit += client.output()
+        host.run()
+
+    client.send(up)
+    for _ in range(data.draw(st.integers(5, 80))):
+        op = data.draw(st.sampled_from(["step", "step", "host", "block", "unblock", "time",
+                                        "rexmit"]))  # fmt: skip
+        if op == "host" and host.flow is not None and not host.paused:
+            n = h.x.tcp_read_budget(host.flow)
+            chunk = down[down_pos : down_pos + min(n, data.draw(st.integers(1, 50000)))]
+            if chunk:
+                h.x.tcp_data(host.flow, chunk, h.now)
+                down_pos += len(chunk)
+        elif op == "block":
+            host.block()
+        elif op == "unblock":
+            host.unblock()
+        elif op == "time":
+            h.run_until(h.now + data.draw(st.sampled_from([0.01, 0.2, 1.0, 3.0])))
+        elif op == "rexmit":
+            to_exit += client.retransmit()
+        step(lossy=True)
+        assert up.startswith(bytes(host.written))
+        assert down.startswith(bytes(client.received))
+        assert client.state != "CLOSED" or not client.reset
+    # Drain without loss: everything must arrive.
+    host.unblock()
+    client.window = 0xFFFF
+    for _ in range(3000):
+        if host.flow is not None and down_pos < len(down) and not host.paused:
+            n = h.x.tcp_read_budget(host.flow)
+            chunk = down[down_pos : down_pos + n]
+            if chunk:
+                h.x.tcp_data(host.flow, chunk, h.now)
+                down_pos += len(chunk)
+        step(lossy=False)
+        if bytes(host.written) == up and len(client.received) == len(down):
+            break
+        h.run_until(h.now + 0.25)
+        to_exit += client.retransmit() if client.state == "SYN_SENT" else [client.ack()]
+        if rnd.random() < 0.2:
+            to_exit += client.retransmit()
+    event(f"up>=40K {len(up) >= 40000}, down>=40K {len(down) >= 40000}")
+    assert not client.reset
+    assert bytes(host.written) == up
+    assert bytes(client.received) == down

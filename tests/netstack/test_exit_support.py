@@ -1,0 +1,219 @@
+"""Helpers for the exit tests: a minimal phone-side TCP endpoint and packet shortcuts.
+
+`PeerTcp` is deliberately independent of `tcpconn.TcpConnection` (it shares only the wire
+format functions of `tcp.py`): an active opener with 32-bit modular arithmetic, no SACK and no
+timestamps, an ACK for every data segment, in-order delivery only (anything else is dropped and
+re-ACKed), and go-back-N retransmission when asked to. It verifies every checksum the exit sends.
+"""
+
+from __future__ import annotations
+
+from tether.netstack.ip import PROTO_TCP, build_ipv4, build_ipv6, parse_ip
+from tether.netstack.tcp import ACK, FIN, PSH, RST, SYN, build_segment, parse_segment
+
+M = 0xFFFFFFFF
+
+
+def ip_packet(src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int = 64) -> bytes:
+    if len(src) == 4:
+        return build_ipv4(src, dst, proto, payload, ttl)
+    return build_ipv6(src, dst, proto, payload, ttl)
+
+
+def seq_lt(a: int, b: int) -> bool:
+    return a != b and ((b - a) & M) < 0x80000000
+
+
+class PeerTcp:
+    def __init__(
+        self,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        *,
+        isn: int = 0xFFFFF000,  # wraps early: modular arithmetic is exercised
+        mss: int | None = 1360,
+        wscale: int | None = 7,
+        window: int = 0xFFFF,
+    ) -> None:
+        self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
+        self.iss = isn & M
+        self.snd_una = self.iss
+        self.snd_nxt = (self.iss + 1) & M
+        self.snd_wnd = 0
+        self.snd_wscale = 0
+        self.peer_mss = 536
+        self.mss = mss
+        self.wscale = wscale
+        self.window = window  # raw 16-bit field we advertise (scaled by our wscale)
+        self.rcv_nxt = 0
+        self.state = "CLOSED"
+        self.received = bytearray()
+        self.send_q = bytearray()  # bytes from snd_una on (after the SYN is acked)
+        self.fin_queued = False
+        self.fin_sent_seq: int | None = None
+        self.fin_received = False
+        self.reset = False
+        self.segments_in = 0
+
+    # -- building -------------------------------------------------------------------------
+
+    def _pkt(self, seq: int, flags: int, payload: bytes = b"", **opts) -> bytes:
+        win = self.window
+        seg = build_segment(
+            self.src, self.dst, self.sport, self.dport, seq, self.rcv_nxt, flags, win, payload,
+            **opts,
+        )  # fmt: skip
+        return ip_packet(self.src, self.dst, PROTO_TCP, seg)
+
+    def syn(self) -> bytes:
+        self.state = "SYN_SENT"
+        return self._pkt(self.iss, SYN, mss=self.mss, wscale=self.wscale)
+
+    def ack(self) -> bytes:
+        return self._pkt(self.snd_nxt, ACK)
+
+    def rst(self) -> bytes:
+        return self._pkt(self.snd_nxt, RST | ACK)
+
+    def send(self, data: bytes) -> None:
+        self.send_q += data
+
+    def close(self) -> None:
+        self.fin_queued = True
+
+    def output(self) -> list[bytes]:
+        """Data (and FIN) segments the window allows."""
+        if self.state not in ("ESTABLISHED", "CLOSE_WAIT"):
+            return []
+        out = []
+        wnd = self.snd_wnd
+        while True:
+            sent = self._data_in_flight()
+            if sent >= len(self.send_q):
+                break
+            room = wnd - sent
+            if room <= 0:
+                break
+            n = min(self.peer_mss, room, len(self.send_q) - sent)
+            data = bytes(self.send_q[sent : sent + n])
+            out.append(self._pkt(self.snd_nxt, ACK | PSH, data))
+            self.snd_nxt = (self.snd_nxt + n) & M
+        sent = self._data_in_flight()
+        if self.fin_queued and self.fin_sent_seq is None and sent == len(self.send_q):
+            self.fin_sent_seq = self.snd_nxt
+            out.append(self._pkt(self.snd_nxt, FIN | ACK))
+            self.snd_nxt = (self.snd_nxt + 1) & M
+        return out
+
+    def _data_in_flight(self) -> int:
+        n = (self.snd_nxt - self.snd_una) & M
+        if self.fin_sent_seq is not None and n:
+            n -= 1  # the FIN holds the last sequence number until it is acknowledged
+        return n
+
+    def retransmit(self) -> list[bytes]:
+        """Go back N: resend everything unacknowledged."""
+        if self.state == "SYN_SENT":
+            return [self.syn()]
+        self.snd_nxt = self.snd_una
+        if self.fin_sent_seq is not None and seq_lt(self.snd_una, self.fin_sent_seq + 1):
+            self.fin_sent_seq = None
+        return self.output()
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def receive(self, packet: bytes) -> list[bytes]:
+        """Process one packet from the exit; returns packets to send back."""
+        ip = parse_ip(packet)
+        assert ip.protocol == PROTO_TCP and ip.src == self.dst and ip.dst == self.src
+        seg = parse_segment(ip.src, ip.dst, ip.payload, verify_checksum=True)
+        assert seg.sport == self.dport and seg.dport == self.sport
+        self.segments_in += 1
+        if seg.flags & RST:
+            self.reset = True
+            self.state = "CLOSED"
+            return []
+        if self.state == "SYN_SENT":
+            if seg.flags & (SYN | ACK) != SYN | ACK or seg.ack != (self.iss + 1) & M:
+                return [self._pkt(seg.ack, RST)]
+            self.rcv_nxt = (seg.seq + 1) & M
+            self.snd_una = seg.ack
+            self.peer_mss = seg.mss or 536
+            both = seg.wscale is not None and self.wscale is not None
+            self.snd_wscale = seg.wscale if both else 0
+            self.snd_wnd = seg.window  # a SYN's window is never scaled
+            self.state = "ESTABLISHED"
+            return [self.ack()]
+        if seg.flags & ACK:
+            acked = (seg.ack - self.snd_una) & M
+            if 0 < acked <= (self.snd_nxt - self.snd_una) & M:
+                data_acked = acked
+                if self.fin_sent_seq is not None and seg.ack == (self.fin_sent_seq + 1) & M:
+                    data_acked -= 1
+                del self.send_q[:data_acked]
+                self.snd_una = seg.ack
+            if seg.ack == self.snd_una:
+                self.snd_wnd = seg.window << self.snd_wscale
+        out: list[bytes] = []
+        payload = bytes(seg.payload)
+        if payload or seg.flags & FIN:
+            if seg.seq == self.rcv_nxt:
+                self.received += payload
+                self.rcv_nxt = (self.rcv_nxt + len(payload)) & M
+                if seg.flags & FIN:
+                    self.rcv_nxt = (self.rcv_nxt + 1) & M
+                    self.fin_received = True
+            out.append(self.ack())
+        elif seg.seq != self.rcv_nxt:
+            out.append(self.ack())  # outside the window (a keep-alive probe): answer with ACK
+        return out
+
+    @property
+    def all_acked(self) -> bool:
+        return self.snd_una == self.snd_nxt and not self.send_q
+
+
+# -- a clocked Exit --------------------------------------------------------------------------
+
+PEER_KEY = b"P" * 32
+OTHER_KEY = b"Q" * 32
+PEER4 = bytes([10, 9, 0, 2])
+PEER6 = bytes.fromhex("fd000009000000000000000000000002")
+OWN4 = bytes([10, 9, 0, 1])
+OWN6 = bytes.fromhex("fd000009000000000000000000000001")
+NET4 = bytes([198, 51, 100, 7])  # TEST-NET-2: never contacted, the exit here has no sockets
+NET6 = bytes.fromhex("20010db8000000000000000000000007")
+ADDRESSES = ("10.9.0.1/24", "fd00:9::1/64")
+
+
+class Harness:
+    """An `Exit` with a fake clock; nothing here opens a socket."""
+
+    def __init__(self, addresses=ADDRESSES, **kw) -> None:
+        from tether.netstack.exit import Exit
+
+        kw.setdefault("isn", lambda bits: 0x12345678)
+        self.x = Exit(addresses, **kw)
+        self.now = 1000.0
+
+    def deliver(self, packet: bytes, peer: bytes = PEER_KEY) -> None:
+        self.x.deliver(peer, packet, self.now)
+
+    def actions(self) -> list:
+        return self.x.take_actions()
+
+    def out(self) -> list[bytes]:
+        return self.x.take_outbound()
+
+    def run_until(self, t: float) -> None:
+        """Fire every timer due up to `t`, in order, then set the clock to `t`."""
+        for _ in range(100000):
+            d = self.x.next_deadline()
+            if d is None or d > t:
+                break
+            self.now = max(self.now, d)
+            self.x.on_timer(self.now)
+        self.now = t
+        self.x.on_timer(t)

@@ -1,0 +1,150 @@
+"""Serving the API: waitress, in a thread of the daemon, started and stopped on demand.
+
+Why waitress (over cheroot, gunicorn, or wsgiref):
+- the API faces phones on the Internet, so slow or malicious clients are the norm. waitress reads
+  requests and writes responses in one asynchronous I/O loop and hands a request to a worker
+  thread only once it has arrived completely; a client trickling its headers (slowloris) or
+  reading its response slowly holds a buffer, not a thread. cheroot's workers read the request
+  themselves, so N slow clients can occupy N workers until their timeouts;
+- it enforces limits before the app sees anything: header size, body size (413), connection
+  count, idle timeouts;
+- it is pure Python, has no dependencies, runs inside our process (gunicorn wants to own the
+  process with its own master and signals, which the daemon already does), and is stable and
+  widely deployed. wsgiref serves one request at a time and has no limits.
+
+`start_api` binds synchronously (so "port in use" is an error for the caller, not a log line in
+a thread) and returns an `ApiHandle`; `ApiHandle.stop()` ends the loop from any thread, closes
+every connection and joins the worker threads. The I/O loop is driven here with a private socket
+map (a public argument of `create_server`) so that it can be stopped cleanly, which
+`waitress.serve()` cannot do from another thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from waitress import wasyncore
+from waitress.server import create_server
+
+log = logging.getLogger("tether.api")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9090
+
+
+def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT`, `:PORT` (every interface, as the original's `--api_url=:9090`),
+    `HOST` or `PORT` → (host, port). Host names other than localhost are refused: resolving
+    them would need DNS, and an API must bind where its operator said."""
+    text = text.strip()
+    if text.startswith("http://"):
+        text = text[len("http://") :].rstrip("/")
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r}: expected [IPv6]:PORT")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.isdigit():
+        host, port_text = "", text
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"{text!r}: bad port")
+        port = int(port_text)
+    else:
+        port = default_port
+    if host == "":
+        return "*", port
+    if host == "localhost":
+        return DEFAULT_HOST, port
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: the host must be an IP address, localhost or empty") from None
+    return host, port
+
+
+@dataclass
+class ApiHandle:
+    host: str
+    port: int
+    _server: object = field(repr=False)
+    _map: dict = field(repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(timeout=0.2, map=self._map, use_poll=True, count=1)
+        except Exception:
+            log.exception("API server loop failed")
+        finally:
+            self._server.task_dispatcher.shutdown(timeout=5)
+            wasyncore.close_all(self._map)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving; idempotent, callable from any thread (not from a request handler)."""
+        self._stopping.set()
+        trigger = getattr(self._server, "pull_trigger", None)
+        if trigger is not None:
+            try:
+                trigger()
+            except OSError:
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+def start_api(
+    app,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    threads: int = 8,
+    max_body: int = 64 * 1024,
+    connection_limit: int = 256,
+) -> ApiHandle:
+    """Bind and serve `app` in a background thread; raises OSError when the address is taken."""
+    # "Task queue depth is N" is logged whenever all workers are busy for a moment: normal
+    # under load, and one line per request at that point.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    socket_map: dict = {}
+    server = create_server(
+        app,
+        map=socket_map,
+        listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        threads=threads,
+        ident="tetherctl",
+        max_request_header_size=16 * 1024,
+        max_request_body_size=max_body,
+        connection_limit=connection_limit,
+        channel_timeout=30,
+        cleanup_interval=10,
+        expose_tracebacks=False,
+        clear_untrusted_proxy_headers=True,
+        asyncore_use_poll=True,
+    )
+    listen = getattr(server, "effective_listen", None) or [
+        (server.effective_host, server.effective_port)
+    ]
+    eff_host, eff_port = listen[0][0], int(listen[0][1])
+    handle = ApiHandle(eff_host, eff_port, server, socket_map)
+    handle._thread = threading.Thread(target=handle._run, name="tetherctl-api", daemon=True)
+    handle._thread.start()
+    log.info("API listening on %s", ", ".join(f"{h}:{p}" for h, p in listen))
+    return handle

@@ -1,0 +1,479 @@
+"""The exit's IO shell: host sockets on the device's asyncio loop, driven by the sans-IO `Exit`.
+
+    Device(name, ..., inside_factory=ExitShell)                                  # defaults
+    Device(name, ..., inside_factory=functools.partial(ExitShell, allow_local=True))
+
+It implements the device's `Inside` protocol. The device hands it decrypted packets
+(`deliver`), and asks it for packets toward peers (`take_outbound`), which is also when the
+exit's actions are executed: one batch of packets from the device, one pass over the actions.
+Host sockets report through plain `loop.add_reader`/`add_writer` callbacks (no Task, no Future,
+no transport objects per packet); each callback reads in a bounded batch, feeds the exit, and
+asks the device, once per loop iteration at most (`_kick`), to collect the resulting packets.
+
+Sockets: a connected non-blocking UDP socket per UDP flow; a non-blocking TCP socket per TCP
+flow (TCP_NODELAY: the exit already coalesces per batch, and the peer does its own Nagle); one
+ping socket per address family for all echo requests (`SOCK_DGRAM`/`IPPROTO_ICMP`, allowed when
+`net.ipv4.ping_group_range` includes our group; as root without it, a raw socket).
+
+The host's own addresses, which the policy refuses by default, are read from /proc/net/fib_trie
+and /proc/net/if_inet6 (no netlink library, no subprocess, no packets) and re-read every 30 s.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+import time
+from dataclasses import replace
+
+from tether.device.exit_shell_host import Pinger, discover_host_addresses, raise_nofile_limit
+from tether.netstack.exit import Exit, ExitConfig
+from tether.netstack.exit_actions import (
+    EchoSend,
+    TcpClose,
+    TcpConnect,
+    TcpPauseReading,
+    TcpResumeReading,
+    TcpShutdown,
+    TcpWrite,
+    UdpClose,
+    UdpOpen,
+    UdpSend,
+)
+from tether.netstack.exit_tcp import READ_CHUNK
+
+log = logging.getLogger("tether.exit")
+
+UDP_BATCH = 64  # datagrams read per readable callback
+TCP_BATCH = 4  # reads per readable callback (each up to READ_CHUNK)
+ACTION_PASSES = 16  # rounds of actions → host events → actions within one take_outbound
+HOST_ADDRESS_REFRESH = 30.0
+_FD_RESERVE = 256  # descriptors kept for everything that is not a flow
+_IP_MTU = getattr(socket, "IP_MTU", 14)
+_IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+class _TcpSock:
+    """The shell's side of one TCP flow (kept in `flow.handle`)."""
+
+    __slots__ = ("sock", "fd", "pending", "connecting", "reading", "eof", "shutdown_after",
+                 "close_after", "closed")  # fmt: skip
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pending: bytearray | None = None  # unwritten bytes; a writer is registered
+        self.connecting = False
+        self.reading = False
+        self.eof = False
+        self.shutdown_after = False  # shutdown(SHUT_WR) once pending is written
+        self.close_after = False  # close once pending is written
+        self.closed = False
+
+
+class ExitShell:
+    """`Inside` for a `Device`: proxies peers' traffic through host sockets (module docstring)."""
+
+    def __init__(
+        self,
+        device,
+        *,
+        allow_local: bool = False,
+        config: ExitConfig | None = None,
+        mtu: int | None = None,
+        host_addresses: tuple | None = None,
+    ) -> None:
+        self.device = device
+        self.loop = device.loop
+        cfg = config or ExitConfig()
+        fd_limit = raise_nofile_limit()
+        if cfg.max_flows > fd_limit - _FD_RESERVE:
+            cfg = replace(cfg, max_flows=max(16, fd_limit - _FD_RESERVE))
+        if mtu is None:
+            mtu = device.core.mtu
+        self.exit = Exit(device.addresses, mtu=mtu, allow_local=allow_local, config=cfg)
+        self._static_host = host_addresses
+        self._refresh: object | None = None
+        self._refresh_host_addresses()
+        self._udp_buf = bytearray(65536)
+        self._udp_view = memoryview(self._udp_buf)
+        self._tcp_buf = bytearray(READ_CHUNK)
+        self._tcp_view = memoryview(self._tcp_buf)
+        self._pingers: dict[int, Pinger | None] = {}
+        self._live: set = set()  # flows holding a host socket
+        self._kicked = False
+        self.closed = False
+        self._handlers = {
+            UdpOpen: self._udp_open,
+            UdpSend: self._udp_send,
+            UdpClose: self._udp_close,
+            TcpConnect: self._tcp_connect,
+            TcpWrite: self._tcp_write,
+            TcpShutdown: self._tcp_shutdown,
+            TcpClose: self._tcp_close,
+            TcpPauseReading: self._tcp_pause,
+            TcpResumeReading: self._tcp_resume,
+            EchoSend: self._echo_send,
+        }
+
+    # -- Inside ------------------------------------------------------------------------------
+
+    def deliver(self, peer_key: bytes, packet: bytes, now: float) -> None:
+        self.exit.deliver(peer_key, packet, now)
+
+    def take_outbound(self) -> list[bytes]:
+        self._run_actions()
+        return self.exit.take_outbound()
+
+    def next_deadline(self) -> float | None:
+        return self.exit.next_deadline()
+
+    def on_timer(self, now: float) -> None:
+        self.exit.on_timer(now)
+
+    def set_mtu(self, mtu: int) -> None:
+        self.exit.set_mtu(mtu)
+
+    def set_addresses(self, addresses) -> None:
+        self.exit.set_addresses(addresses)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._refresh is not None:
+            self._refresh.cancel()
+        self.exit.close()
+        for flow in list(self._live):
+            h = flow.handle
+            if isinstance(h, _TcpSock):
+                self._close_tcp(flow, abort=True)
+            elif h is not None:
+                self._udp_close(UdpClose(flow))
+        for p in self._pingers.values():
+            if p is not None:
+                p.close()
+        self._pingers.clear()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _refresh_host_addresses(self) -> None:
+        if self._static_host is not None:
+            local, broadcast = self._static_host
+        else:
+            local, broadcast = discover_host_addresses()
+            self._refresh = self.loop.call_later(HOST_ADDRESS_REFRESH, self._refresh_host_addresses)
+        self.exit.set_host_addresses(local, broadcast)
+
+    def _run_actions(self) -> None:
+        ex = self.exit
+        handlers = self._handlers
+        for _ in range(ACTION_PASSES):
+            actions = ex.take_actions()
+            if not actions:
+                return
+            for a in actions:
+                handlers[type(a)](a)
+
+    def _kick(self) -> None:
+        """Have the device collect the exit's output, once per loop iteration however many
+        sockets reported in it."""
+        if not self._kicked and not self.closed:
+            self._kicked = True
+            self.loop.call_soon(self._kick_now)
+
+    def _kick_now(self) -> None:
+        self._kicked = False
+        if not self.closed:
+            self.device.process_pending()
+
+    # -- UDP ---------------------------------------------------------------------------------
+
+    def _udp_open(self, a: UdpOpen) -> None:
+        flow = a.flow
+        fam = socket.AF_INET if flow.version == 4 else socket.AF_INET6
+        sock = None
+        try:
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect((flow.host, flow.port))
+        except OSError as e:
+            if sock is not None:
+                sock.close()
+            self.exit.udp_open_failed(flow, e.errno or errno.EIO, time.monotonic())
+            return
+        flow.handle = sock
+        self._live.add(flow)
+        self.loop.add_reader(sock.fileno(), self._udp_readable, flow)
+
+    def _udp_send(self, a: UdpSend) -> None:
+        sock = a.flow.handle
+        if sock is None:
+            return
+        try:
+            sock.send(a.payload)
+        except (BlockingIOError, InterruptedError):
+            self.exit.stats["drop_udp_host_buffer_full"] += 1
+        except OSError as e:
+            mtu = 0
+            if e.errno == errno.EMSGSIZE:
+                mtu = self._path_mtu(sock, a.flow.version)
+            self.exit.udp_error(a.flow, e.errno, time.monotonic(), mtu)
+
+    @staticmethod
+    def _path_mtu(sock: socket.socket, version: int) -> int:
+        try:
+            if version == 4:
+                return sock.getsockopt(socket.IPPROTO_IP, _IP_MTU)
+            return sock.getsockopt(socket.IPPROTO_IPV6, _IPV6_MTU)
+        except OSError:
+            return 0
+
+    def _udp_readable(self, flow) -> None:
+        sock = flow.handle
+        if sock is None:
+            return
+        buf, view, ex = self._udp_buf, self._udp_view, self.exit
+        now = time.monotonic()
+        for _ in range(UDP_BATCH):
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # an ICMP error that came back for this flow
+                ex.udp_error(flow, e.errno, now)
+                continue
+            ex.udp_received(flow, view[:n], now)
+        self._kick()
+
+    def _udp_close(self, a: UdpClose) -> None:
+        flow = a.flow
+        sock = flow.handle
+        self._live.discard(flow)
+        if sock is None:
+            return
+        flow.handle = None
+        try:
+            self.loop.remove_reader(sock.fileno())
+        except (ValueError, RuntimeError):
+            pass
+        sock.close()
+
+    # -- TCP ---------------------------------------------------------------------------------
+
+    def _tcp_connect(self, a: TcpConnect) -> None:
+        flow = a.flow
+        fam = socket.AF_INET if flow.version == 4 else socket.AF_INET6
+        try:
+            sock = socket.socket(fam, socket.SOCK_STREAM)
+        except OSError as e:
+            self.exit.tcp_connect_failed(flow, e.errno or errno.EIO, time.monotonic())
+            return
+        h = flow.handle = _TcpSock(sock)
+        self._live.add(flow)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex((flow.host, flow.port))
+        except OSError as e:
+            err = e.errno or errno.EIO
+        if err == 0:
+            self._tcp_established(flow)
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            h.connecting = True
+            self.loop.add_writer(h.fd, self._tcp_connect_done, flow)
+        else:
+            self.exit.tcp_connect_failed(flow, err, time.monotonic())
+
+    def _tcp_connect_done(self, flow) -> None:
+        h = flow.handle
+        if h is None or h.closed:
+            return
+        self.loop.remove_writer(h.fd)
+        h.connecting = False
+        err = h.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.exit.tcp_connect_failed(flow, err, time.monotonic())
+        else:
+            self._tcp_established(flow)
+        self._kick()
+
+    def _tcp_established(self, flow) -> None:
+        h = flow.handle
+        h.reading = True
+        self.loop.add_reader(h.fd, self._tcp_readable, flow)
+        self.exit.tcp_connected(flow, time.monotonic())
+
+    def _stop_reading(self, h: _TcpSock) -> None:
+        if h.reading:
+            h.reading = False
+            self.loop.remove_reader(h.fd)
+
+    def _tcp_readable(self, flow) -> None:
+        h = flow.handle
+        if h is None or h.closed:
+            return
+        ex, sock, buf, view = self.exit, h.sock, self._tcp_buf, self._tcp_view
+        now = time.monotonic()
+        for _ in range(TCP_BATCH):
+            budget = ex.tcp_read_budget(flow)
+            if budget <= 0:
+                self._stop_reading(h)
+                break
+            try:
+                n = sock.recv_into(buf, budget)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._stop_reading(h)
+                ex.tcp_reset(flow, now)
+                break
+            if n == 0:
+                self._stop_reading(h)
+                h.eof = True
+                ex.tcp_eof(flow, now)
+                break
+            ex.tcp_data(flow, view[:n], now)
+            if n < budget:
+                break  # the socket is most likely drained
+        self._kick()
+
+    def _tcp_pause(self, a: TcpPauseReading) -> None:
+        h = a.flow.handle
+        if h is not None:
+            self._stop_reading(h)
+
+    def _tcp_resume(self, a: TcpResumeReading) -> None:
+        h = a.flow.handle
+        if h is not None and not h.reading and not h.eof and not h.closed and not h.connecting:
+            h.reading = True
+            self.loop.add_reader(h.fd, self._tcp_readable, a.flow)
+
+    def _tcp_write(self, a: TcpWrite) -> None:
+        flow = a.flow
+        h = flow.handle
+        if h is None or h.closed:
+            return
+        data = a.data
+        if h.pending is not None:
+            h.pending += data
+            return
+        try:
+            n = h.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._tcp_broken(flow)
+            return
+        if n < len(data):
+            rest = data if type(data) is bytearray else bytearray(data)  # read_for_host's
+            del rest[:n]  # buffer is handed over, so trimming it in place copies nothing
+            h.pending = rest
+            self.loop.add_writer(h.fd, self._tcp_drain, flow)
+            self.exit.tcp_write_blocked(flow)
+
+    def _tcp_drain(self, flow) -> None:
+        h = flow.handle
+        if h is None or h.closed or h.pending is None:
+            return
+        try:
+            n = h.sock.send(h.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._tcp_broken(flow)
+            return
+        del h.pending[:n]
+        if h.pending:
+            return
+        h.pending = None
+        self.loop.remove_writer(h.fd)
+        if h.shutdown_after:
+            self._shutdown(h)
+        if h.close_after:
+            self._close_tcp(flow, abort=False)
+            return
+        self.exit.tcp_writable(flow, time.monotonic())
+        self._kick()
+
+    def _tcp_broken(self, flow) -> None:
+        """A send failed (reset, broken pipe): the exit resets the peer and then closes us."""
+        h = flow.handle
+        if h.pending is not None:
+            h.pending = None
+            self.loop.remove_writer(h.fd)
+        if h.close_after:
+            self._close_tcp(flow, abort=True)
+            return
+        self._stop_reading(h)
+        self.exit.tcp_reset(flow, time.monotonic())
+        self._kick()
+
+    @staticmethod
+    def _shutdown(h: _TcpSock) -> None:
+        try:
+            h.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _tcp_shutdown(self, a: TcpShutdown) -> None:
+        h = a.flow.handle
+        if h is None or h.closed:
+            return
+        if h.pending is not None:
+            h.shutdown_after = True
+        else:
+            self._shutdown(h)
+
+    def _tcp_close(self, a: TcpClose) -> None:
+        h = a.flow.handle
+        if h is None or h.closed:
+            return
+        if not a.abort and h.pending is not None:
+            self._stop_reading(h)
+            h.close_after = True  # _tcp_drain closes it
+            return
+        self._close_tcp(a.flow, a.abort)
+
+    def _close_tcp(self, flow, abort: bool) -> None:
+        h = flow.handle
+        if h is None or h.closed:
+            return
+        h.closed = True
+        self._live.discard(flow)
+        self._stop_reading(h)
+        if h.pending is not None or h.connecting:
+            self.loop.remove_writer(h.fd)
+            h.pending = None
+        if abort:
+            try:
+                h.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+            except OSError:
+                pass
+        h.sock.close()
+
+    # -- ICMP echo ---------------------------------------------------------------------------
+
+    def _echo_send(self, a: EchoSend) -> None:
+        pinger = self._pingers.get(a.version, False)
+        if pinger is False:
+            try:
+                pinger = Pinger(self, a.version)
+            except OSError as e:
+                pinger = None
+                log.warning(
+                    "exit: no IPv%d ping socket (%s); echo requests will go unanswered. "
+                    "Allow our group in net.ipv4.ping_group_range (gid %d) or run as root.",
+                    a.version,
+                    e,
+                    os.getgid(),
+                )
+            self._pingers[a.version] = pinger
+        if pinger is None:
+            self.exit.stats["echo_unavailable"] += 1
+            return
+        pinger.send(a.host, a.seq, a.payload)

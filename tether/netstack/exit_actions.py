@@ -1,0 +1,108 @@
+"""What the sans-IO exit asks its IO shell to do with host sockets.
+
+The exit never touches a socket. It returns actions in order (`Exit.take_actions()`); the shell
+executes them in that order and reports what the host did through the exit's event methods
+(`udp_received`, `tcp_connected`, `tcp_data`, ...). Actions name a flow object; its `handle` slot
+belongs to the shell (it keeps its socket there, saving a dict lookup per datagram).
+
+Actions are NamedTuples: one tuple allocation each, and the shell dispatches on `type(action)`
+with one dict lookup. Payloads may be memoryviews into a peer's packet: the shell must consume
+them while executing the action (send or copy), never keep them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from tether.netstack.exit_tcp import TcpFlow
+    from tether.netstack.exit_udp import UdpFlow
+
+
+class UdpOpen(NamedTuple):
+    """Create a UDP socket connected to (flow.host, flow.port); read datagrams from it and report
+    them with `udp_received`, errors with `udp_error`, a failed creation with `udp_open_failed`."""
+
+    flow: UdpFlow
+
+
+class UdpSend(NamedTuple):
+    """Send one datagram on the flow's socket. A full socket buffer drops it (as a NIC would)."""
+
+    flow: UdpFlow
+    payload: Any  # bytes | memoryview
+
+
+class UdpClose(NamedTuple):
+    """Close the flow's socket (idle expiry, eviction, shutdown)."""
+
+    flow: UdpFlow
+
+
+class TcpConnect(NamedTuple):
+    """Start a non-blocking connect to (flow.host, flow.port); report `tcp_connected` or
+    `tcp_connect_failed(errno)`. The exit answers the peer's SYN only once connected."""
+
+    flow: TcpFlow
+
+
+class TcpWrite(NamedTuple):
+    """Write bytes to the host socket. What cannot be written at once is kept by the shell, which
+    then calls `tcp_write_blocked` and, once its buffer drained, `tcp_writable`; until then the
+    exit writes nothing more to this flow, which closes the peer's TCP window (backpressure)."""
+
+    flow: TcpFlow
+    data: Any  # bytes | bytearray
+
+
+class TcpShutdown(NamedTuple):
+    """shutdown(SHUT_WR) once everything written before has been sent: the peer sent FIN."""
+
+    flow: TcpFlow
+
+
+class TcpClose(NamedTuple):
+    """Close the host socket, also aborting a connect in progress. `abort`: reset it at once
+    (SO_LINGER 0, pending data discarded: the peer's side was reset); otherwise close after
+    pending data has been written."""
+
+    flow: TcpFlow
+    abort: bool
+
+
+class TcpPauseReading(NamedTuple):
+    """Stop reading the host socket: the connection's send buffer toward the peer is full."""
+
+    flow: TcpFlow
+
+
+class TcpResumeReading(NamedTuple):
+    """Read the host socket again, at most `Exit.tcp_read_budget(flow)` bytes at a time."""
+
+    flow: TcpFlow
+
+
+class EchoSend(NamedTuple):
+    """Send an ICMP (version 4) or ICMPv6 echo request to `host` through a ping socket, with
+    sequence number `seq` (the exit's own, unique among its outstanding requests to `host`) and
+    `payload`; report the reply with `echo_reply(version, src, seq, payload, now)`. The identifier
+    is the shell's (ping sockets impose their own)."""
+
+    version: int
+    host: str
+    seq: int
+    payload: Any  # bytes | memoryview
+
+
+ACTION_TYPES = (
+    UdpOpen,
+    UdpSend,
+    UdpClose,
+    TcpConnect,
+    TcpWrite,
+    TcpShutdown,
+    TcpClose,
+    TcpPauseReading,
+    TcpResumeReading,
+    EchoSend,
+)

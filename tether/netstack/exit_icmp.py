@@ -1,0 +1,125 @@
+"""ICMP echo through the exit: the device's own addresses answer; other destinations are pinged
+for real through the host's ping socket, and only real replies come back.
+
+The host's ping socket (SOCK_DGRAM/IPPROTO_ICMP) imposes its own echo identifier, and all peers
+share it, so the exit renumbers: each request gets a sequence number of the exit's, unique among
+its outstanding requests to that destination, and the reply is matched by (destination,
+sequence) and rewritten to the peer's own identifier and sequence number. Requests that get no
+reply are forgotten after `echo_timeout`; since every request waits the same time, insertion
+order is deadline order and expiry only looks at the front of a dict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from tether.netstack.exit_actions import EchoSend
+from tether.netstack.icmp import (
+    ICMPV4_ECHO_REPLY,
+    ICMPV4_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    build_icmp_packet,
+    parse_icmp,
+)
+from tether.netstack.ip import IPPacket
+
+__all__ = ["EchoTable"]
+
+_MAX_OUTSTANDING = 16384  # all peers together; well inside the 16-bit sequence space
+
+
+class _Pending:
+    __slots__ = ("peer", "src", "ident", "seq", "deadline")
+
+    def __init__(self, peer, src: bytes, ident: int, seq: int, deadline: float) -> None:
+        self.peer = peer
+        self.src = src
+        self.ident = ident
+        self.seq = seq
+        self.deadline = deadline
+
+
+class EchoTable:
+    def __init__(self, exit_, config) -> None:
+        self.exit = exit_
+        self.config = config
+        self.pending: dict[tuple[int, bytes, int], _Pending] = {}
+        self._seq = 0
+        self._act = exit_._actions.append
+
+    def answer_own(self, ip: IPPacket) -> None:
+        """An echo request to one of the device's own addresses gets a reply, so `ping <device
+        address>` works through the tunnel. Other ICMP to the device is dropped."""
+        msg = parse_icmp(ip, verify=False)
+        if msg.type != (ICMPV4_ECHO_REQUEST if ip.version == 4 else ICMPV6_ECHO_REQUEST):
+            return
+        self._send_reply(ip.version, ip.dst, ip.src, msg.rest, msg.body)
+        self.exit.stats["echo_own"] += 1
+
+    def request(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
+        """ICMP toward the host's network: echo requests are proxied; everything else (errors,
+        neighbour discovery, replies) concerns no flow of ours and is dropped."""
+        ex = self.exit
+        msg = parse_icmp(ip, verify=False)
+        v = ip.version
+        if msg.type != (ICMPV4_ECHO_REQUEST if v == 4 else ICMPV6_ECHO_REQUEST):
+            ex.stats["drop_icmp_type"] += 1
+            return
+        if not ex.policy.valid_source(ip.src):
+            return
+        ps = ex.peer(peer_key)
+        if ps.echo >= self.config.max_echo_per_peer or len(self.pending) >= _MAX_OUTSTANDING:
+            ex.stats["drop_echo_limit"] += 1
+            return
+        dst = ip.dst
+        pending = self.pending
+        seq = self._seq
+        while True:
+            seq = (seq + 1) & 0xFFFF
+            if (v, dst, seq) not in pending:
+                break
+        self._seq = seq
+        pending[(v, dst, seq)] = _Pending(
+            ps, ip.src, msg.ident, msg.seq, now + self.config.echo_timeout
+        )
+        ps.echo += 1
+        self._act(EchoSend(v, ipaddress.ip_address(dst).compressed, seq, msg.body))
+        ex.stats["echo_sent"] += 1
+
+    def reply(self, version: int, src: bytes, seq: int, payload, now: float) -> None:
+        p = self.pending.pop((version, bytes(src), seq), None)
+        if p is None:
+            self.exit.stats["drop_echo_unmatched"] += 1
+            return
+        p.peer.echo -= 1
+        self._send_reply(version, bytes(src), p.src, (p.ident << 16) | p.seq, payload)
+        self.exit.stats["echo_replied"] += 1
+
+    def _send_reply(self, version: int, src: bytes, dst: bytes, rest: int, body) -> None:
+        ex = self.exit
+        t = ICMPV4_ECHO_REPLY if version == 4 else ICMPV6_ECHO_REPLY
+        # A fresh IPv4 identification: a large reply is fragmented toward the peer.
+        ident = ex.next_ident4() if version == 4 else 0
+        ex.send(build_icmp_packet(src, dst, t, 0, rest, body, ident=ident))
+
+    def next_deadline(self) -> float | None:
+        if not self.pending:
+            return None
+        return self.pending[next(iter(self.pending))].deadline
+
+    def expire(self, now: float) -> None:
+        pending = self.pending
+        while pending:
+            key = next(iter(pending))
+            p = pending[key]
+            if p.deadline > now:
+                break
+            del pending[key]
+            p.peer.echo -= 1
+            self.exit.stats["echo_timed_out"] += 1
+
+    def close_all(self) -> None:
+        for p in self.pending.values():
+            p.peer.echo -= 1
+        self.pending.clear()

@@ -1,0 +1,411 @@
+"""TCP through the exit: each peer connection is terminated by a `TcpConnection` and proxied over
+a host TCP socket.
+
+Life of a flow:
+
+1. A SYN with no flow → `TcpConnection` (waiting in SYN-RECEIVED for the host) and `TcpConnect`.
+   No SYN-ACK goes out until the host connected, so the peer sees a refused or unreachable
+   destination as such: `tcp_connect_failed(ECONNREFUSED)` → RST, anything else (and the
+   connection's own connect timer) → ICMP unreachable quoting the SYN, which stacks treat as a
+   hard error during connection establishment, so apps fail fast instead of waiting for SYN
+   retries to run out.
+2. Data: peer → host is taken from the connection (`read_for_host`) and written with `TcpWrite`
+   while the shell's socket keeps up; when it does not (`tcp_write_blocked`), nothing more is
+   read from the connection, its receive window closes, and the peer is slowed down: end-to-end
+   backpressure. Host → peer: the shell reads at most `tcp_read_budget` and calls `tcp_data`;
+   when the connection's send buffer is full the exit pauses the host socket (`TcpPauseReading`)
+   and resumes it once a quarter of the buffer is free, so reading and ACKs do not ping-pong.
+3. FIN from the peer → `TcpShutdown` after the last data; EOF from the host → the connection's
+   FIN. Once both directions are finished the host socket is closed; the connection itself
+   lingers in TIME-WAIT to re-ACK a lost FIN. A reset either way resets the other side
+   (`TcpClose(abort=True)` / RST).
+
+Work per peer segment: parse, one dict lookup, `receive_segment`, and putting the flow on the
+dirty list. Everything else (events, host writes, segments to send, timers) happens once per
+flow per batch in `flush`, so a burst of segments costs one host write and one ACK decision,
+much as GRO coalesces in a kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import random
+import struct
+
+from tether.netstack.exit_actions import (
+    TcpClose,
+    TcpConnect,
+    TcpPauseReading,
+    TcpResumeReading,
+    TcpShutdown,
+    TcpWrite,
+)
+from tether.netstack.exit_udp import errno_to_icmp
+from tether.netstack.icmp import IcmpError
+from tether.netstack.ip import IPPacket, PacketError, parse_ip
+from tether.netstack.tcp import ACK, RST, SYN, build_reset_reply, parse_segment
+from tether.netstack.tcp_events import Established, State
+from tether.netstack.tcpconn import TcpConnection
+
+__all__ = ["TcpFlow", "TcpTable", "ip_wrapper"]
+
+PROTO_TCP = 6
+READ_CHUNK = 256 * 1024  # largest single host read handed to a connection
+MAX_BACKLOG = 1 << 20  # host bytes a connection refused (the shell read too much): abort beyond
+_CLOSED = State.CLOSED
+_V4 = struct.Struct("!BBHHHBBH4s4s")
+
+
+def ip_wrapper(src: bytes, dst: bytes, proto: int = PROTO_TCP, ttl: int = 64):
+    """A function wrapping a transport segment in an IP header from `src` to `dst`.
+
+    Per flow, everything in the header but the length is fixed, so it is summed (IPv4) or packed
+    (IPv6) once here and each segment costs one pack and one join. IPv4 headers carry DF and
+    identification 0, as RFC 6864 §4.1 allows for atomic datagrams: MSS keeps every segment
+    within the MTU. The checksum is computed as `ip.ipv4_header` does (see `checksum.ones_sum`).
+    """
+    if len(src) == 4:
+        base = 0x4500 + 0x4000 + (ttl << 8 | proto) + int.from_bytes(src, "big")
+        base += int.from_bytes(dst, "big")
+        pack = _V4.pack
+
+        def wrap4(segment: bytes) -> bytes:
+            total = 20 + len(segment)
+            s = (base + total) % 0xFFFF or 0xFFFF
+            return pack(0x45, 0, total, 0, 0x4000, ttl, proto, 0xFFFF - s, src, dst) + segment
+
+        return wrap4
+    head = b"\x60\x00\x00\x00"
+    tail = bytes((proto, ttl)) + src + dst
+
+    def wrap6(segment: bytes) -> bytes:
+        return b"".join((head, len(segment).to_bytes(2, "big"), tail, segment))
+
+    return wrap6
+
+
+class TcpFlow:
+    """One proxied connection. `handle` belongs to the IO shell (its socket); `host`/`port` are
+    where to connect; the rest is the exit's."""
+
+    __slots__ = (
+        "key",
+        "peer",
+        "owner",
+        "conn",
+        "version",
+        "host",
+        "port",
+        "handle",
+        "wrap",
+        "syn",
+        "armed",
+        "dirty",
+        "connected",
+        "blocked",
+        "paused",
+        "shutdown_sent",
+        "host_eof",
+        "eof_pending",
+        "host_closed",
+        "closed",
+        "backlog",
+    )
+
+    def __init__(self, key, peer, owner, conn: TcpConnection, ip: IPPacket, dport: int) -> None:
+        self.key = key
+        self.peer = peer
+        self.owner = owner
+        self.conn = conn
+        self.version = ip.version
+        self.host = ipaddress.ip_address(ip.dst).compressed
+        self.port = dport
+        self.handle = None
+        self.wrap = ip_wrapper(ip.dst, ip.src)
+        # The SYN as received (headers and then some): quoted if the connect fails.
+        self.syn: bytes | None = bytes(ip.raw[: ip.header_len + 60])
+        self.armed: float | None = None
+        self.dirty = False
+        self.connected = False  # the host socket is connected
+        self.blocked = False  # the shell holds unwritten data: do not write more
+        self.paused = False  # the shell is not reading the host socket
+        self.shutdown_sent = False
+        self.host_eof = False
+        self.eof_pending = False  # host EOF waits for the backlog to drain
+        self.host_closed = False  # TcpClose issued
+        self.closed = False  # gone from the table
+        self.backlog: bytearray | None = None
+
+    def __repr__(self) -> str:
+        return f"<TcpFlow ->{self.host}:{self.port} {self.conn.state.value}>"
+
+
+class TcpTable:
+    def __init__(self, exit_, config, isn=None) -> None:
+        self.exit = exit_
+        self.config = config
+        self.tcp_config = config.tcp
+        self.flows: dict[tuple, TcpFlow] = {}
+        self._dirty: list[TcpFlow] = []
+        self._act = exit_._actions.append
+        self._out = exit_._out.append
+        # RFC 6528 asks for unpredictable ISNs; the exit is always the passive side, so a
+        # random one per connection does (the peer picks the 4-tuples).
+        self._isn = isn or random.SystemRandom().getrandbits
+        self._resume_at = max(1, self.tcp_config.send_buffer // 4)
+        per_conn = 2 * self.tcp_config.recv_buffer + self.tcp_config.send_buffer
+        self._peer_limit = min(
+            config.max_tcp_per_peer, max(1, config.max_peer_buffer_bytes // per_conn)
+        )
+
+    # -- from the peer -----------------------------------------------------------------------
+
+    def segment(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
+        seg = parse_segment(ip.src, ip.dst, ip.payload, verify_checksum=False)
+        key = (peer_key, ip.src, seg.sport, ip.dst, seg.dport)
+        flow = self.flows.get(key)
+        syn_only = seg.flags & (SYN | ACK | RST) == SYN
+        if flow is not None:
+            conn = flow.conn
+            if conn.state is not _CLOSED:
+                conn.receive_segment(seg, now)
+                if not flow.dirty:
+                    flow.dirty = True
+                    self._dirty.append(flow)
+                if not syn_only or conn.state is not _CLOSED:
+                    return
+            # Closed: either just now by this SYN (a new incarnation after TIME-WAIT, RFC 6191)
+            # or earlier in this batch. Settle the old flow, then treat the segment afresh.
+            self._service(flow, now)
+        if syn_only:
+            self._open(peer_key, key, ip, seg, now)
+        else:
+            self._reset(ip, seg)
+
+    def _open(self, peer_key, key, ip: IPPacket, seg, now: float) -> None:
+        ex = self.exit
+        if seg.dport == 0 or seg.sport == 0 or not ex.policy.valid_source(ip.src):
+            ex.stats["drop_tcp_bad_port_or_source"] += 1
+            return
+        ps = ex.peer(peer_key)
+        if ps.tcp >= self._peer_limit or ex.flow_count >= self.config.max_flows:
+            ex.stats["refused_flow_limit"] += 1
+            self._reset(ip, seg)
+            return
+        conn = TcpConnection(
+            seg,
+            local_addr=ip.dst,
+            remote_addr=ip.src,
+            now=now,
+            isn=self._isn(32),
+            mtu=ex.mtu,
+            config=self.tcp_config,
+        )
+        flow = TcpFlow(key, ps, self, conn, ip, seg.dport)
+        self.flows[key] = flow
+        ps.tcp += 1
+        self._act(TcpConnect(flow))
+        flow.dirty = True
+        self._dirty.append(flow)
+        ex.stats["tcp_flows_opened"] += 1
+
+    def _reset(self, ip: IPPacket, seg) -> None:
+        """RST for a segment that matches no connection (RFC 9293 §3.10.7.1)."""
+        rst = build_reset_reply(ip.dst, ip.src, seg)
+        if rst is not None:
+            self._out(ip_wrapper(ip.dst, ip.src)(rst))
+            self.exit.stats["tcp_rst_sent"] += 1
+
+    def reset_reply(self, ip: IPPacket) -> None:
+        """RST for a TCP segment to a refused destination or to the device itself."""
+        self._reset(ip, parse_segment(ip.src, ip.dst, ip.payload, verify_checksum=False))
+
+    # -- from the host -----------------------------------------------------------------------
+
+    def _mark(self, flow: TcpFlow) -> None:
+        if not flow.dirty:
+            flow.dirty = True
+            self._dirty.append(flow)
+
+    def connected(self, flow: TcpFlow, now: float) -> None:
+        if flow.closed or flow.connected:
+            return
+        flow.connected = True
+        flow.syn = None
+        flow.conn.host_connected(now)
+        self._mark(flow)
+
+    def connect_failed(self, flow: TcpFlow, err: int, now: float) -> None:
+        if flow.closed or flow.connected:
+            return
+        conn = flow.conn
+        if err == errno.ECONNREFUSED:
+            conn.host_refused(now)
+            self.exit.stats["tcp_refused"] += 1
+        else:
+            conn.host_unreachable(now)
+            self._unreachable(flow, errno_to_icmp(err, IcmpError.HOST_UNREACHABLE), now)
+        self._mark(flow)
+
+    def _unreachable(self, flow: TcpFlow, kind: IcmpError, now: float) -> None:
+        if flow.syn is None:
+            return
+        try:
+            quote = parse_ip(flow.syn, truncated_ok=True)
+        except PacketError:
+            return
+        if kind is IcmpError.TOO_BIG or kind is IcmpError.PORT_UNREACHABLE:
+            kind = IcmpError.HOST_UNREACHABLE  # neither means anything for a connect
+        self.exit.error(flow.peer.key, quote, kind, now)
+        self.exit.stats["tcp_unreachable"] += 1
+
+    def read_budget(self, flow: TcpFlow) -> int:
+        if flow.closed or flow.host_closed or flow.backlog:
+            space = 0
+        else:
+            space = flow.conn.host_send_space()
+        if space <= 0:
+            if not flow.paused and not flow.closed and not flow.host_closed:
+                flow.paused = True
+                self._act(TcpPauseReading(flow))
+            return 0
+        return space if space < READ_CHUNK else READ_CHUNK
+
+    def data(self, flow: TcpFlow, data, now: float) -> None:
+        if flow.closed or flow.host_closed or not data:
+            return
+        conn = flow.conn
+        if flow.backlog:
+            n = 0
+        else:
+            n = conn.send_from_host(data)
+        if n < len(data):
+            backlog = flow.backlog
+            if backlog is None:
+                backlog = flow.backlog = bytearray()
+            backlog += memoryview(data)[n:]
+            if len(backlog) > MAX_BACKLOG:
+                conn.host_reset(now)  # the shell ignored the read budget: give up cleanly
+        if not flow.paused and (flow.backlog or conn.host_send_space() <= 0):
+            flow.paused = True
+            self._act(TcpPauseReading(flow))
+        self._mark(flow)
+
+    def eof(self, flow: TcpFlow, now: float) -> None:
+        if flow.closed or flow.host_eof:
+            return
+        flow.host_eof = True
+        if flow.backlog:
+            flow.eof_pending = True
+        else:
+            flow.conn.host_eof(now)
+        self._mark(flow)
+
+    def reset(self, flow: TcpFlow, now: float) -> None:
+        if flow.closed:
+            return
+        flow.conn.host_reset(now)
+        self._mark(flow)
+
+    def write_blocked(self, flow: TcpFlow) -> None:
+        flow.blocked = True
+
+    def writable(self, flow: TcpFlow, now: float) -> None:
+        if flow.closed:
+            return
+        flow.blocked = False
+        self._mark(flow)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def on_deadline(self, flow: TcpFlow, now: float) -> None:
+        if flow.closed:
+            return
+        conn = flow.conn
+        d = conn.timer_deadline()
+        if d is None:
+            return
+        if d > now:
+            self.exit.arm(d, flow)
+            return
+        conn.on_timer(now)
+        self._mark(flow)
+
+    # -- the batch step ----------------------------------------------------------------------
+
+    def flush(self, now: float) -> None:
+        """Service every flow touched since the last flush (see the module docstring)."""
+        dirty = self._dirty
+        while dirty:
+            self._dirty = []
+            for flow in dirty:
+                flow.dirty = False
+                if not flow.closed:
+                    self._service(flow, now)
+            dirty = self._dirty
+
+    def _service(self, flow: TcpFlow, now: float) -> None:
+        conn = flow.conn
+        for ev in conn.events():
+            if type(ev) is Established:
+                self.exit.stats["tcp_established"] += 1
+        act = self._act
+        if flow.connected and not flow.host_closed:
+            if conn.rcv_available and (not flow.blocked or conn.state is _CLOSED):
+                act(TcpWrite(flow, conn.read_for_host()))
+            if conn.peer_eof and not flow.shutdown_sent and not conn.rcv_available:
+                flow.shutdown_sent = True
+                act(TcpShutdown(flow))
+            if flow.backlog:
+                n = conn.send_from_host(flow.backlog)
+                del flow.backlog[:n]
+                if not flow.backlog and flow.eof_pending:
+                    flow.eof_pending = False
+                    conn.host_eof(now)
+            if flow.paused and not flow.host_eof and conn.host_send_space() >= self._resume_at:
+                flow.paused = False
+                act(TcpResumeReading(flow))
+        segments = conn.segments_to_send(now)
+        if segments:
+            wrap = flow.wrap
+            out = self._out
+            for s in segments:
+                out(wrap(s))
+        if conn.state is _CLOSED:
+            self._remove(flow, now)
+            return
+        if flow.host_eof and flow.shutdown_sent and not flow.host_closed:
+            flow.host_closed = True  # both directions done: the host socket has no more use
+            act(TcpClose(flow, False))
+        d = conn.timer_deadline()
+        if d is not None:
+            self.exit.arm(d, flow)
+
+    def _remove(self, flow: TcpFlow, now: float) -> None:
+        conn = flow.conn
+        if not flow.host_closed:
+            flow.host_closed = True
+            abort = conn.reset_reason is not None or not flow.connected
+            self._act(TcpClose(flow, abort))
+        if conn.reset_reason == "connect-timeout":
+            self._unreachable(flow, IcmpError.HOST_UNREACHABLE, now)
+        flow.closed = True
+        flow.armed = None
+        flow.syn = None
+        flow.backlog = None
+        if self.flows.get(flow.key) is flow:
+            del self.flows[flow.key]
+        flow.peer.tcp -= 1
+        self.exit.stats["tcp_flows_closed"] += 1
+
+    def close_all(self) -> None:
+        for flow in list(self.flows.values()):
+            if not flow.host_closed:
+                flow.host_closed = True
+                self._act(TcpClose(flow, True))
+            flow.closed = True
+            flow.armed = None
+            flow.peer.tcp -= 1
+        self.flows.clear()
+        self._dirty = []

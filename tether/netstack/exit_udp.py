@@ -1,0 +1,205 @@
+"""UDP through the exit: one connected host socket per flow.
+
+A flow is (peer, source address and port, destination address and port). Using a connected
+socket per flow, rather than one shared socket, is what makes the exit behave like an
+endpoint-dependent NAT the peer can reason about: the host kernel filters replies to exactly the
+destination the peer talked to (RFC 4787's "address and port-dependent filtering"), and an ICMP
+port unreachable from the destination surfaces on that socket as ECONNREFUSED, which we turn
+back into ICMP port unreachable for the peer. The cost is a file descriptor per flow, which is
+why flows are bounded per peer and overall, and expire when idle (see `ExitConfig`).
+
+The per-datagram work is one dict lookup, one timestamp store and one action toward the host;
+replies cost one packet build (the UDP checksum over the payload is the only per-byte work).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+
+from tether.netstack.exit_actions import UdpClose, UdpOpen, UdpSend
+from tether.netstack.icmp import IcmpError
+from tether.netstack.ip import IPPacket, parse_ip
+from tether.netstack.udp import build_udp_packet, parse_udp
+
+__all__ = ["UdpFlow", "UdpTable", "errno_to_icmp"]
+
+DNS_PORT = 53
+
+_ERRNO_ICMP = {
+    errno.ECONNREFUSED: IcmpError.PORT_UNREACHABLE,
+    errno.EHOSTUNREACH: IcmpError.HOST_UNREACHABLE,
+    errno.EHOSTDOWN: IcmpError.HOST_UNREACHABLE,
+    errno.ETIMEDOUT: IcmpError.HOST_UNREACHABLE,
+    errno.ENETUNREACH: IcmpError.NET_UNREACHABLE,
+    errno.ENETDOWN: IcmpError.NET_UNREACHABLE,
+    errno.EADDRNOTAVAIL: IcmpError.NET_UNREACHABLE,  # e.g. no IPv6 address on the host
+    errno.EAFNOSUPPORT: IcmpError.NET_UNREACHABLE,
+    errno.EACCES: IcmpError.ADMIN_PROHIBITED,  # broadcast, or a host firewall said so
+    errno.EPERM: IcmpError.ADMIN_PROHIBITED,
+    errno.EMSGSIZE: IcmpError.TOO_BIG,
+}
+
+
+def errno_to_icmp(err: int, default: IcmpError | None = None) -> IcmpError | None:
+    """The ICMP error that tells a peer what a host socket error means."""
+    return _ERRNO_ICMP.get(err, default)
+
+
+class UdpFlow:
+    """One UDP flow. `handle` belongs to the IO shell (its socket); the rest to the exit."""
+
+    __slots__ = (
+        "key",
+        "peer",
+        "owner",
+        "version",
+        "src",
+        "sport",
+        "dst",
+        "dport",
+        "host",
+        "port",
+        "handle",
+        "last",
+        "idle",
+        "replied",
+        "armed",
+        "closed",
+    )
+
+    def __init__(self, key, peer, owner, src, sport, dst, dport, now, idle) -> None:
+        self.key = key
+        self.peer = peer
+        self.owner = owner
+        self.version = 4 if len(dst) == 4 else 6
+        self.src = src  # the peer's address and port
+        self.sport = sport
+        self.dst = dst  # the destination's, as the peer addressed it
+        self.dport = dport
+        self.host = ipaddress.ip_address(dst).compressed  # for the shell's connect()
+        self.port = dport
+        self.handle = None
+        self.last = now
+        self.idle = idle
+        self.replied = False
+        self.armed: float | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<UdpFlow {self.sport}->{self.host}:{self.port}{' closed' if self.closed else ''}>"
+
+
+class UdpTable:
+    def __init__(self, exit_, config) -> None:
+        self.exit = exit_
+        self.config = config
+        self.flows: dict[tuple, UdpFlow] = {}
+        self._act = exit_._actions.append
+
+    # -- from the peer -----------------------------------------------------------------------
+
+    def datagram(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
+        d = parse_udp(ip, verify=False)
+        key = (peer_key, ip.src, d.src_port, ip.dst, d.dst_port)
+        flow = self.flows.get(key)
+        if flow is None:
+            flow = self._open(peer_key, key, ip, d.src_port, d.dst_port, now)
+            if flow is None:
+                return
+        flow.last = now
+        self._act(UdpSend(flow, d.payload))
+
+    def _open(self, peer_key, key, ip: IPPacket, sport: int, dport: int, now: float):
+        ex = self.exit
+        if sport == 0 or dport == 0 or not ex.policy.valid_source(ip.src):
+            ex.stats["drop_udp_bad_port_or_source"] += 1
+            return None
+        cfg = self.config
+        if ex.flow_count >= cfg.max_flows:
+            ex.stats["refused_flow_limit"] += 1
+            ex.error(peer_key, ip, IcmpError.ADMIN_PROHIBITED, now)
+            return None
+        ps = ex.peer(peer_key)
+        if len(ps.udp_flows) >= cfg.max_udp_per_peer:
+            # Like a NAT whose table is full: the least recently used mapping goes.
+            self._close(min(ps.udp_flows.values(), key=lambda f: f.last))
+            ex.stats["udp_evicted"] += 1
+        idle = cfg.udp_idle_dns if dport == DNS_PORT else cfg.udp_idle_unreplied
+        flow = UdpFlow(key, ps, self, ip.src, sport, ip.dst, dport, now, idle)
+        self.flows[key] = flow
+        ps.udp_flows[key] = flow
+        self._act(UdpOpen(flow))
+        ex.arm(now + idle, flow)
+        ex.stats["udp_flows_opened"] += 1
+        return flow
+
+    # -- from the host -----------------------------------------------------------------------
+
+    def received(self, flow: UdpFlow, payload, now: float) -> None:
+        if flow.closed:
+            return
+        flow.last = now
+        if not flow.replied:
+            flow.replied = True
+            if flow.dport != DNS_PORT:
+                flow.idle = self.config.udp_idle
+        ex = self.exit
+        n = len(payload)
+        if n > 65507:  # cannot be a UDP payload in IPv4; in IPv6 it could not be sent either
+            ex.stats["drop_udp_oversize"] += 1
+            return
+        v4 = flow.version == 4
+        overhead = 28 if v4 else 48
+        ident = ex.next_ident4() if v4 and n + overhead > ex.mtu else 0
+        pkt = build_udp_packet(flow.dst, flow.src, flow.dport, flow.sport, payload, ident=ident)
+        ex.send(pkt)
+
+    def error(self, flow: UdpFlow, err: int, now: float, mtu: int = 0) -> None:
+        if flow.closed:
+            return
+        kind = errno_to_icmp(err)
+        if kind is None or (kind is IcmpError.TOO_BIG and mtu <= 0):
+            self.exit.stats["udp_host_error_unmapped"] += 1
+            return
+        self.exit.error(flow.peer.key, self._quote(flow), kind, now, mtu=mtu)
+
+    def open_failed(self, flow: UdpFlow, err: int, now: float) -> None:
+        """No socket: tell the peer why, and forget the flow so its next datagram tries again."""
+        if flow.closed:
+            return
+        self.error(flow, err, now)
+        self._close(flow)
+
+    @staticmethod
+    def _quote(flow: UdpFlow) -> IPPacket:
+        """The packet an ICMP error about this flow quotes. The peer's datagram itself is long
+        gone (keeping a copy would cost per packet), so its IP and UDP headers are rebuilt: the
+        peer's stack matches an ICMP error to its socket by addresses and ports (RFC 1122
+        §3.2.2 / RFC 4443 §2.4(b)), which this quote carries exactly."""
+        return parse_ip(build_udp_packet(flow.src, flow.dst, flow.sport, flow.dport, b""))
+
+    # -- timers and teardown -----------------------------------------------------------------
+
+    def on_deadline(self, flow: UdpFlow, now: float) -> None:
+        if flow.closed:
+            return
+        expiry = flow.last + flow.idle
+        if expiry > now:
+            self.exit.arm(expiry, flow)
+        else:
+            self.exit.stats["udp_flows_expired"] += 1
+            self._close(flow)
+
+    def _close(self, flow: UdpFlow) -> None:
+        if flow.closed:
+            return
+        flow.closed = True
+        flow.armed = None
+        self.flows.pop(flow.key, None)
+        flow.peer.udp_flows.pop(flow.key, None)
+        self._act(UdpClose(flow))
+
+    def close_all(self) -> None:
+        for flow in list(self.flows.values()):
+            self._close(flow)
