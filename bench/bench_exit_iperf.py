@@ -10,6 +10,12 @@ and measures, alternating between the two paths so machine noise hits both alike
 TCP download, UDP and ping RTT. Prints medians of RUNS runs and our/reference ratios.
 
     python bench/bench_exit_iperf.py [--runs 3] [--seconds 5] [--profile out.svg]
+                                     [--profile-phases DIR]
+
+--profile wraps our daemon in `py-spy record` for its whole life (one flame graph of all tests).
+--profile-phases attaches py-spy to the daemon for each test on our path separately and writes
+collapsed stacks (DIR/<test>-run<N>.txt, py-spy's raw format, idle samples included) and a
+summary of the top functions by own time (DIR/<test>-run<N>.top.txt).
 
 All traffic stays inside the namespaces; every iperf3 run is bounded by --seconds.
 """
@@ -22,6 +28,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +41,53 @@ from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
 from tether import keys  # noqa: E402
 
 INET = "198.18.2.2"
+
+
+def py_spy() -> str:
+    """py-spy from PATH, else the one installed next to this interpreter (a venv's bin/, which
+    `ip netns exec` does not put on PATH)."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit("bench_exit_iperf: py-spy not found (pip install py-spy)")
+    return found
+
+
+def daemon_pid(proc) -> int:
+    """The Python daemon's pid: `ip netns exec` execs its command, so it is the Popen's pid,
+    unless py-spy wraps it, then it is py-spy's child."""
+    for _ in range(100):
+        exe = os.readlink(f"/proc/{proc.pid}/exe")
+        if "py-spy" not in exe:
+            return proc.pid
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise RuntimeError("cannot find the daemon under py-spy")
+
+
+def top_own(raw: Path, n: int = 25) -> str:
+    """Top functions by own (leaf) samples from py-spy's collapsed stacks, as % of busy
+    samples (idle = the loop waiting in select/epoll)."""
+    own: dict[str, int] = {}
+    total = idle = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        leaf = stack.rsplit(";", 1)[-1]
+        if "select (selectors.py" in leaf or leaf.startswith("poll ("):
+            idle += c
+            continue
+        leaf = re.sub(r":\d+\)$", ")", leaf)
+        own[leaf] = own.get(leaf, 0) + c
+    busy = max(1, total - idle)
+    lines = [f"samples {total}, idle {idle} ({idle / max(1, total):.0%}), busy {busy}"]
+    for name, c in sorted(own.items(), key=lambda kv: -kv[1])[:n]:
+        lines.append(f"{c / busy:6.1%}  {name}")
+    return "\n".join(lines) + "\n"
 
 
 def build(lab: NetLab, tmp: Path, profile: str | None):
@@ -55,12 +109,13 @@ def build(lab: NetLab, tmp: Path, profile: str | None):
     argv = [sys.executable, "-m", "tether", "run", "--config-dir", str(conf), "--log",
             "warning", dev]
     if profile:
-        argv = ["py-spy", "record", "-o", profile, "-r", "200", "--", *argv]
-    lab.spawn(exit_ns, *argv, log=log, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        argv = [py_spy(), "record", "-o", profile, "-r", "200", "--", *argv]
+    proc = lab.spawn(exit_ns, *argv, log=log, env=dict(os.environ, PYTHONPATH=str(REPO)))
     lab.sockets.append(Path(f"/var/run/wireguard/{dev}.sock"))
     wait_for(lambda: Path(f"/var/run/wireguard/{dev}.sock").exists(), 20, "tetherctl up")
     paths["tetherctl"] = client(lab, "0", exit_ns, ours_client, keys.pubkey(priv), 51820,
                                 "10.99.0.2", "198.18.10")
+    paths["pid"] = daemon_pid(proc)
     # (b) the reference: wireguard-go server + kernel forwarding + MASQUERADE
     ref_if, ref_priv, ref_client = lab.name("wr"), keys.genkey(), keys.genkey()
     lab.wireguard_go(exit_ns, ref_if,
@@ -114,7 +169,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--udp-rate", default="400M")
     parser.add_argument("--profile", help="record our daemon with py-spy into this SVG")
+    parser.add_argument("--profile-phases", metavar="DIR",
+                        help="py-spy our daemon per test into DIR (collapsed stacks + top list)")
     args = parser.parse_args()
+    if args.profile and args.profile_phases:
+        parser.error("--profile and --profile-phases cannot both attach to the daemon")
+    if args.profile_phases:
+        Path(args.profile_phases).mkdir(parents=True, exist_ok=True)
     for tool in ("wireguard-go", "wg", "iperf3", "iptables", "ip"):
         if shutil.which(tool) is None:
             print(f"bench_exit_iperf: {tool} not installed; skipped")
@@ -133,13 +194,27 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             paths = build(lab, Path(tmp), args.profile)
+            pid = paths.pop("pid")
             for ns in paths.values():  # warm up: handshakes done before measuring
                 ping_rtt(lab, ns)
             for _run in range(args.runs):
                 for name, extra in tests.items():
                     for path, ns in paths.items():
+                        spy = None
+                        if args.profile_phases and path == "tetherctl":
+                            slug = re.sub(r"[^a-z]+", "-", name.lower()).strip("-")
+                            raw = Path(args.profile_phases) / f"{slug}-run{_run + 1}.txt"
+                            spy = subprocess.Popen(
+                                [py_spy(), "record", "--pid", str(pid), "--rate", "200",
+                                 "--duration", str(max(1, args.seconds - 1)), "--idle",
+                                 "--format", "raw", "--output", str(raw)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         results[name][path].append(iperf(lab, ns, args.seconds, *[
                             e for e in extra if e]))
+                        if spy is not None:
+                            spy.wait(30)
+                            if raw.exists():
+                                raw.with_suffix(".top.txt").write_text(top_own(raw))
                         time.sleep(0.5)
                 for path, ns in paths.items():
                     rtts[path].append(ping_rtt(lab, ns))

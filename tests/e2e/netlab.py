@@ -116,7 +116,13 @@ class NetLab:
         self.sh("ip", "-n", ns, "link", "set", ifname, "up")
 
     def tetherctl(
-        self, ns: str, config_dir: Path, *devices: str, log: Path, extra_env: dict | None = None
+        self,
+        ns: str,
+        config_dir: Path,
+        *devices: str,
+        log: Path,
+        extra_env: dict | None = None,
+        args: tuple = (),
     ) -> subprocess.Popen:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
         env["PYTHONPATH"] = str(REPO)
@@ -134,6 +140,7 @@ class NetLab:
             str(UAPI_DIR),
             "--log",
             "debug",
+            *args,
             *devices,
             env=env,
             log=log,

@@ -24,7 +24,8 @@ TUNNEL4, TUNNEL6 = "10.99.0", "fd99::"
 
 
 class Topology:
-    def __init__(self, lab: NetLab, tmp: Path, *, clients: int = 1, http_files: dict | None = None):
+    def __init__(self, lab: NetLab, tmp: Path, *, clients: int = 1, http_files: dict | None = None,
+                 daemon_args: tuple = ()):
         require("wireguard-go", "wg", "ip", "ping", "curl")
         self.lab, self.tmp = lab, tmp
         self.exit_ns = lab.netns("x")
@@ -58,27 +59,39 @@ class Topology:
             f"[Interface]\nPrivateKey = {self.server_priv}\nListenPort = {PORT}\n"
             f"Address = {TUNNEL4}.1/24, {TUNNEL6}1/64\n{peers}")
         self.log = tmp / "tetherctl.log"
-        self.daemon = lab.tetherctl(self.exit_ns, self.config_dir, self.dev, log=self.log)
+        self.daemon = lab.tetherctl(self.exit_ns, self.config_dir, self.dev, log=self.log,
+                                    args=daemon_args)
         wait_for(lambda: Path(f"/var/run/wireguard/{self.dev}.sock").exists()
                  or self.daemon.poll() is not None, 20, "tetherctl up")
         assert self.daemon.poll() is None, self.log.read_text()
         # the clients
         for i, client in enumerate(self.clients):
-            ns = lab.netns(f"c{i}")
-            client["ns"] = ns
-            # each client has its own link (and underlay subnet) to the exit
-            exit_side = f"198.18.{10 + i}.1"
-            lab.link(ns, self.exit_ns, [f"198.18.{10 + i}.2/24"], [f"{exit_side}/24"])
-            ifname = lab.name(f"w{i}")
-            client["if"] = ifname
             host = client["host"]
-            lab.wireguard_go(ns, ifname,
-                             f"[Interface]\nPrivateKey = {client['priv']}\n\n[Peer]\n"
-                             f"PublicKey = {self.server_pub}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
-                             f"Endpoint = {exit_side}:{PORT}\nPersistentKeepalive = 25\n",
-                             [f"{TUNNEL4}.{host}/24", f"{TUNNEL6}{host:x}/64"])
-            lab.sh("ip", "-n", ns, "route", "add", "default", "dev", ifname)
+            conf = (f"[Interface]\nPrivateKey = {client['priv']}\n\n[Peer]\n"
+                    f"PublicKey = {self.server_pub}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
+                    f"Endpoint = {self.exit_side(i)}:{PORT}\nPersistentKeepalive = 25\n")
+            self.add_client(i, conf, [f"{TUNNEL4}.{host}/24", f"{TUNNEL6}{host:x}/64"], client)
+
+    @staticmethod
+    def exit_side(i: int) -> str:
+        """The exit's address on client i's link (each client has its own link and subnet)."""
+        return f"198.18.{10 + i}.1"
+
+    def add_client(self, i: int, wg_conf: str, addresses: list[str], client: dict) -> dict:
+        """A wireguard-go client in its own namespace, all its traffic routed into the tunnel."""
+        lab = self.lab
+        ns = lab.netns(f"c{i}")
+        client["ns"] = ns
+        if client not in self.clients:
+            self.clients.append(client)
+        lab.link(ns, self.exit_ns, [f"198.18.{10 + i}.2/24"], [f"{self.exit_side(i)}/24"])
+        ifname = lab.name(f"w{i}")
+        client["if"] = ifname
+        lab.wireguard_go(ns, ifname, wg_conf, addresses)
+        lab.sh("ip", "-n", ns, "route", "add", "default", "dev", ifname)
+        if any(":" in a for a in addresses):
             lab.sh("ip", "-n", ns, "-6", "route", "add", "default", "dev", ifname)
+        return client
 
     def client_sh(self, *argv: str, client: int = 0, timeout: float = 120, check: bool = False):
         return self.lab.ns_sh(self.clients[client]["ns"], *argv, timeout=timeout, check=check)
