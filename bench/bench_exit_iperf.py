@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,15 +68,19 @@ def daemon_pid(proc) -> int:
 
 
 def top_own(raw: Path, n: int = 25) -> str:
-    """Top functions by own (leaf) samples from py-spy's collapsed stacks, as % of busy
-    samples (idle = the loop waiting in select/epoll)."""
+    """Top functions by own (leaf) samples of the daemon's main (event loop) thread, from
+    py-spy's collapsed stacks, as % of its busy samples (idle = waiting in select/epoll).
+    Other threads (executors) are only counted: in the bench they sit blocked."""
     own: dict[str, int] = {}
-    total = idle = 0
+    total = idle = other = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         c = int(count)
+        if stack.startswith("Thread._bootstrap"):
+            other += c
+            continue
         total += c
         leaf = stack.rsplit(";", 1)[-1]
         if "select (selectors.py" in leaf or leaf.startswith("poll ("):
@@ -84,10 +89,18 @@ def top_own(raw: Path, n: int = 25) -> str:
         leaf = re.sub(r":\d+\)$", ")", leaf)
         own[leaf] = own.get(leaf, 0) + c
     busy = max(1, total - idle)
-    lines = [f"samples {total}, idle {idle} ({idle / max(1, total):.0%}), busy {busy}"]
+    lines = [f"main thread samples {total}, idle {idle} ({idle / max(1, total):.0%}), busy "
+             f"{busy}; other threads' samples {other}"]
     for name, c in sorted(own.items(), key=lambda kv: -kv[1])[:n]:
         lines.append(f"{c / busy:6.1%}  {name}")
     return "\n".join(lines) + "\n"
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def build(lab: NetLab, tmp: Path, profile: str | None):
@@ -116,6 +129,7 @@ def build(lab: NetLab, tmp: Path, profile: str | None):
     paths["tetherctl"] = client(lab, "0", exit_ns, ours_client, keys.pubkey(priv), 51820,
                                 "10.99.0.2", "198.18.10")
     paths["pid"] = daemon_pid(proc)
+    paths["spy"] = proc if profile else None
     # (b) the reference: wireguard-go server + kernel forwarding + MASQUERADE
     ref_if, ref_priv, ref_client = lab.name("wr"), keys.genkey(), keys.genkey()
     lab.wireguard_go(exit_ns, ref_if,
@@ -191,10 +205,11 @@ def main() -> int:
     results = {name: {p: [] for p in ("tetherctl", "wireguard-go")} for name in tests}
     rtts = {"tetherctl": [], "wireguard-go": []}
     lab = NetLab()
+    spy_all = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             paths = build(lab, Path(tmp), args.profile)
-            pid = paths.pop("pid")
+            pid, spy_all = paths.pop("pid"), paths.pop("spy")
             for ns in paths.values():  # warm up: handshakes done before measuring
                 ping_rtt(lab, ns)
             for _run in range(args.runs):
@@ -209,16 +224,28 @@ def main() -> int:
                                  "--duration", str(max(1, args.seconds - 1)), "--idle",
                                  "--format", "raw", "--output", str(raw)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cpu0, t0 = cpu_times(pid), time.monotonic()
                         results[name][path].append(iperf(lab, ns, args.seconds, *[
                             e for e in extra if e]))
                         if spy is not None:
+                            cpu1, t1 = cpu_times(pid), time.monotonic()
                             spy.wait(30)
                             if raw.exists():
-                                raw.with_suffix(".top.txt").write_text(top_own(raw))
+                                raw.with_suffix(".top.txt").write_text(
+                                    f"{results[name][path][-1]:.0f} Mbit/s; daemon CPU over "
+                                    f"{t1 - t0:.1f}s: user {cpu1[0] - cpu0[0]:.2f}s, "
+                                    f"system {cpu1[1] - cpu0[1]:.2f}s\n" + top_own(raw))
                         time.sleep(0.5)
                 for path, ns in paths.items():
                     rtts[path].append(ping_rtt(lab, ns))
     finally:
+        if spy_all is not None and spy_all.poll() is None:
+            # py-spy writes its SVG on SIGINT (Ctrl-C); the SIGTERM of lab.close() would lose it
+            os.kill(spy_all.pid, signal.SIGINT)
+            try:
+                spy_all.wait(60)
+            except subprocess.TimeoutExpired:
+                print("bench_exit_iperf: py-spy did not finish writing the profile")
         lab.close()
     print(f"iperf3 through WireGuard, median of {args.runs} runs of {args.seconds}s "
           "(2-core machine; client, server and iperf3 share it)")

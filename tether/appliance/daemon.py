@@ -161,14 +161,7 @@ class Daemon:
         iface = cfg.config.interface
         name = slot.name
         try:
-            await asyncio.to_thread(
-                hooks.run_hooks,
-                "PreUp",
-                iface.pre_up,
-                name,
-                config_file=str(slot.path),
-                timeout=self.hook_timeout,
-            )
+            await self._hooks(slot, "PreUp", iface.pre_up)
             device = Device(
                 name,
                 private_key=iface.private_key,
@@ -188,14 +181,7 @@ class Daemon:
             slot.device, slot.uapi = device, uapi
             slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
             try:
-                await asyncio.to_thread(
-                    hooks.run_hooks,
-                    "PostUp",
-                    iface.post_up,
-                    name,
-                    config_file=str(slot.path),
-                    timeout=self.hook_timeout,
-                )
+                await self._hooks(slot, "PostUp", iface.post_up)
             except hooks.HookError:
                 # wg-quick removes the interface when a PostUp fails; so do we (no down hooks)
                 await self._close_device(slot)
@@ -217,31 +203,30 @@ class Daemon:
         iface = applied.interface if applied is not None else None
         name = slot.name
         if iface is not None:
-            await asyncio.to_thread(
-                hooks.run_hooks,
-                "PreDown",
-                iface.pre_down,
-                name,
-                config_file=str(slot.path),
-                timeout=self.hook_timeout,
-                stop_on_error=False,
-            )
+            await self._hooks(slot, "PreDown", iface.pre_down, stop_on_error=False)
             if save and iface.save_config:
                 await self._save(slot)
             elif iface.save_config:
                 log.info("%s: file removed, so SaveConfig does not write it back", name)
         await self._close_device(slot)
         if iface is not None:
+            await self._hooks(slot, "PostDown", iface.post_down, stop_on_error=False)
+        log.info("%s: down", name)
+
+    async def _hooks(
+        self, slot: Slot, phase: str, commands: list[str], *, stop_on_error: bool = True
+    ) -> None:
+        """Run a phase's hooks off the loop, so other devices keep being served meanwhile."""
+        if commands:
             await asyncio.to_thread(
                 hooks.run_hooks,
-                "PostDown",
-                iface.post_down,
-                name,
+                phase,
+                commands,
+                slot.name,
                 config_file=str(slot.path),
                 timeout=self.hook_timeout,
-                stop_on_error=False,
+                stop_on_error=stop_on_error,
             )
-        log.info("%s: down", name)
 
     async def _close_device(self, slot: Slot) -> None:
         if slot.uapi is not None:
