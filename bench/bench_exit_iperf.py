@@ -89,26 +89,31 @@ def top_own(raw: Path, n: int = 25) -> str:
         leaf = re.sub(r":\d+\)$", ")", leaf)
         own[leaf] = own.get(leaf, 0) + c
     busy = max(1, total - idle)
-    lines = [f"main thread samples {total}, idle {idle} ({idle / max(1, total):.0%}), busy "
-             f"{busy}; other threads' samples {other}"]
+    lines = [
+        f"main thread samples {total}, idle {idle} ({idle / max(1, total):.0%}), busy "
+        f"{busy}; other threads' samples {other}"
+    ]
     for name, c in sorted(own.items(), key=lambda kv: -kv[1])[:n]:
         lines.append(f"{c / busy:6.1%}  {name}")
     return "\n".join(lines) + "\n"
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process so far."""
+def cpu_times(pid: int) -> tuple[float, float, float, float]:
+    """(user, system, on-CPU, waiting-for-a-CPU) seconds of a process's main thread so far
+    (the last two from schedstat: a busy loop that is not on a CPU is starved, not slow)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    run, wait = (int(x) / 1e9 for x in Path(f"/proc/{pid}/schedstat").read_text().split()[:2])
+    return int(fields[11]) / tick, int(fields[12]) / tick, run, wait
 
 
 def build(lab: NetLab, tmp: Path, profile: str | None):
     exit_ns, inet_ns = lab.netns("x"), lab.netns("i")
     inet_if, _ = lab.link(exit_ns, inet_ns, ["198.18.2.1/24"], [f"{INET}/24"])
     lab.spawn(inet_ns, "iperf3", "-s", "-p", "5201", log=tmp / "iperf-server.log")
-    wait_for(lambda: "5201" in lab.ns_sh(inet_ns, "ss", "-ltn", check=False).stdout, 10,
-             "iperf3 server")
+    wait_for(
+        lambda: "5201" in lab.ns_sh(inet_ns, "ss", "-ltn", check=False).stdout, 10, "iperf3 server"
+    )
     paths = {}
     # (a) our device
     dev, priv = lab.name("td"), keys.genkey()
@@ -117,30 +122,58 @@ def build(lab: NetLab, tmp: Path, profile: str | None):
     conf.mkdir()
     (conf / f"{dev}.conf").write_text(
         f"[Interface]\nPrivateKey = {priv}\nListenPort = 51820\nAddress = 10.99.0.1/24\n\n"
-        f"[Peer]\nPublicKey = {keys.pubkey(ours_client)}\nAllowedIPs = 10.99.0.2/32\n")
+        f"[Peer]\nPublicKey = {keys.pubkey(ours_client)}\nAllowedIPs = 10.99.0.2/32\n"
+    )
     log = tmp / "tetherctl.log"
-    argv = [sys.executable, "-m", "tether", "run", "--config-dir", str(conf), "--log",
-            "warning", dev]
+    argv = [
+        sys.executable,
+        "-m",
+        "tether",
+        "run",
+        "--config-dir",
+        str(conf),
+        "--log",
+        "warning",
+        dev,
+    ]
     if profile:
         argv = [py_spy(), "record", "-o", profile, "-r", "200", "--", *argv]
     proc = lab.spawn(exit_ns, *argv, log=log, env=dict(os.environ, PYTHONPATH=str(REPO)))
     lab.sockets.append(Path(f"/var/run/wireguard/{dev}.sock"))
     wait_for(lambda: Path(f"/var/run/wireguard/{dev}.sock").exists(), 20, "tetherctl up")
-    paths["tetherctl"] = client(lab, "0", exit_ns, ours_client, keys.pubkey(priv), 51820,
-                                "10.99.0.2", "198.18.10")
+    paths["tetherctl"] = client(
+        lab, "0", exit_ns, ours_client, keys.pubkey(priv), 51820, "10.99.0.2", "198.18.10"
+    )
     paths["pid"] = daemon_pid(proc)
     paths["spy"] = proc if profile else None
     # (b) the reference: wireguard-go server + kernel forwarding + MASQUERADE
     ref_if, ref_priv, ref_client = lab.name("wr"), keys.genkey(), keys.genkey()
-    lab.wireguard_go(exit_ns, ref_if,
-                     f"[Interface]\nPrivateKey = {ref_priv}\nListenPort = 51821\n\n"
-                     f"[Peer]\nPublicKey = {keys.pubkey(ref_client)}\n"
-                     "AllowedIPs = 10.98.0.2/32\n", ["10.98.0.1/24"])
+    lab.wireguard_go(
+        exit_ns,
+        ref_if,
+        f"[Interface]\nPrivateKey = {ref_priv}\nListenPort = 51821\n\n"
+        f"[Peer]\nPublicKey = {keys.pubkey(ref_client)}\n"
+        "AllowedIPs = 10.98.0.2/32\n",
+        ["10.98.0.1/24"],
+    )
     lab.ns_sh(exit_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    lab.ns_sh(exit_ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.98.0.0/24",
-              "-o", inet_if, "-j", "MASQUERADE")
-    paths["wireguard-go"] = client(lab, "1", exit_ns, ref_client, keys.pubkey(ref_priv), 51821,
-                                   "10.98.0.2", "198.18.11")
+    lab.ns_sh(
+        exit_ns,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.98.0.0/24",
+        "-o",
+        inet_if,
+        "-j",
+        "MASQUERADE",
+    )
+    paths["wireguard-go"] = client(
+        lab, "1", exit_ns, ref_client, keys.pubkey(ref_priv), 51821, "10.98.0.2", "198.18.11"
+    )
     return paths
 
 
@@ -148,31 +181,50 @@ def client(lab, i, exit_ns, priv, server_pub, port, tunnel_ip, underlay):
     ns = lab.netns(f"c{i}")
     lab.link(ns, exit_ns, [f"{underlay}.2/24"], [f"{underlay}.1/24"])
     ifname = lab.name(f"w{i}")
-    lab.wireguard_go(ns, ifname,
-                     f"[Interface]\nPrivateKey = {priv}\n\n[Peer]\nPublicKey = {server_pub}\n"
-                     f"AllowedIPs = 0.0.0.0/0\nEndpoint = {underlay}.1:{port}\n",
-                     [f"{tunnel_ip}/24"])
+    lab.wireguard_go(
+        ns,
+        ifname,
+        f"[Interface]\nPrivateKey = {priv}\n\n[Peer]\nPublicKey = {server_pub}\n"
+        f"AllowedIPs = 0.0.0.0/0\nEndpoint = {underlay}.1:{port}\n",
+        [f"{tunnel_ip}/24"],
+    )
     lab.sh("ip", "-n", ns, "route", "add", "default", "dev", ifname)
     return ns
 
 
 def iperf(lab, ns, seconds, *extra) -> float:
-    out = lab.ns_sh(ns, "iperf3", "-c", INET, "-p", "5201", "-t", str(seconds), "-J", *extra,
-                    check=False, timeout=seconds + 60)
+    out = lab.ns_sh(
+        ns,
+        "iperf3",
+        "-c",
+        INET,
+        "-p",
+        "5201",
+        "-t",
+        str(seconds),
+        "-J",
+        *extra,
+        check=False,
+        timeout=seconds + 60,
+    )
     try:
         data = json.loads(out.stdout)
     except json.JSONDecodeError:
         return 0.0
     end = data.get("end", {})
     if "-u" in extra:
-        return end.get("sum", {}).get("bits_per_second", 0.0) * (
-            1 - end.get("sum", {}).get("lost_percent", 100.0) / 100) / 1e6
+        return (
+            end.get("sum", {}).get("bits_per_second", 0.0)
+            * (1 - end.get("sum", {}).get("lost_percent", 100.0) / 100)
+            / 1e6
+        )
     return end.get("sum_received", {}).get("bits_per_second", 0.0) / 1e6
 
 
 def ping_rtt(lab, ns) -> float:
-    out = lab.ns_sh(ns, "ping", "-c", "20", "-i", "0.05", "-W", "2", INET, check=False,
-                    timeout=60).stdout
+    out = lab.ns_sh(
+        ns, "ping", "-c", "20", "-i", "0.05", "-W", "2", INET, check=False, timeout=60
+    ).stdout
     m = re.search(r"= [\d.]+/([\d.]+)/", out)
     return float(m.group(1)) if m else float("nan")
 
@@ -183,8 +235,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--udp-rate", default="400M")
     parser.add_argument("--profile", help="record our daemon with py-spy into this SVG")
-    parser.add_argument("--profile-phases", metavar="DIR",
-                        help="py-spy our daemon per test into DIR (collapsed stacks + top list)")
+    parser.add_argument(
+        "--profile-phases",
+        metavar="DIR",
+        help="py-spy our daemon per test into DIR (collapsed stacks + top list)",
+    )
     args = parser.parse_args()
     if args.profile and args.profile_phases:
         parser.error("--profile and --profile-phases cannot both attach to the daemon")
@@ -220,13 +275,28 @@ def main() -> int:
                             slug = re.sub(r"[^a-z]+", "-", name.lower()).strip("-")
                             raw = Path(args.profile_phases) / f"{slug}-run{_run + 1}.txt"
                             spy = subprocess.Popen(
-                                [py_spy(), "record", "--pid", str(pid), "--rate", "200",
-                                 "--duration", str(max(1, args.seconds - 1)), "--idle",
-                                 "--format", "raw", "--output", str(raw)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                [
+                                    py_spy(),
+                                    "record",
+                                    "--pid",
+                                    str(pid),
+                                    "--rate",
+                                    "200",
+                                    "--duration",
+                                    str(max(1, args.seconds - 1)),
+                                    "--idle",
+                                    "--format",
+                                    "raw",
+                                    "--output",
+                                    str(raw),
+                                ],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL,
+                            )
                             cpu0, t0 = cpu_times(pid), time.monotonic()
-                        results[name][path].append(iperf(lab, ns, args.seconds, *[
-                            e for e in extra if e]))
+                        results[name][path].append(
+                            iperf(lab, ns, args.seconds, *[e for e in extra if e])
+                        )
                         if spy is not None:
                             cpu1, t1 = cpu_times(pid), time.monotonic()
                             spy.wait(30)
@@ -234,7 +304,8 @@ def main() -> int:
                                 raw.with_suffix(".top.txt").write_text(
                                     f"{results[name][path][-1]:.0f} Mbit/s; daemon CPU over "
                                     f"{t1 - t0:.1f}s: user {cpu1[0] - cpu0[0]:.2f}s, "
-                                    f"system {cpu1[1] - cpu0[1]:.2f}s\n" + top_own(raw))
+                                    f"system {cpu1[1] - cpu0[1]:.2f}s\n" + top_own(raw)
+                                )
                         time.sleep(0.5)
                 for path, ns in paths.items():
                     rtts[path].append(ping_rtt(lab, ns))
@@ -247,8 +318,10 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 print("bench_exit_iperf: py-spy did not finish writing the profile")
         lab.close()
-    print(f"iperf3 through WireGuard, median of {args.runs} runs of {args.seconds}s "
-          "(2-core machine; client, server and iperf3 share it)")
+    print(
+        f"iperf3 through WireGuard, median of {args.runs} runs of {args.seconds}s "
+        "(2-core machine; client, server and iperf3 share it)"
+    )
     print(f"{'':28}{'tetherctl':>12}{'wireguard-go':>14}{'ratio':>8}")
     for name in tests:
         ours = statistics.median(results[name]["tetherctl"])

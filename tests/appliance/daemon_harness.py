@@ -57,9 +57,25 @@ class DaemonProcess:
             self.sockets.append(UAPI_DIR / f"{dev}.sock")
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tether", "run", "--config-dir", str(self.dir),
-                 "--run-dir", str(UAPI_DIR), "--log", "debug", *self.args, *devices],
-                stdout=out, stderr=out, env=self.env, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "tether",
+                    "run",
+                    "--config-dir",
+                    str(self.dir),
+                    "--run-dir",
+                    str(UAPI_DIR),
+                    "--log",
+                    "debug",
+                    *self.args,
+                    *devices,
+                ],
+                stdout=out,
+                stderr=out,
+                env=self.env,
+                start_new_session=True,
+            )
 
     def uapi_up(self, dev: str) -> bool:
         return (UAPI_DIR / f"{dev}.sock").exists()
@@ -70,8 +86,9 @@ class DaemonProcess:
         self.sockets.append(UAPI_DIR / f"{dev}.sock")
 
     def dump(self, dev: str) -> list[list[str]]:
-        out = subprocess.run(["wg", "show", dev, "dump"], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["wg", "show", dev, "dump"], capture_output=True, text=True, timeout=10
+        )
         if out.returncode != 0:
             return []
         return [line.split("\t") for line in out.stdout.strip().splitlines()]

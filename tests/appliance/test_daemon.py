@@ -11,8 +11,10 @@ from .daemon_harness import wait_for
 
 
 def server_conf(priv: str, port: int, peers: str = "", extra: str = "") -> str:
-    return (f"# my device\n[Interface]\nPrivateKey = {priv}\nListenPort = {port}  # fixed\n"
-            f"Address = 10.44.0.1/24\n{extra}\n{peers}")
+    return (
+        f"# my device\n[Interface]\nPrivateKey = {priv}\nListenPort = {port}  # fixed\n"
+        f"Address = 10.44.0.1/24\n{extra}\n{peers}"
+    )
 
 
 def peer(pub: str, host: int, extra: str = "") -> str:
@@ -42,9 +44,14 @@ def test_edit_goes_live_bad_edit_keeps_last_good_fix_applies(daemon):
 
     # a bad edit: the running device keeps the last good config and one clear error is logged
     write(path, server_conf(priv, 42001, peer(a, 2) + peer(b, 3) + "AllowedIPs = 10.0.0.300/32\n"))
-    wait_for(lambda: daemon.logged(f"{dev}.conf:17: AllowedIPs: '10.0.0.300/32' is not an IP "
-                                   "network (the last good configuration keeps running)"),
-             5, "error logged")
+    wait_for(
+        lambda: daemon.logged(
+            f"{dev}.conf:17: AllowedIPs: '10.0.0.300/32' is not an IP "
+            "network (the last good configuration keeps running)"
+        ),
+        5,
+        "error logged",
+    )
     assert set(daemon.peers(dev)) == {a, b}
 
     # fixed: applied, with the keepalive gone and a moved; b's line untouched
@@ -74,8 +81,10 @@ def test_new_file_and_deleted_file_with_hooks_in_order(daemon, tmp_path):
     daemon.wait_up(first)
     second = daemon.name("c")
     trace = tmp_path / "trace"
-    hooks = "".join(f"{h} = echo {h} %i $INTERFACE >> {trace}\n"
-                    for h in ("PreUp", "PostUp", "PreDown", "PostDown"))
+    hooks = "".join(
+        f"{h} = echo {h} %i $INTERFACE >> {trace}\n"
+        for h in ("PreUp", "PostUp", "PreDown", "PostDown")
+    )
     path = daemon.dir / f"{second}.conf"
     write(path, server_conf(keys.genkey(), 42012, extra=hooks))
     wait_for(lambda: daemon.uapi_up(second), 5, "new device up")
@@ -84,20 +93,32 @@ def test_new_file_and_deleted_file_with_hooks_in_order(daemon, tmp_path):
     wait_for(lambda: not daemon.uapi_up(second), 5, "device down")
     wait_for(lambda: "PostDown" in trace.read_text(), 5, "PostDown ran")
     assert trace.read_text().split("\n") == [
-        f"PreUp {second} {second}", f"PostUp {second} {second}",
-        f"PreDown {second} {second}", f"PostDown {second} {second}", ""]
+        f"PreUp {second} {second}",
+        f"PostUp {second} {second}",
+        f"PreDown {second} {second}",
+        f"PostDown {second} {second}",
+        "",
+    ]
     assert daemon.uapi_up(first)  # the other device never noticed
 
 
 def test_failing_preup_aborts_that_device_only(daemon):
     good, bad = daemon.name("d"), daemon.name("e")
     write(daemon.dir / f"{good}.conf", server_conf(keys.genkey(), 42021))
-    write(daemon.dir / f"{bad}.conf",
-          server_conf(keys.genkey(), 42022, extra="PreUp = echo refusing; exit 3\n"))
+    write(
+        daemon.dir / f"{bad}.conf",
+        server_conf(keys.genkey(), 42022, extra="PreUp = echo refusing; exit 3\n"),
+    )
     daemon.start()
     daemon.wait_up(good)
-    wait_for(lambda: daemon.logged(f"{bad}: not brought up: PreUp hook `echo refusing; exit 3` "
-                                   "exited with status 3: refusing"), 5, "hook failure logged")
+    wait_for(
+        lambda: daemon.logged(
+            f"{bad}: not brought up: PreUp hook `echo refusing; exit 3` "
+            "exited with status 3: refusing"
+        ),
+        5,
+        "hook failure logged",
+    )
     assert not daemon.uapi_up(bad)
     assert daemon.logged("refusing")
 
@@ -123,8 +144,9 @@ def test_saveconfig_writes_runtime_changes_back_keeping_comments(daemon, tmp_pat
     assert text.startswith("# my device\n[Interface]\n")
     assert "ListenPort = 42031  # fixed\n" in text and "# peer 2\n" in text
     assert "AllowedIPs = 10.44.0.2/32, 10.45.0.0/16\nPersistentKeepalive = 15\n" in text
-    assert (f"[Peer]\nPublicKey = {c}\nAllowedIPs = 10.44.0.3/32\n"
-            "Endpoint = 127.0.0.1:40000\n") in text
+    assert (
+        f"[Peer]\nPublicKey = {c}\nAllowedIPs = 10.44.0.3/32\nEndpoint = 127.0.0.1:40000\n"
+    ) in text
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
@@ -151,10 +173,15 @@ def test_show_and_showconf_match_wg(daemon):
 
     dev = daemon.name("h")
     a, b = keys.pubkey(keys.genkey()), keys.pubkey(keys.genkey())
-    write(daemon.dir / f"{dev}.conf",
-          server_conf(keys.genkey(), 42051,
-                      peer(a, 2, "PersistentKeepalive = 21\nEndpoint = 127.0.0.1:9\n")
-                      + peer(b, 3, f"PresharedKey = {keys.genpsk()}\n")))
+    write(
+        daemon.dir / f"{dev}.conf",
+        server_conf(
+            keys.genkey(),
+            42051,
+            peer(a, 2, "PersistentKeepalive = 21\nEndpoint = 127.0.0.1:9\n")
+            + peer(b, 3, f"PresharedKey = {keys.genpsk()}\n"),
+        ),
+    )
     daemon.start()
     daemon.wait_up(dev)
 

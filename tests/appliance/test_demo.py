@@ -23,9 +23,13 @@ def free_udp_port() -> int:
 
 def start(tmp_path, port):
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "tether", "demo", "--dir", str(tmp_path),
-                             "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tether", "demo", "--dir", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def wait_socket(path: Path, proc) -> None:
@@ -51,7 +55,7 @@ def test_demo_runs_prints_client_config_and_stops(tmp_path):
     assert "[Interface]\nPrivateKey = " in out and "__PLACEHOLDER__" not in out
     assert "Address = 10.123.0.2/32, fd00:123::2/128" in out
     assert f"Endpoint = 127.0.0.1:{port}" in out
-    conf = (tmp_path / "conf" / "demo0.conf")
+    conf = tmp_path / "conf" / "demo0.conf"
     assert oct(conf.stat().st_mode & 0o777) == "0o600"
     # a second run reuses the device and does not invent another client
     proc = start(tmp_path, port)

@@ -15,10 +15,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tetherctl(*args, tmp):
-    env = dict(os.environ, PYTHONPATH=str(REPO), TETHERCTL_CONFIG_DIR=str(tmp / "conf"),
-               TETHERCTL_RUN_DIR=str(tmp / "run"), TETHERCTL_STATE_DIR=str(tmp / "state"))
-    return subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True,
-                          text=True, timeout=90, env=env)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        TETHERCTL_CONFIG_DIR=str(tmp / "conf"),
+        TETHERCTL_RUN_DIR=str(tmp / "run"),
+        TETHERCTL_STATE_DIR=str(tmp / "state"),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "tether", *args], capture_output=True, text=True, timeout=90, env=env
+    )
 
 
 def test_up_down_cycle_runs_hooks_and_reports(tmp_path):
@@ -27,7 +33,8 @@ def test_up_down_cycle_runs_hooks_and_reports(tmp_path):
     name = f"tu{os.getpid() % 10000}"
     (tmp_path / "conf" / f"{name}.conf").write_text(
         f"[Interface]\nPrivateKey = {keys.genkey()}\nPostUp = echo up %i >> {trace}\n"
-        f"PostDown = echo down %i >> {trace}\n")
+        f"PostDown = echo down %i >> {trace}\n"
+    )
     out = tetherctl("up", name, tmp=tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"{name} is up (pid" in out.stdout
@@ -54,12 +61,15 @@ def test_up_fails_with_the_reason_and_leaves_nothing_running(tmp_path):
     (tmp_path / "conf").mkdir()
     name = f"tf{os.getpid() % 10000}"
     (tmp_path / "conf" / f"{name}.conf").write_text(
-        f"[Interface]\nPrivateKey = {keys.genkey()}\nPreUp = echo nope; exit 5\n")
+        f"[Interface]\nPrivateKey = {keys.genkey()}\nPreUp = echo nope; exit 5\n"
+    )
     started = time.monotonic()
     out = tetherctl("up", name, tmp=tmp_path)
     assert out.returncode == 1
-    assert out.stderr.strip() == (f"tetherctl: {name}: not brought up: PreUp hook "
-                                  "`echo nope; exit 5` exited with status 5: nope")
+    assert out.stderr.strip() == (
+        f"tetherctl: {name}: not brought up: PreUp hook "
+        "`echo nope; exit 5` exited with status 5: nope"
+    )
     assert time.monotonic() - started < 30
     time.sleep(0.3)
     assert not (tmp_path / "state" / f"{name}.pid").exists()

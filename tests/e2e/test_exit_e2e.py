@@ -28,8 +28,9 @@ def ok(result):
 
 
 def curl(topo, url, *extra, timeout=300):
-    return topo.client_sh("curl", "-sS", "--max-time", str(timeout - 10), *extra, url,
-                          timeout=timeout)
+    return topo.client_sh(
+        "curl", "-sS", "--max-time", str(timeout - 10), *extra, url, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("inet", [INET4, f"[{INET6}]"], ids=["ipv4", "ipv6"])

@@ -24,22 +24,39 @@ TUNNEL4, TUNNEL6 = "10.99.0", "fd99::"
 
 
 class Topology:
-    def __init__(self, lab: NetLab, tmp: Path, *, clients: int = 1, http_files: dict | None = None,
-                 daemon_args: tuple = ()):
+    def __init__(
+        self,
+        lab: NetLab,
+        tmp: Path,
+        *,
+        clients: int = 1,
+        http_files: dict | None = None,
+        daemon_args: tuple = (),
+    ):
         require("wireguard-go", "wg", "ip", "ping", "curl")
         self.lab, self.tmp = lab, tmp
         self.exit_ns = lab.netns("x")
         self.inet_ns = lab.netns("i")
-        lab.link(self.exit_ns, self.inet_ns, ["198.18.2.1/24", "fd18:2::1/64"],
-                 [f"{INET4}/24", f"{INET6}/64"])
+        lab.link(
+            self.exit_ns,
+            self.inet_ns,
+            ["198.18.2.1/24", "fd18:2::1/64"],
+            [f"{INET4}/24", f"{INET6}/64"],
+        )
         # the servers
         www = tmp / "www"
         www.mkdir()
         for name, data in (http_files or {}).items():
             (www / name).write_bytes(data)
         ready = tmp / "inet.ready"
-        lab.spawn(self.inet_ns, sys.executable, str(TOOLS / "inet_servers.py"), str(www),
-                  str(ready), log=tmp / "inet.log")
+        lab.spawn(
+            self.inet_ns,
+            sys.executable,
+            str(TOOLS / "inet_servers.py"),
+            str(www),
+            str(ready),
+            log=tmp / "inet.log",
+        )
         wait_for(ready.exists, 15, "inet servers")
         # our device
         self.dev = lab.name("tx")
@@ -51,25 +68,37 @@ class Topology:
             priv = keys.genkey()
             host = i + 2
             self.clients.append({"priv": priv, "pub": keys.pubkey(priv), "host": host})
-            peers += (f"\n[Peer]\nPublicKey = {keys.pubkey(priv)}\n"
-                      f"AllowedIPs = {TUNNEL4}.{host}/32, {TUNNEL6}{host:x}/128\n")
+            peers += (
+                f"\n[Peer]\nPublicKey = {keys.pubkey(priv)}\n"
+                f"AllowedIPs = {TUNNEL4}.{host}/32, {TUNNEL6}{host:x}/128\n"
+            )
         self.config_dir = tmp / "conf"
         self.config_dir.mkdir()
         (self.config_dir / f"{self.dev}.conf").write_text(
             f"[Interface]\nPrivateKey = {self.server_priv}\nListenPort = {PORT}\n"
-            f"Address = {TUNNEL4}.1/24, {TUNNEL6}1/64\n{peers}")
+            f"Address = {TUNNEL4}.1/24, {TUNNEL6}1/64\n{peers}"
+        )
         self.log = tmp / "tetherctl.log"
-        self.daemon = lab.tetherctl(self.exit_ns, self.config_dir, self.dev, log=self.log,
-                                    args=daemon_args)
-        wait_for(lambda: Path(f"/var/run/wireguard/{self.dev}.sock").exists()
-                 or self.daemon.poll() is not None, 20, "tetherctl up")
+        self.daemon = lab.tetherctl(
+            self.exit_ns, self.config_dir, self.dev, log=self.log, args=daemon_args
+        )
+        wait_for(
+            lambda: (
+                Path(f"/var/run/wireguard/{self.dev}.sock").exists()
+                or self.daemon.poll() is not None
+            ),
+            20,
+            "tetherctl up",
+        )
         assert self.daemon.poll() is None, self.log.read_text()
         # the clients
         for i, client in enumerate(self.clients):
             host = client["host"]
-            conf = (f"[Interface]\nPrivateKey = {client['priv']}\n\n[Peer]\n"
-                    f"PublicKey = {self.server_pub}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
-                    f"Endpoint = {self.exit_side(i)}:{PORT}\nPersistentKeepalive = 25\n")
+            conf = (
+                f"[Interface]\nPrivateKey = {client['priv']}\n\n[Peer]\n"
+                f"PublicKey = {self.server_pub}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
+                f"Endpoint = {self.exit_side(i)}:{PORT}\nPersistentKeepalive = 25\n"
+            )
             self.add_client(i, conf, [f"{TUNNEL4}.{host}/24", f"{TUNNEL6}{host:x}/64"], client)
 
     @staticmethod
@@ -97,5 +126,6 @@ class Topology:
         return self.lab.ns_sh(self.clients[client]["ns"], *argv, timeout=timeout, check=check)
 
     def check(self, *argv: str, client: int = 0, timeout: float = 180):
-        return self.client_sh(sys.executable, str(TOOLS / "client_checks.py"), *argv,
-                              client=client, timeout=timeout)
+        return self.client_sh(
+            sys.executable, str(TOOLS / "client_checks.py"), *argv, client=client, timeout=timeout
+        )

@@ -253,7 +253,7 @@ def test_unknown_or_wrong_peer_state():
         opened.authenticate(b_to_a)
     # A peer entry with the right key but a different static-static DH cannot open the timestamp.
     impostor = PeerKeys(b.local, stranger.local.spub)
-    impostor.ss = b_to_a.ss
+    impostor._ss = b_to_a.ss  # forge the cached static-static DH
     with pytest.raises(HandshakeError):
         opened.authenticate(impostor)
 

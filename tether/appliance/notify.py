@@ -21,7 +21,8 @@ def notify(*fields: str) -> bool:
     message = "\n".join(fields).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message, address)
+            # never block the event loop on a notification: a full queue loses the message
+            sock.sendto(message, socket.MSG_DONTWAIT, address)
     except OSError:
         return False
     return True

@@ -65,7 +65,8 @@ def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) ->
     if list(iface.addresses) != list(running.addresses):
         ops.append(Op("set_addresses", (list(iface.addresses),)))
 
-    wanted = {p.public_key: p for p in new.peers if p.public_key != iface.public_key}
+    own = iface.public_key  # an X25519 computation: once, not per peer
+    wanted = {p.public_key: p for p in new.peers if p.public_key != own}
     before = {p.public_key: p for p in last.peers} if last is not None else {}
     for key in running.peers:
         if key not in wanted:

@@ -234,8 +234,8 @@ class WireGuardCore(HandshakeLayer):
             if not 0 <= persistent_keepalive <= 0xFFFF:
                 raise ValueError("persistent keepalive is 0..65535 seconds")
         if allowed_ips is not UNCHANGED:
-            allowed_ips = [ipaddress.ip_network(p, strict=False) for p in allowed_ips]
-        removals = [ipaddress.ip_network(p, strict=False) for p in remove_allowed_ips]
+            allowed_ips = [_network(p) for p in allowed_ips]
+        removals = [_network(p) for p in remove_allowed_ips]
 
         peer = self.peers.get(public_key)
         if peer is None:
@@ -546,3 +546,11 @@ class WireGuardCore(HandshakeLayer):
             return
         peer.handshake_attempts += 1
         self._send_initiation(peer, now, wall, True)
+
+
+def _network(prefix) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Config and UAPI hand over parsed networks; only other forms need parsing (with host bits
+    masked, as wg does)."""
+    if isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return prefix
+    return ipaddress.ip_network(prefix, strict=False)

@@ -84,8 +84,8 @@ def dns_answer(query: bytes) -> bytes | None:
     i = 12
     while i < len(query) and query[i]:
         i += 1 + query[i]
-    qtype = struct.unpack("!H", query[i + 1:i + 3])[0]
-    question = query[12:i + 5]
+    qtype = struct.unpack("!H", query[i + 1 : i + 3])[0]
+    question = query[12 : i + 5]
     if qtype == 28:
         rdata = socket.inet_pton(socket.AF_INET6, "2001:db8::53")
     else:
