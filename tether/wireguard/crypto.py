@@ -17,6 +17,7 @@ from hashlib import blake2s
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from tether.wireguard.constants import HANDSHAKE_INITIATION_RATE, KEY_LEN, XNONCE_LEN
@@ -146,45 +147,28 @@ def aead_decrypt(key: bytes, counter: int, ciphertext: bytes, ad: bytes) -> byte
 
 _M32 = 0xFFFFFFFF
 _SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
-_unpack_key = struct.Struct("<8I").unpack
 _unpack_nonce16 = struct.Struct("<4I").unpack
+_unpack_block = struct.Struct("<16I").unpack
 _pack_subkey = struct.Struct("<8I").pack
-# One double round: four column quarter-rounds, then four diagonal ones (RFC 8439 §2.1-2.3).
-_DOUBLE_ROUND = (
-    (0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
-    (0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14),
-)  # fmt: skip
+_ZERO_BLOCK = bytes(64)
 
 
 def hchacha20(key: bytes, nonce16: bytes) -> bytes:
     """HChaCha20 (draft-irtf-cfrg-xchacha §2.2): derive the XChaCha20 subkey.
 
-    Pure Python because pyca/cryptography exposes no HChaCha20 or XChaCha20-Poly1305. It costs
-    about a tenth of a millisecond per call, which is acceptable: XAEAD only protects cookie reply
-    messages, which a responder sends only while under load and an initiator accepts at most once
-    per handshake message it sent; never on the transport path.
+    pyca/cryptography exposes no HChaCha20, but its ChaCha20 (whose 16-byte nonce is exactly
+    state words 12-15) gives the block function: the 20 rounds plus a final addition of the input
+    state. HChaCha20 is the same rounds without that addition, taking rows 0 and 3; so subtract
+    the known input words from one keystream block. One C call instead of 80 quarter-rounds in
+    Python (about 6 µs rather than 150), which matters when a flood makes us send cookie replies.
     """
     if len(key) != KEY_LEN or len(nonce16) != 16:
         raise ValueError("HChaCha20 takes a 32-byte key and a 16-byte nonce")
-    x = [*_SIGMA, *_unpack_key(key), *_unpack_nonce16(nonce16)]
-    m = _M32
-    for _ in range(10):
-        for a, b, c, d in _DOUBLE_ROUND:
-            xa = (x[a] + x[b]) & m
-            xd = x[d] ^ xa
-            xd = ((xd << 16) | (xd >> 16)) & m
-            xc = (x[c] + xd) & m
-            xb = x[b] ^ xc
-            xb = ((xb << 12) | (xb >> 20)) & m
-            xa = (xa + xb) & m
-            xd ^= xa
-            xd = ((xd << 8) | (xd >> 24)) & m
-            xc = (xc + xd) & m
-            xb ^= xc
-            x[a], x[b], x[c], x[d] = xa, ((xb << 7) | (xb >> 25)) & m, xc, xd
-    # Unlike the ChaCha20 block function there is no final addition of the input state: the
-    # subkey is the first and last rows of the permuted state.
-    return _pack_subkey(*x[0:4], *x[12:16])
+    block = Cipher(algorithms.ChaCha20(key, nonce16), mode=None).encryptor().update(_ZERO_BLOCK)
+    words = _unpack_block(block)
+    first = [(w - c) & _M32 for w, c in zip(words[0:4], _SIGMA, strict=True)]
+    last = [(w - n) & _M32 for w, n in zip(words[12:16], _unpack_nonce16(nonce16), strict=True)]
+    return _pack_subkey(*first, *last)
 
 
 def _xchacha(key: bytes, nonce: bytes) -> tuple[ChaCha20Poly1305, bytes]:
