@@ -153,9 +153,14 @@ class Document:
         return cls(filename, preamble, sections, newline, bom)
 
     def text(self) -> str:
+        # one flat comprehension: this runs on every write of a 10,000-peer file
         out = [BOM] if self.bom else []
-        for section in (self.preamble, *self.sections):
-            out.extend(line.raw for line in section.lines())
+        out += [line.raw for line in self.preamble.body]
+        out += [
+            line.raw
+            for section in self.sections
+            for line in (section.header, *section.body)
+        ]
         return "".join(out)
 
     # -- line-level edits ---------------------------------------------------------------------
