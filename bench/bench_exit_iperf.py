@@ -304,7 +304,9 @@ def main() -> int:
                                 raw.with_suffix(".top.txt").write_text(
                                     f"{results[name][path][-1]:.0f} Mbit/s; daemon CPU over "
                                     f"{t1 - t0:.1f}s: user {cpu1[0] - cpu0[0]:.2f}s, "
-                                    f"system {cpu1[1] - cpu0[1]:.2f}s\n" + top_own(raw)
+                                    f"system {cpu1[1] - cpu0[1]:.2f}s; main thread on CPU "
+                                    f"{cpu1[2] - cpu0[2]:.2f}s, runnable but waiting "
+                                    f"{cpu1[3] - cpu0[3]:.2f}s\n" + top_own(raw)
                                 )
                         time.sleep(0.5)
                 for path, ns in paths.items():
