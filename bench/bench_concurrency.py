@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_exit_iperf import INET, client  # noqa: E402
+from bench_exit_iperf import INET, client, tetherctl_run  # noqa: E402
 
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
 from tether import keys  # noqa: E402
@@ -58,15 +58,7 @@ def build(lab: NetLab, tmp: Path, split: bool) -> list[str]:
     for n, group in enumerate(groups):
         lab.spawn(
             exit_ns,
-            sys.executable,
-            "-m",
-            "tether",
-            "run",
-            "--config-dir",
-            str(conf),
-            "--log",
-            "warning",
-            *group,
+            *tetherctl_run(conf, *group),
             log=tmp / f"daemon{n}.log",
             env=env,
         )

@@ -107,6 +107,21 @@ def cpu_times(pid: int) -> tuple[float, float, float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick, run, wait
 
 
+def tetherctl_run(conf: Path, *devices: str) -> list[str]:
+    """The daemon command line the benchmarks run (quiet logging: logs cost throughput)."""
+    return [
+        sys.executable,
+        "-m",
+        "tether",
+        "run",
+        "--config-dir",
+        str(conf),
+        "--log",
+        "warning",
+        *devices,
+    ]
+
+
 def build(lab: NetLab, tmp: Path, profile: str | None):
     exit_ns, inet_ns = lab.netns("x"), lab.netns("i")
     inet_if, _ = lab.link(exit_ns, inet_ns, ["198.18.2.1/24"], [f"{INET}/24"])
@@ -125,17 +140,7 @@ def build(lab: NetLab, tmp: Path, profile: str | None):
         f"[Peer]\nPublicKey = {keys.pubkey(ours_client)}\nAllowedIPs = 10.99.0.2/32\n"
     )
     log = tmp / "tetherctl.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "tether",
-        "run",
-        "--config-dir",
-        str(conf),
-        "--log",
-        "warning",
-        dev,
-    ]
+    argv = tetherctl_run(conf, dev)
     if profile:
         argv = [py_spy(), "record", "-o", profile, "-r", "200", "--", *argv]
     proc = lab.spawn(exit_ns, *argv, log=log, env=dict(os.environ, PYTHONPATH=str(REPO)))

@@ -169,18 +169,28 @@ def _quiet_logging() -> None:
 # -- commands ----------------------------------------------------------------------------------
 
 
+def _service(args, *, need_public: bool = True, source: str = "tetherctl"):
+    """make_service from a `peer` subcommand's options (commands without public-address
+    options pass need_public=False)."""
+    public = (
+        dict(ipv4=args.public_ipv4, ipv6=args.public_ipv6, domain=args.public_domain)
+        if need_public
+        else {}
+    )
+    return make_service(
+        store.config_dir(args.config_dir),
+        args.run_dir,
+        args.device,
+        need_public=need_public,
+        source=source,
+        **public,
+    )
+
+
 def cmd_add(args) -> int:
     _quiet_logging()
     try:
-        _, service = make_service(
-            store.config_dir(args.config_dir),
-            args.run_dir,
-            args.device,
-            ipv4=args.public_ipv4,
-            ipv6=args.public_ipv6,
-            domain=args.public_domain,
-            source="tetherctl peer add",
-        )
+        _, service = _service(args, source="tetherctl peer add")
         text, warning = add_peer(service, args.device, args.pubkey, args.endpoint_type)
     except (PeerError, ValueError) as e:
         return fail(str(e))
@@ -193,9 +203,7 @@ def cmd_add(args) -> int:
 def cmd_remove(args) -> int:
     _quiet_logging()
     try:
-        _, service = make_service(
-            store.config_dir(args.config_dir), args.run_dir, args.device, need_public=False
-        )
+        _, service = _service(args, need_public=False)
         removed, warning = remove_peer(service, args.device, args.pubkey)
     except (PeerError, ValueError) as e:
         return fail(str(e))
@@ -208,14 +216,7 @@ def cmd_remove(args) -> int:
 def cmd_config(args) -> int:
     _quiet_logging()
     try:
-        _, service = make_service(
-            store.config_dir(args.config_dir),
-            args.run_dir,
-            args.device,
-            ipv4=args.public_ipv4,
-            ipv6=args.public_ipv6,
-            domain=args.public_domain,
-        )
+        _, service = _service(args)
         name = resolve_device(service, args.device)
         text = service.config(name, parse_public_key(args.pubkey), args.endpoint_type)
     except (PeerError, ValueError) as e:
@@ -227,9 +228,7 @@ def cmd_config(args) -> int:
 def cmd_list(args) -> int:
     _quiet_logging()
     try:
-        hub, service = make_service(
-            store.config_dir(args.config_dir), args.run_dir, args.device, need_public=False
-        )
+        hub, service = _service(args, need_public=False)
         name = resolve_device(service, args.device)
         peers = service.peers(name)
     except (PeerError, ValueError) as e:
