@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit fuzz bench system-deps clean
+.PHONY: run test lint unit fuzz bench system-deps clean install uninstall docs
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,19 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The service install (see README, "Installing as a service"); as root. Paths can be moved for a
+# staging root or a test: make install DESTDIR=... PREFIX=... BINDIR=... UNITDIR=... CONFDIR=...
+INSTALL_VARS = PYTHON PREFIX BINDIR UNITDIR CONFDIR MANDIR COMPLETIONDIR DESTDIR
+install:
+	$(foreach v,$(INSTALL_VARS),$(if $($(v)),$(v)='$($(v))')) scripts/install
+
+uninstall:
+	$(foreach v,$(INSTALL_VARS),$(if $($(v)),$(v)='$($(v))')) scripts/uninstall
+
+# Regenerate man/tetherctl.8 and completions/tetherctl.bash from the parser after a CLI change.
+docs: $(STAMP)
+	$(PY) scripts/gen-docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
