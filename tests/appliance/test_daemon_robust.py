@@ -22,17 +22,19 @@ def test_config_dir_moved_away_is_fatal_after_an_orderly_shutdown(daemon, tmp_pa
     trace = tmp_path / "trace"
     write(
         daemon.dir / f"{dev}.conf",
-        server_conf(keys.genkey(), 42041, extra=f"PostDown = echo down %i >> {trace}\n"),
+        server_conf(keys.genkey(), 42141, extra=f"PostDown = echo down %i >> {trace}\n"),
     )
     daemon.start()
     daemon.wait_up(dev)
+    wait_for(lambda: daemon.logged(f"watching {daemon.dir} for changes"), 10, "the watch")
     os.rename(daemon.dir, tmp_path / "elsewhere")
     wait_for(lambda: daemon.proc.poll() is not None, 15, "the daemon to exit")
-    assert daemon.proc.returncode == 1
-    assert daemon.logged(
+    log = daemon.log.read_text()
+    assert daemon.proc.returncode == 1, log
+    assert (
         f"CRITICAL tether.daemon: fatal: config directory {daemon.dir} was removed or moved "
         "away; its files can no longer be watched; stopping (exit status 1)"
-    )
+    ) in log, log
     assert trace.read_text() == f"down {dev}\n"  # PreDown/SaveConfig/PostDown still ran
     assert not daemon.uapi_up(dev)
 
@@ -61,10 +63,10 @@ def test_hooks_that_cannot_start_fail_up_and_never_stop_a_removal(daemon, tmp_pa
     empty.mkdir()
     daemon.env["PATH"] = str(empty)
     up_hook, down_hooks = daemon.name("h"), daemon.name("i")
-    write(daemon.dir / f"{up_hook}.conf", server_conf(keys.genkey(), 42051, extra="PreUp = true\n"))
+    write(daemon.dir / f"{up_hook}.conf", server_conf(keys.genkey(), 42151, extra="PreUp = true\n"))
     write(
         daemon.dir / f"{down_hooks}.conf",
-        server_conf(keys.genkey(), 42052, extra="PreDown = echo a\nPostDown = echo b\n"),
+        server_conf(keys.genkey(), 42152, extra="PreDown = echo a\nPostDown = echo b\n"),
     )
     daemon.start()
     daemon.wait_up(down_hooks)
@@ -92,15 +94,15 @@ def test_a_device_file_others_can_read_is_warned_about_once(daemon):
     dev = daemon.name("j")
     path = daemon.dir / f"{dev}.conf"
     priv = keys.genkey()
-    write(path, server_conf(priv, 42061))
+    write(path, server_conf(priv, 42161))
     os.chmod(path, 0o644)
     daemon.start()
     daemon.wait_up(dev)
     warning = f"Warning: `{path}' is accessible by group or others (mode 0644)"
     wait_for(lambda: daemon.logged(warning), 5, "the warning")
     # an edit re-reads the file (still 0644): no second warning in this run
-    path.write_text(server_conf(priv, 42062))
-    wait_for(lambda: daemon.dump(dev) and daemon.dump(dev)[0][2] == "42062", 5, "edit applied")
+    path.write_text(server_conf(priv, 42162))
+    wait_for(lambda: daemon.dump(dev) and daemon.dump(dev)[0][2] == "42162", 5, "edit applied")
     assert daemon.log.read_text().count(warning) == 1
     assert daemon.stop() == 0
 

@@ -446,6 +446,7 @@ class Daemon:
     async def _watch(self) -> None:
         async for names in watch_config_dir(self.config_dir, self.names or None, self._stop):
             if names is None:
+                log.debug("watching %s for changes", self.config_dir)
                 await self.sync_all()  # the watch is live now: catch what came before it
                 continue
             for name in sorted(names):
