@@ -26,9 +26,12 @@ def test_check_good_files():
     )
 
 
-def test_check_bad_file_reports_file_and_line():
+def test_check_bad_file_reports_file_and_line(tmp_path):
+    good = tmp_path / "good.conf"
+    shutil.copy(CORPUS / "article-server.conf", good)
+    good.chmod(0o600)  # a checkout's 0644 would add the "accessible by others" warning
     bad = CORPUS / "err-bad-cidr.conf"
-    out = run("check", str(CORPUS / "article-server.conf"), str(bad))
+    out = run("check", str(good), str(bad))
     assert out.returncode == 1
     assert out.stderr.decode() == f"{bad}:7: AllowedIPs: '10.0.0.300/32' is not an IP network\n"
 

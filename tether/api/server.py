@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from waitress import wasyncore
@@ -81,6 +82,10 @@ class ApiHandle:
     _map: dict = field(repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    # why the serving thread died (None while it serves); `on_failure(error)` is then called
+    # from that thread, so a daemon can treat a dead API as fatal rather than serve without it
+    failed: BaseException | None = field(default=None, repr=False)
+    on_failure: Callable[[BaseException], None] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -91,8 +96,11 @@ class ApiHandle:
         try:
             while not self._stopping.is_set():
                 wasyncore.loop(timeout=0.2, map=self._map, use_poll=True, count=1)
-        except Exception:
+        except Exception as e:
             log.exception("API server loop failed")
+            self.failed = e
+            if self.on_failure is not None:
+                self.on_failure(e)
         finally:
             self._server.task_dispatcher.shutdown(timeout=5)
             wasyncore.close_all(self._map)

@@ -9,6 +9,15 @@ is reported once with file and line; fixing the file applies it.
 Bring-up and tear-down follow wg-quick: PreUp, device, PostUp; PreDown, SaveConfig, device down,
 PostDown. A failing PreUp (or PostUp) aborts that device's bring-up with the hook's output in
 the log, and the daemon carries on with the others.
+
+Failures are sorted by what they take down. One device's problem (a bad file, a port in use, a
+failing hook) is that device's and is logged. An error escaping one callback of the loop (one
+datagram, one timer tick, one UAPI connection) is logged with its traceback, rate-limited, and
+serving goes on: the next datagram or tick runs the same code afresh, and one bad packet must not
+let a stranger restart every device. But when something the whole process relies on ends (the
+config watcher, the SIGHUP reloader, the API server's thread) or memory runs out, the daemon
+logs `fatal: <reason>`, shuts down in order and exits with status 1, so that a supervisor
+(systemd's Restart=on-failure) starts it afresh instead of leaving it running deaf.
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +36,8 @@ from tether.appliance import hooks, notify
 from tether.appliance.hub import DaemonHub
 from tether.appliance.reconcile import reconcile
 from tether.appliance.saveconfig import fold_running_state
-from tether.appliance.watcher import watch_config_dir
-from tether.config import store
+from tether.appliance.watcher import WatchLost, watch_config_dir
+from tether.config import filemode, store
 from tether.config.editor import ConfigFile
 from tether.config.errors import ConfigError
 from tether.config.model import DeviceConfig
@@ -36,6 +47,9 @@ from tether.device.uapi_server import UapiServer
 from tether.device.udp import BindError
 
 log = logging.getLogger("tether.daemon")
+
+# An error escaping a loop callback is logged with its traceback at most this often per origin.
+LOOP_ERROR_INTERVAL = 60.0
 
 
 @dataclass
@@ -49,6 +63,7 @@ class Slot:
     applied: DeviceConfig | None = None  # the last configuration that is live
     applied_bytes: bytes | None = None
     error: str | None = None  # the problem reported last, so it is logged once
+    mode_checked: bool = False  # the file's permissions were looked at (warned once per start)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -86,6 +101,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.ready = asyncio.Event()
+        self.fatal: str | None = None  # why the daemon stopped on its own (exit status 1)
+        self._loop_errors: dict[tuple, tuple[float, int]] = {}
 
     # -- which files ---------------------------------------------------------------------------
 
@@ -103,12 +120,17 @@ class Daemon:
     async def _read(self, slot: Slot) -> tuple[bytes, ConfigFile] | None:
         """Parse the file off the loop; None (after one log line) if it is missing or bad."""
         try:
-            data = await asyncio.to_thread(slot.path.read_bytes)
+            data, mode = await asyncio.to_thread(_read_file, slot.path)
         except FileNotFoundError:
             return None
         except OSError as e:
             self._report(slot, f"{slot.path}: cannot read: {e.strerror}")
             return None
+        if not slot.mode_checked:
+            slot.mode_checked = True
+            warning = filemode.exposure_warning(slot.path, mode)
+            if warning:
+                log.warning("%s", warning)
         try:
             cfg = await asyncio.to_thread(ConfigFile.parse_bytes, data, slot.path.name)
         except ConfigError as e:
@@ -203,15 +225,23 @@ class Daemon:
         iface = applied.interface if applied is not None else None
         name = slot.name
         if iface is not None:
-            await self._hooks(slot, "PreDown", iface.pre_down, stop_on_error=False)
+            await self._down_hooks(slot, "PreDown", iface.pre_down)
             if save and iface.save_config:
                 await self._save(slot)
             elif iface.save_config:
                 log.info("%s: file removed, so SaveConfig does not write it back", name)
         await self._close_device(slot)
         if iface is not None:
-            await self._hooks(slot, "PostDown", iface.post_down, stop_on_error=False)
+            await self._down_hooks(slot, "PostDown", iface.post_down)
         log.info("%s: down", name)
+
+    async def _down_hooks(self, slot: Slot, phase: str, commands: list[str]) -> None:
+        """Down hooks report their own failures (spawn errors included) and carry on; whatever
+        else goes wrong around them (no thread to run them in) must not stop the tear-down."""
+        try:
+            await self._hooks(slot, phase, commands, stop_on_error=False)
+        except Exception as e:
+            log.error("%s: %s hooks not run: %s", slot.name, phase, e)
 
     async def _hooks(
         self, slot: Slot, phase: str, commands: list[str], *, stop_on_error: bool = True
@@ -271,42 +301,123 @@ class Daemon:
             await self.sync(name)
 
     async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (status 0), or until something the whole process needs
+        fails (status 1, after `fatal: <reason>` in the log and an orderly shutdown)."""
         self.loop = asyncio.get_running_loop()
+        previous_handler = self.loop.get_exception_handler()
+        self.loop.set_exception_handler(self._on_loop_error)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._stop.set)
         self.loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            problem = self._startup_problem()
+            if problem is not None:
+                log.error("%s", problem)
+                return 1
+            try:
+                status = await self._serve()
+            except Exception as e:
+                self.fail(f"unexpected error: {type(e).__name__}: {e}", e)
+                status = 1
+            finally:
+                await self._shutdown()
+            return 1 if self.fatal is not None else status
+        finally:
+            self.loop.set_exception_handler(previous_handler)
+
+    def _startup_problem(self) -> str | None:
+        if not self.config_dir.is_dir():
+            return f"config directory {self.config_dir} does not exist or is not a directory"
         if self.names:
             missing = [n for n in self.names if not store.device_path(self.config_dir, n).exists()]
             if missing and len(missing) == len(self.names):
-                log.error(
-                    "no such device file: %s",
-                    ", ".join(str(store.device_path(self.config_dir, n)) for n in missing),
+                return "no such device file: " + ", ".join(
+                    str(store.device_path(self.config_dir, n)) for n in missing
                 )
-                return 1
+        return None
+
+    async def _serve(self) -> int:
         await self.sync_all()
-        up = [s.name for s in self.slots.values() if s.up]
-        if not up and not self.watch:
+        if not self.watch and not any(s.up for s in self.slots.values()):
             return 1
         if self.api is not None:
             try:
                 self._api_handle = await asyncio.to_thread(self.api.start, DaemonHub(self))
             except OSError as e:
                 log.error("peer API: cannot listen on %s: %s", self.api, e)
-                await self._shutdown()
                 return 1
+            # set before looking at `failed`: a failure in between is seen by one or the other
+            self._api_handle.on_failure = self._api_failed
+            if self._api_handle.failed is not None:
+                self._api_failed(self._api_handle.failed)
             log.info("peer API listening on %s", self.api)
         notify.ready(self._status())
         self.ready.set()
-        tasks = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._reloads())]
+        tasks = [asyncio.create_task(self._supervise("the SIGHUP reloader", self._reloads()))]
         if self.watch:
-            tasks.append(asyncio.create_task(self._watch()))
+            tasks.append(asyncio.create_task(self._supervise("the config watcher", self._watch())))
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self._stop.wait()
         finally:
             for task in tasks:
                 task.cancel()
-            await self._shutdown()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return 0
+
+    # -- failures that end the process -----------------------------------------------------------
+
+    def fail(self, reason: str, error: BaseException | None = None) -> None:
+        """Something the whole process needs cannot go on: log why (with the traceback of an
+        unexpected error) and stop; `run()` then returns 1. The first reason is the one kept."""
+        if self.fatal is None:
+            self.fatal = reason
+            log.critical("fatal: %s; stopping (exit status 1)", reason, exc_info=error)
+            notify.status(f"fatal: {reason}")
+        self._stop.set()
+
+    async def _supervise(self, what: str, work) -> None:
+        """Run a background task that must last as long as the daemon: its end is fatal."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except WatchLost as e:
+            self.fail(str(e))
+        except Exception as e:
+            self.fail(f"{what} failed: {type(e).__name__}: {e}", e)
+        else:
+            if not self._stop.is_set():
+                self.fail(f"{what} ended unexpectedly")
+
+    def _api_failed(self, error: BaseException) -> None:
+        """Called from the API server's thread when its loop dies."""
+        try:
+            self.loop.call_soon_threadsafe(
+                self.fail, f"the peer API server stopped: {type(error).__name__}: {error}"
+            )
+        except RuntimeError:
+            pass  # the loop is closed: the daemon has finished anyway
+
+    def _on_loop_error(self, loop, context: dict) -> None:
+        """An exception escaped a callback of the loop (a device's socket reader or timer, the
+        UAPI server's accept). Logged with its traceback, at most once a minute per origin (a
+        stranger's packets must not fill the disk), and serving goes on; out of memory is fatal."""
+        error = context.get("exception")
+        message = context.get("message") or "unexpected error in the event loop"
+        if isinstance(error, MemoryError):
+            self.fail(f"{message}: out of memory", error)
+            return
+        origin = _origin(error) if error is not None else (message,)
+        now = time.monotonic()
+        last, suppressed = self._loop_errors.get(origin, (None, 0))
+        if last is not None and now - last < LOOP_ERROR_INTERVAL:
+            self._loop_errors[origin] = (last, suppressed + 1)
+            return
+        if len(self._loop_errors) >= 1024:
+            self._loop_errors.clear()
+        self._loop_errors[origin] = (now, 0)
+        more = f" ({suppressed} more from there since the last report)" if suppressed else ""
+        log.error("%s%s; serving goes on", message, more, exc_info=error)
 
     async def _shutdown(self) -> None:
         notify.stopping()
@@ -335,6 +446,7 @@ class Daemon:
     async def _watch(self) -> None:
         async for names in watch_config_dir(self.config_dir, self.names or None, self._stop):
             if names is None:
+                log.debug("watching %s for changes", self.config_dir)
                 await self.sync_all()  # the watch is live now: catch what came before it
                 continue
             for name in sorted(names):
@@ -348,6 +460,22 @@ class Daemon:
         if bad:
             text += f"; problems: {', '.join(bad)}"
         return text
+
+
+def _read_file(path: Path) -> tuple[bytes, int]:
+    """The file's bytes and the mode of that very file (not of one renamed over it since)."""
+    with open(path, "rb") as f:
+        return f.read(), os.fstat(f.fileno()).st_mode
+
+
+def _origin(error: BaseException) -> tuple:
+    """Where an exception came from (type, innermost file and line): what rate-limits its log."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return (type(error).__name__,)
+    return (type(error).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno)
 
 
 def _describe(op) -> str:

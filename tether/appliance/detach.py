@@ -6,6 +6,12 @@ daemon with python-daemon (detached session, closed descriptors, pidfile, log fi
 back through a pipe once the device is up — or why it is not. `down` signals the pid in the
 pidfile and waits for the process to finish its orderly shutdown (PreDown, SaveConfig,
 PostDown).
+
+The state directory holds the pidfile `down` signals and the log, so it must be ours alone: in
+a shared temporary directory another user could create it first (or a symlink in its place)
+and then read our log or make `down` signal a process of their choosing. So `up` and `down`
+refuse a state directory that is a symlink, is not owned by us, or that group or others may
+write, with a message naming the problem; the log file is created 0600.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -31,6 +38,41 @@ def state_dir(explicit: str | None = None) -> Path:
         return Path("/run/tetherctl")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     return Path(runtime) / "tetherctl" if runtime else Path(f"/tmp/tetherctl-{os.getuid()}")
+
+
+class StateDirError(Exception):
+    """The state directory cannot be trusted; the message says why and what to do."""
+
+
+def check_state_dir(directory: Path, *, create: bool) -> Path:
+    """Make (with `create`) and vet the state directory: a real directory, owned by us, that
+    group and others cannot write. Raises StateDirError otherwise."""
+    if create:
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StateDirError(f"state directory {directory}: cannot create it: {e}") from None
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return directory  # nothing there yet, so nothing to trust (only `down` gets here)
+    except OSError as e:
+        raise StateDirError(f"state directory {directory}: {e.strerror}") from None
+    problem = None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symlink"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory"
+    elif st.st_uid != os.geteuid():
+        problem = f"is owned by uid {st.st_uid}, not by us (uid {os.geteuid()})"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem:
+        raise StateDirError(
+            f"state directory {directory} {problem}; refusing to use it "
+            "(remove it, or choose another with --state-dir)"
+        )
+    return directory
 
 
 def pidfile_path(directory: Path, name: str) -> Path:
@@ -56,7 +98,10 @@ def up(name: str, make_daemon, *, directory: Path, log_level: int) -> tuple[bool
     Returns (ok, message) once the device is up or has failed."""
     import daemon as pydaemon
 
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        check_state_dir(directory, create=True)
+    except StateDirError as e:
+        return False, str(e)
     pidfile = pidfile_path(directory, name)
     running = read_pid(pidfile)
     if running is not None:
@@ -78,7 +123,9 @@ def up(name: str, make_daemon, *, directory: Path, log_level: int) -> tuple[bool
     os.close(read_end)
     code = 1
     try:
-        log_out = open(logfile, "a", buffering=1)  # noqa: SIM115 (lives as long as the daemon)
+        # 0600 from the start, whatever the umask: hook output lands here
+        fd = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        log_out = open(fd, "a", buffering=1)  # noqa: SIM115 (lives as long as the daemon)
         context = pydaemon.DaemonContext(
             working_directory="/",
             umask=0o077,
@@ -143,6 +190,10 @@ def _read_status(fd: int, timeout: float) -> str:
 
 
 def down(name: str, *, directory: Path) -> tuple[bool, str]:
+    try:
+        check_state_dir(directory, create=False)
+    except StateDirError as e:
+        return False, str(e)
     pidfile = pidfile_path(directory, name)
     pid = read_pid(pidfile)
     if pid is None:

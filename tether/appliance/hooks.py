@@ -4,11 +4,15 @@ wg-quick evaluates each hook with bash after replacing `%i` with the interface n
 `[#] command`, and stops bringing the interface up when one fails (it runs under `set -e`).
 Its hooks also see wg-quick's own variables (INTERFACE, CONFIG_FILE); ours get those in the
 environment. Each hook has a timeout, because a hung hook must not hang the daemon: on expiry
-its whole process group is killed and the hook counts as failed.
+its whole process group is killed and the hook counts as failed. A hook that cannot even be
+started (no `bash` on PATH, no file descriptors or memory left for the pipe and the fork) is a
+failed hook too, reported the same way: PreUp/PostUp abort the bring-up with that reason, and
+PreDown/PostDown log it and carry on, so tearing a device down never stops half way.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -19,6 +23,7 @@ log = logging.getLogger("tether.hooks")
 
 DEFAULT_TIMEOUT = 60.0
 OUTPUT_LIMIT = 64 * 1024
+_PROGRAM_ERRORS = (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR)
 
 
 @dataclass
@@ -27,17 +32,23 @@ class HookResult:
     returncode: int
     output: str
     timed_out: bool = False
+    spawn_error: str | None = None  # why the hook could not be started at all
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and self.spawn_error is None
 
 
 class HookError(RuntimeError):
     def __init__(self, phase: str, result: HookResult):
         self.phase = phase
         self.result = result
-        reason = "timed out" if result.timed_out else f"exited with status {result.returncode}"
+        if result.spawn_error is not None:
+            reason = f"could not be started ({result.spawn_error})"
+        elif result.timed_out:
+            reason = "timed out"
+        else:
+            reason = f"exited with status {result.returncode}"
         detail = result.output.strip().splitlines()[-1:] or [""]
         super().__init__(
             f"{phase} hook `{result.command}` {reason}" + (f": {detail[0]}" if detail[0] else "")
@@ -77,14 +88,17 @@ def run_hooks(
 
 
 def _run_one(command: str, env: dict, timeout: float) -> HookResult:
-    proc = subprocess.Popen(
-        ["bash", "-c", command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            ["bash", "-c", command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        return HookResult(command, -1, "", spawn_error=_spawn_reason(e))
     try:
         out, _ = proc.communicate(timeout=timeout)
         timed_out = False
@@ -99,3 +113,12 @@ def _run_one(command: str, env: dict, timeout: float) -> HookResult:
     return HookResult(
         command, proc.returncode if not timed_out else -signal.SIGKILL, text, timed_out
     )
+
+
+def _spawn_reason(error: Exception) -> str:
+    """`bash: No such file or directory`, `Too many open files`: what went wrong, in one line."""
+    if isinstance(error, OSError) and error.strerror:
+        if error.filename and error.errno in _PROGRAM_ERRORS:  # about bash itself, so name it
+            return f"{error.filename}: {error.strerror}"
+        return error.strerror
+    return str(error) or type(error).__name__

@@ -2,7 +2,8 @@
 
 Arguments are file paths or device names (looked up in the config directory); none means every
 device in the directory. Each problem is printed as `file:line: message`, and the exit status
-is 1 if any file is bad, so it fits in a pre-commit hook or an ExecStartPre=.
+is 1 if any file is bad, so it fits in a pre-commit hook or an ExecStartPre=. A file that group
+or others may read gets wg-quick's warning on stderr (it holds a private key) but still passes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 
 from tether import keys
-from tether.config import store
+from tether.config import filemode, store
 from tether.config.errors import ConfigError
 
 
@@ -59,6 +60,9 @@ def cmd_check(args) -> int:
             print(e, file=sys.stderr)
             bad += 1
             continue
+        warning = filemode.exposure_warning(path)
+        if warning:
+            print(warning, file=sys.stderr)
         if not args.quiet:
             iface = cfg.config.interface
             print(

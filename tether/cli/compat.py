@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -184,8 +183,7 @@ def cmd_down(args, session: Session) -> None:
     if run.cmd_down(_daemon_args(path, name, session)):
         raise CommandError(f"device {name} was not brought down")
     if args.new_file:
-        shutil.copyfile(path, args.new_file)
-        os.chmod(args.new_file, 0o600)
+        store.copy_private(path, args.new_file)
 
 
 def cmd_get_config(args, session: Session) -> None:
@@ -203,10 +201,7 @@ def cmd_save_config(args, session: Session) -> None:
     store.load(path)
     target = Path(args.new_file) if args.new_file else path
     if target != path:
-        with store.locked(path):
-            data = path.read_bytes()
-        with store.locked(target):
-            store.atomic_write(target, data)
+        store.copy_private(path, target)
     snap = live_snapshot(_run_dir(session), name)
     if snap is None:
         note = "" if target != path else f"; {path} is already its configuration"

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import sys
 
-from tether.config import store
+from tether.config import filemode, store
 from tether.device.uapi_server import DEFAULT_RUN_DIR
 
 # The original tool's levels (verbose, error, silent) beside Python's usual names.
@@ -173,9 +173,13 @@ def cmd_up(args) -> int:
         print(f"tetherctl: {e}", file=sys.stderr)
         return 1
     directory = store.config_dir(args.config_dir)
-    if not store.device_path(directory, name).exists():
-        print(f"tetherctl: {store.device_path(directory, name)} does not exist", file=sys.stderr)
+    path = store.device_path(directory, name)
+    if not path.exists():
+        print(f"tetherctl: {path} does not exist", file=sys.stderr)
         return 1
+    warning = filemode.exposure_warning(path)
+    if warning:
+        print(warning, file=sys.stderr)
 
     def make_daemon():
         return Daemon(
@@ -193,9 +197,6 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    import os
-    import shutil
-
     from tether.appliance import detach
 
     try:
@@ -208,6 +209,9 @@ def cmd_down(args) -> int:
     new_file = getattr(args, "new_file", None)
     if ok and new_file:
         source = store.device_path(store.config_dir(getattr(args, "config_dir", None)), name)
-        shutil.copyfile(source, new_file)
-        os.chmod(new_file, 0o600)
+        try:
+            store.copy_private(source, new_file)
+        except OSError as e:
+            print(f"tetherctl: --new_file {new_file}: {e}", file=sys.stderr)
+            return 1
     return 0 if ok else 1

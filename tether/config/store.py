@@ -75,15 +75,18 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # closing the last descriptor releases the lock
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replace the file's content atomically. Call it with `locked(path)` held."""
+def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
+    """Replace the file's content atomically. Call it with `locked(path)` held. The temporary
+    file is created 0600 (mkstemp) and gets the old file's mode, or `mode` if given, before a
+    byte is written, so the content is never readable by more than the result will be."""
     target = os.path.realpath(path)  # write through a symlink to the file it names
     directory = os.path.dirname(target) or "."
     try:
         st = os.stat(target)
-        mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        old_mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
     except FileNotFoundError:
-        mode, uid, gid = NEW_FILE_MODE, None, None
+        old_mode, uid, gid = NEW_FILE_MODE, None, None
+    mode = old_mode if mode is None else mode
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, mode)
@@ -193,3 +196,13 @@ def edit(
                 raise
         cache.put(after, cfg)
         return result
+
+
+def copy_private(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a device file (it holds a private key) to `target`, which ends up mode 0600 and is
+    never readable by others at any moment: read under the source's lock, written by
+    atomic_write under the target's."""
+    with locked(source), open(source, "rb") as f:
+        data = f.read()
+    with locked(target):
+        atomic_write(target, data, mode=NEW_FILE_MODE)

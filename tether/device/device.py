@@ -25,6 +25,7 @@ from tether import keys
 from tether.config.model import DEFAULT_MTU
 from tether.config.values import Endpoint
 from tether.device import udp
+from tether.device.resolve import RESOLVE_TIMEOUT, Request, Resolver
 from tether.device.state import PeerState, RunningState
 from tether.device.uapi import (
     EADDRINUSE,
@@ -79,7 +80,11 @@ class Device:
         inside_factory: Callable[[Device], Inside] | None = None,
         bind_host4: str = "0.0.0.0",
         bind_host6: str = "::",
+        resolver: Callable = socket.getaddrinfo,
+        resolve_timeout: float = RESOLVE_TIMEOUT,
     ):
+        """`resolver` (getaddrinfo's signature) resolves named peer endpoints in a thread, giving
+        up after `resolve_timeout` seconds."""
         self.name = name
         self.loop: asyncio.AbstractEventLoop | None = None
         self.core = WireGuardCore(private_key, mtu=mtu)
@@ -95,6 +100,9 @@ class Device:
         self._inside_factory = inside_factory
         self.inside: Inside | None = None
         self.closed = False
+        self._resolver = Resolver(resolver)
+        self._resolve_timeout = resolve_timeout
+        self._resolving: dict[bytes, Request] = {}  # peer key -> the name being resolved for it
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -169,7 +177,8 @@ class Device:
 
     def set_peer(self, public_key: bytes, **changes) -> None:
         """Create or change a peer. `allowed_ips` replaces the peer's list; `endpoint` is a
-        config Endpoint (a host name is resolved here) or an (ip, port) tuple."""
+        config Endpoint or an (ip, port) tuple. A host name is resolved off the loop (see
+        `_resolve_later`); until then the peer keeps the endpoint it had (a new one has none)."""
         if public_key == self.core.public_key:
             return  # wg's rule: a peer with the device's own key is ignored
         kwargs = {}
@@ -179,14 +188,58 @@ class Device:
         if "allowed_ips" in changes:
             kwargs["allowed_ips"] = changes["allowed_ips"]
             kwargs["replace_allowed_ips"] = True
+        named = None
         if "endpoint" in changes:
             endpoint = changes["endpoint"]
-            if endpoint is not None and not isinstance(endpoint, tuple):
-                endpoint = resolve_endpoint(endpoint, public_key)
+            pending = self._resolving.pop(public_key, None)
+            if pending is not None:
+                pending.cancel()  # this endpoint replaces the name being resolved
+            if isinstance(endpoint, Endpoint):
+                if endpoint.ip is None:
+                    named, endpoint = endpoint, None
+                else:
+                    endpoint = (endpoint.host, endpoint.port)
             if endpoint is not None or public_key not in self.core.peers:
                 kwargs["endpoint"] = endpoint
         self.core.add_or_update_peer(public_key, now=time.monotonic(), **kwargs)
+        if named is not None:
+            self._resolve_later(public_key, named)
         self.process_pending()
+
+    def _resolve_later(self, public_key: bytes, endpoint: Endpoint) -> None:
+        """Resolve a named endpoint in a thread (as wg does at `setconf` time, but never on the
+        loop). The answer is applied if the peer is still the same peer and nothing (roaming,
+        `wg set`) moved its endpoint meanwhile; a failure or timeout is logged once and leaves
+        the peer as it is until it contacts us."""
+        peer = self.core.peers.get(public_key)
+        if peer is None or self.loop is None:
+            return
+        before = peer.endpoint
+
+        def done(address: tuple[str, int] | None, reason: str | None) -> None:
+            if self._resolving.get(public_key) is request:
+                del self._resolving[public_key]
+            if self.closed or self.core.peers.get(public_key) is not peer:
+                return
+            if peer.endpoint != before:
+                return
+            if address is None:
+                log.warning(
+                    "%s: peer %s: cannot resolve endpoint %s: %s (the peer is reachable once "
+                    "it contacts us)",
+                    self.name,
+                    keys.encode(public_key),
+                    endpoint,
+                    reason,
+                )
+                return
+            self.core.add_or_update_peer(public_key, now=time.monotonic(), endpoint=address)
+            self.process_pending()
+
+        request = self._resolver.resolve(
+            self.loop, endpoint.host, endpoint.port, done, self._resolve_timeout
+        )
+        self._resolving[public_key] = request
 
     def remove_peer(self, public_key: bytes) -> None:
         self.core.remove_peer(public_key, time.monotonic())
@@ -399,21 +452,3 @@ class Device:
             except ValueError as e:
                 raise UapiError(EINVAL, str(e)) from None
         self.process_pending()
-
-
-def resolve_endpoint(ep: Endpoint, public_key: bytes) -> tuple[str, int] | None:
-    """An Endpoint's host as an IP. Names are resolved here, once per change, as wg does at
-    `setconf` time; a name that does not resolve leaves the peer without an endpoint until it
-    contacts us."""
-    if ep.ip is not None:
-        return (ep.host, ep.port)
-    try:
-        infos = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_DGRAM)
-    except OSError as e:
-        log.warning("peer %s: cannot resolve endpoint %s: %s", keys.encode(public_key), ep, e)
-        return None
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for info in infos:
-            if info[0] == family:
-                return (info[4][0], ep.port)
-    return None
