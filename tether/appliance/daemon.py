@@ -17,10 +17,12 @@ import asyncio
 import functools
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether import keys
+from tether.api import registry as api_registry
 from tether.appliance import hooks, notify
 from tether.appliance.hub import DaemonHub
 from tether.appliance.reconcile import reconcile
@@ -82,6 +84,7 @@ class Daemon:
         self.hook_timeout = hook_timeout
         self.inside_factory = inside_factory
         self.slots: dict[str, Slot] = {}
+        self._registries: dict = {}  # device name -> tether.api.registry.FileRegistry
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -140,7 +143,10 @@ class Daemon:
             if slot.up and data == slot.applied_bytes:
                 return  # our own write (SaveConfig, API) or a touch without change
             if slot.up:
+                before = slot.applied
                 self._apply(slot, data, cfg)
+                if before is not None and slot.applied is cfg.config:
+                    await asyncio.to_thread(self._released, name, before, cfg.config)
             else:
                 await self._up(slot, data, cfg)
 
@@ -156,6 +162,22 @@ class Daemon:
         slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
         if ops:
             log.info("%s: applied %s", slot.name, ", ".join(_describe(op) for op in ops))
+
+    def _released(self, name: str, before: DeviceConfig, after: DeviceConfig) -> None:
+        """Peers that left the file (by any means) lose their API owner entry and their
+        addresses enter quarantine (tether.api.registry). Runs off the loop."""
+        reg = self._registries.get(name)
+        if reg is None:
+            reg = self._registries[name] = api_registry.FileRegistry(
+                api_registry.state_path(self.config_dir, name)
+            )
+        quarantine = getattr(self.api, "quarantine", api_registry.DEFAULT_QUARANTINE)
+        try:
+            api_registry.record_file_change(
+                reg, before, after, now=time.time(), quarantine=quarantine
+            )
+        except (ValueError, OSError) as e:  # StateError is a ValueError
+            log.error("%s: released addresses not recorded: %s", name, e)
 
     async def _up(self, slot: Slot, data: bytes, cfg: ConfigFile) -> None:
         iface = cfg.config.interface
