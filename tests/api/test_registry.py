@@ -252,3 +252,16 @@ def test_addresses_freed_by_a_hand_edit_are_quarantined_by_the_daemon_hook(hub, 
     assert (
         address_of(call(api, "POST", f"/peer/add/ipv4/{new_key()}")) == "10.8.0.3/32, fd08::3/128"
     )
+
+
+def test_released_networks_compares_only_the_peers_the_reconciler_changed():
+    from tether.api.registry import released_networks
+
+    a, b = new_key(), new_key()
+    before = cfg_of((a, ["10.8.0.3/32"]), (b, ["10.8.0.4/32", "10.8.0.5/32"]))
+    after = cfg_of((b, ["10.8.0.4/32"]))
+    gone = (a, [ipaddress.ip_network("10.8.0.3/32")], True)
+    shrunk = (b, [ipaddress.ip_network("10.8.0.5/32")], False)
+    assert released_networks(before, after) == [gone, shrunk]
+    assert released_networks(before, after, changed=[]) == [gone]  # removals always count
+    assert released_networks(before, after, changed=[keys.decode(b)]) == [gone, shrunk]

@@ -124,7 +124,16 @@ def check_endpoint_type(text: str) -> str:
 
 
 class _DeviceState:
-    __slots__ = ("lock", "cache", "stamp", "alloc", "alloc_for", "registry", "checked_for")
+    __slots__ = (
+        "lock",
+        "cache",
+        "stamp",
+        "alloc",
+        "alloc_for",
+        "registry",
+        "checked_for",
+        "held",
+    )
 
     def __init__(self, registry: Registry) -> None:
         self.lock = threading.Lock()
@@ -134,6 +143,7 @@ class _DeviceState:
         self.alloc_for: ConfigFile | None = None  # the parse the allocator was built from
         self.registry = registry
         self.checked_for: ConfigFile | None = None  # the parse owners were last checked against
+        self.held: dict[str, object] = {}  # the quarantined networks the allocator holds
 
     def allocator(self, cfg: ConfigFile) -> Allocator:
         if self.alloc is None or self.alloc_for is not cfg:
@@ -141,7 +151,15 @@ class _DeviceState:
                 cfg.config.interface.addresses, (p.allowed_ips for p in cfg.config.peers)
             )
             self.alloc_for = cfg
+            self.held = {}
         return self.alloc
+
+    def hold(self, quarantined: set[str]) -> None:
+        """Keep the allocator's holds equal to the quarantine (parsing only what changed)."""
+        if quarantined != set(self.held):
+            held = {t: self.held.get(t) or ipaddress.ip_network(t) for t in quarantined}
+            self.alloc.hold(held.values())
+            self.held = held
 
 
 _EXISTS = object()
@@ -327,7 +345,7 @@ class PeerService:
             cap = self.self_service_max
             if self_service and cap and rs.self_service_count(now) >= cap:
                 return _POOL_FULL
-            alloc.hold(_networks(rs.quarantined(now)))
+            state.hold(rs.quarantined(now))
             try:
                 nets = alloc.allocate()
             except Exhausted as e:
@@ -514,7 +532,3 @@ class PeerService:
     def _state_problem(name: str, error: StateError) -> PeerError:
         log.error("%s (fix or remove that file; it is never overwritten while invalid)", error)
         return Unavailable(f"the API state of device {name} is invalid; the operator must fix it")
-
-
-def _networks(texts) -> list:
-    return [ipaddress.ip_network(t) for t in texts]

@@ -30,6 +30,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 SCHEMA = 1
@@ -84,6 +85,7 @@ class DeviceState:
     released: dict[str, Release] = field(default_factory=dict)  # network text -> release
     invites: dict[str, dict] = field(default_factory=dict)  # reserved (onboarding)
     changed: bool = field(default=False, compare=False)
+    touched: set[str] = field(default_factory=set, compare=False)  # owner keys set or dropped
 
     def copy(self) -> DeviceState:
         return DeviceState(dict(self.owners), dict(self.released), dict(self.invites))
@@ -93,18 +95,19 @@ class DeviceState:
     def set_owner(self, key: str, owner: Owner) -> None:
         self.owners[key] = owner
         self.changed = True
+        self.touched.add(key)
 
     def forget(self, key: str) -> Owner | None:
         owner = self.owners.pop(key, None)
         if owner is not None:
             self.changed = True
+            self.touched.add(key)
         return owner
 
     def clear_expiry(self, key: str) -> None:
         owner = self.owners.get(key)
         if owner is not None and owner.expires is not None:
-            self.owners[key] = dataclasses.replace(owner, expires=None)
-            self.changed = True
+            self.set_owner(key, dataclasses.replace(owner, expires=None))
 
     def self_service_count(self, now: float) -> int:
         """Self-service peers plus the addresses self-service peers freed that are still in
@@ -144,39 +147,38 @@ class DeviceState:
 # -- the file format ---------------------------------------------------------------------------
 
 
-def render(state: DeviceState, fragments: dict | None = None) -> bytes:
-    """The file's bytes: one owner per line, so that a person can read and diff it. `fragments`
-    (key -> (Owner, text)) caches each owner's serialization across writes: with 10,000 owners,
-    encoding everything again on every add would cost more than the add itself."""
-    cache = fragments if fragments is not None else {}
-    lines = []
-    for key, owner in state.owners.items():
-        hit = cache.get(key)
-        if hit is None or hit[0] is not owner:
-            hit = cache[key] = (owner, f"{json.dumps(key)}: {_compact(owner.to_json())}")
-        lines.append(hit[1])
-    for key in [k for k in cache if k not in state.owners]:
-        del cache[key]
-    released = ",\n".join(
-        f"{json.dumps(text)}: {_compact(r.to_json())}" for text, r in state.released.items()
-    )
-    invites = _compact(state.invites)
-    owners = ",\n".join(lines)
-    text = (
-        f'{{"schema": {SCHEMA},\n'
-        f'"owners": {{{_block(owners)}}},\n'
-        f'"released": {{{_block(released)}}},\n'
-        f'"invites": {invites}}}\n'
-    )
-    return text.encode("utf-8")
+def owner_line(key: str, owner: Owner) -> bytes:
+    return f"{json.dumps(key)}: {_compact(owner.to_json())}".encode("ascii")
+
+
+def render(state: DeviceState, owner_lines: Iterable[bytes] | None = None) -> bytes:
+    """The file's bytes: one owner per line, so that a person can read and diff it.
+    `owner_lines` are `owner_line` of every owner, in any order, when the caller keeps them
+    between writes: with 10,000 owners, encoding all of them again for every add would cost
+    more than the add itself."""
+    if owner_lines is None:
+        owner_lines = [owner_line(k, o) for k, o in state.owners.items()]
+    released = [
+        f"{json.dumps(text)}: {_compact(r.to_json())}".encode("ascii")
+        for text, r in state.released.items()
+    ]
+    parts = [b'{"schema": %d,\n"owners": {' % SCHEMA]
+    _block(parts, owner_lines)
+    parts.append(b'},\n"released": {')
+    _block(parts, released)
+    parts.append(b'},\n"invites": %s}\n' % _compact(state.invites).encode("ascii"))
+    return b"".join(parts)
 
 
 def _compact(value) -> str:
     return json.dumps(value, separators=(", ", ": "), ensure_ascii=True)
 
 
-def _block(body: str) -> str:
-    return f"\n{body}\n" if body else ""
+def _block(parts: list[bytes], lines: Iterable[bytes]) -> None:
+    """Append `lines` as the members of a JSON object, one per line."""
+    body = b",\n".join(lines)
+    if body:
+        parts += [b"\n", body, b"\n"]
 
 
 def parse(data: bytes, name: str) -> DeviceState:

@@ -144,13 +144,13 @@ class Daemon:
                 return  # our own write (SaveConfig, API) or a touch without change
             if slot.up:
                 before = slot.applied
-                self._apply(slot, data, cfg)
+                ops = self._apply(slot, data, cfg)
                 if before is not None and slot.applied is cfg.config:
-                    await asyncio.to_thread(self._released, name, before, cfg.config)
+                    await asyncio.to_thread(self._released, name, before, cfg.config, ops)
             else:
                 await self._up(slot, data, cfg)
 
-    def _apply(self, slot: Slot, data: bytes, cfg: ConfigFile) -> None:
+    def _apply(self, slot: Slot, data: bytes, cfg: ConfigFile) -> list:
         try:
             ops = reconcile(slot.device, slot.applied, cfg.config)
         except (BindError, OSError, ValueError) as e:
@@ -158,14 +158,16 @@ class Daemon:
                 slot,
                 f"{slot.path.name}: cannot apply: {e} (the last good configuration keeps running)",
             )
-            return
+            return []
         slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
         if ops:
             log.info("%s: applied %s", slot.name, ", ".join(_describe(op) for op in ops))
+        return ops
 
-    def _released(self, name: str, before: DeviceConfig, after: DeviceConfig) -> None:
-        """Peers that left the file (by any means) lose their API owner entry and their
-        addresses enter quarantine (tether.api.registry). Runs off the loop."""
+    def _released(self, name: str, before: DeviceConfig, after: DeviceConfig, ops) -> None:
+        """Peers that left the file (by any means) lose their API owner entry and the
+        addresses a peer no longer routes enter quarantine (tether.api.registry). Runs off
+        the loop; `ops` (the reconciler's) name the peers whose AllowedIPs changed."""
         reg = self._registries.get(name)
         if reg is None:
             reg = self._registries[name] = api_registry.FileRegistry(
@@ -173,8 +175,13 @@ class Daemon:
             )
         quarantine = getattr(self.api, "quarantine", api_registry.DEFAULT_QUARANTINE)
         try:
+            changed = [
+                op.args[0]
+                for op in ops
+                if op.name == "set_peer" and any(k == "allowed_ips" for k, _ in op.changes)
+            ]
             api_registry.record_file_change(
-                reg, before, after, now=time.time(), quarantine=quarantine
+                reg, before, after, now=time.time(), quarantine=quarantine, changed=changed
             )
         except (ValueError, OSError) as e:  # StateError is a ValueError
             log.error("%s: released addresses not recorded: %s", name, e)
