@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -91,6 +92,16 @@ def test_admin_adds_never_expire(app, conf_dir):
     assert r.status == 200 and r.headers["tether-peer-secret"]
     owner = state(conf_dir)["owners"][key]
     assert owner["self_service"] is False and owner["expires"] is None
+    mine, _ = add_anonymously(app)
+    listed = {
+        p["public_key"]: (p["added_by"], p["expires"])
+        for p in json.loads(call(app, "GET", "/peers", headers=ADMIN).body)["peers"]
+    }
+    assert listed[key] == ("admin", None) and listed[PEER1] == (None, None)
+    assert (
+        listed[mine][0] == "anyone"
+        and listed[mine][1] == state(conf_dir)["owners"][mine]["expires"]
+    )
 
 
 @pytest.mark.parametrize("path", ["/peer/add/ipv4/{key}", "/peer/new/ipv4"])
@@ -357,3 +368,35 @@ def test_metrics_label_unknown_methods_as_other(app):
 def test_state_file_is_beside_the_device_file(app, conf_dir):
     add_anonymously(app)
     assert store.list_devices(conf_dir) == ["bywg0"]  # not mistaken for a device
+
+
+def test_client_address_rules():
+    import ipaddress
+
+    from tether.api.access import client_address, client_key, parse_address
+
+    proxies = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+
+    def resolve(remote, xff=None, **extra):
+        env = {"REMOTE_ADDR": remote, **extra}
+        if xff is not None:
+            env["HTTP_X_FORWARDED_FOR"] = xff
+        return client_key(client_address(env, proxies)), env
+
+    key, env = resolve("198.51.100.1", "1.2.3.4", HTTP_X_REAL_IP="5.6.7.8", HTTP_FORWARDED="x")
+    assert key == "198.51.100.1"
+    assert not {"HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED"} & set(env)
+    assert resolve("10.1.1.1", "203.0.113.5")[0] == "203.0.113.5"
+    assert resolve("10.1.1.1", "[2001:db8::5]:443, 10.2.2.2")[0] == "2001:db8::/64"
+    assert resolve("10.1.1.1", "203.0.113.5:1234")[0] == "203.0.113.5"
+    assert resolve("10.1.1.1", "10.3.3.3, 10.2.2.2")[0] == "10.3.3.3"  # all trusted
+    assert resolve("10.1.1.1")[0] == "10.1.1.1"  # a proxy that names nobody
+    assert resolve("fd00::1", "203.0.113.9")[0] == "203.0.113.9"
+    assert resolve("", "203.0.113.9")[0] == "unknown"
+    # a huge forwarded list costs no more than its last hops
+    hops = ", ".join(f"192.0.2.{i % 250}" for i in range(20000)) + ", 203.0.113.77"
+    t0 = time.perf_counter()
+    assert resolve("10.1.1.1", hops)[0] == "203.0.113.77"
+    assert time.perf_counter() - t0 < 0.5
+    assert parse_address('"[2001:db8::1]"') == ipaddress.ip_address("2001:db8::1")
+    assert parse_address("unknown") is None and parse_address("_hidden") is None

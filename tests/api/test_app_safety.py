@@ -40,6 +40,8 @@ def test_peers_lists_no_secrets(locked_app, hub):
             "rx_bytes": 100,
             "tx_bytes": 200,
             "last_handshake": 1700000000.5,
+            "added_by": None,
+            "expires": None,
         }
     ]
     assert SERVER_PRIVATE not in r.text

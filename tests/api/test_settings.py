@@ -85,20 +85,15 @@ def test_an_exposed_listener_gets_a_token_file(tmp_path, caplog, listen, proxy):
     assert again.token == token  # kept, not replaced
 
 
-def test_the_token_file_is_0600_from_its_creation(tmp_path):
-    seen = []
-    real = os.fchmod
-
-    def spy(fd, mode):
-        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))  # the mode before anything is written
-        return real(fd, mode)
-
-    os.fchmod = spy
+def test_the_token_file_is_0600_whatever_the_umask(tmp_path):
+    old = os.umask(0)
     try:
-        ensure_token_file(str(tmp_path / "api-token"))
+        assert ensure_token_file(str(tmp_path / "api-token"))
     finally:
-        os.fchmod = real
-    assert seen and all(mode & 0o077 == 0 for mode in seen)
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "api-token").stat().st_mode) == 0o600
+    assert not ensure_token_file(str(tmp_path / "api-token"))  # exists: left alone
+    assert [p.name for p in tmp_path.iterdir()] == ["api-token"]  # no temporary file left
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from tether import keys
 
 from .netlab import require
 
+pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 

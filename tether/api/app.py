@@ -50,6 +50,7 @@ from tether.api.peers import (
     NotFound,
     PeerError,
     PeerService,
+    owner_applies,
     owner_matches,
     parse_public_key,
 )
@@ -285,17 +286,26 @@ def make_app(
             except NotFound:
                 continue
             live = {s.public_key: s for s in hub.peer_stats(device)}
+            owners = service.owners(device)
             for p in file_peers:
                 s = live.get(p.public_key)
+                key = keys.encode(p.public_key)
+                owner = owners.get(key)
+                if not owner_applies(owner, p):
+                    owner = None  # none, or a leftover entry: this peer has no owner
                 out.append(
                     {
                         "device": device,
-                        "public_key": keys.encode(p.public_key),
+                        "public_key": key,
                         "allowed_ips": [str(n) for n in p.allowed_ips],
                         "live": s is not None,
                         "rx_bytes": s.rx_bytes if s else 0,
                         "tx_bytes": s.tx_bytes if s else 0,
                         "last_handshake": s.last_handshake if s else None,
+                        "added_by": None
+                        if owner is None
+                        else ("anyone" if owner.self_service else "admin"),
+                        "expires": owner.expires if owner is not None else None,
                     }
                 )
         body = json.dumps({"peers": out}, indent=1) + "\n"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from tether import keys
 from tether.api.hub import ApplyError
-from tether.api.peers import PeerError, PeerService
+from tether.api.peers import PeerError, PeerService, owner_applies
 from tether.api.state import StateError
 
 log = logging.getLogger("tether.api")
@@ -68,8 +68,7 @@ class Janitor:
 
             def still_expired(peer, current, owner=owner) -> bool:
                 # unchanged since we looked (no handshake recorded, not replaced)
-                addresses = tuple(str(n) for n in peer.allowed_ips)
-                return current == owner and addresses == owner.addresses
+                return current == owner and owner_applies(current, peer)
 
             try:
                 if self.service.remove(

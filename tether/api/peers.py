@@ -99,12 +99,17 @@ class Added:
     secret: str | None = None  # the owner secret (shown once, stored only as a hash)
 
 
-def owner_matches(owner: Owner | None, peer: Peer | None, secret_sha256: str) -> bool:
-    """Whether a secret (by its hash) is the owner's of `peer` as it is in the file now: the
-    entry must exist and name the addresses the peer has (a stale entry never authorizes)."""
+def owner_applies(owner: Owner | None, peer: Peer | None) -> bool:
+    """Whether an owner entry belongs to `peer` as it is in the file now: it names the
+    addresses the peer has (an entry left behind by a hand edit never applies)."""
     if owner is None or peer is None:
         return False
-    if tuple(str(n) for n in peer.allowed_ips) != owner.addresses:
+    return tuple(str(n) for n in peer.allowed_ips) == owner.addresses
+
+
+def owner_matches(owner: Owner | None, peer: Peer | None, secret_sha256: str) -> bool:
+    """Whether a secret (by its hash) is the owner secret of `peer` as it is now."""
+    if not owner_applies(owner, peer):
         return False
     return hmac.compare_digest(owner.secret_sha256, secret_sha256)
 
@@ -495,6 +500,13 @@ class PeerService:
             except StateError as e:
                 raise self._state_problem(name, e) from None
             return owner_matches(owner, peer, secret_hash(secret))
+
+    def owners(self, name: str) -> dict[str, Owner]:
+        """The device's owner entries by base64 key (shared: do not change)."""
+        try:
+            return self._state(name).registry.read().owners
+        except StateError as e:
+            raise self._state_problem(name, e) from None
 
     def config(self, name: str, public_key: bytes, endpoint_type: str) -> str:
         host = self._host(endpoint_type)
