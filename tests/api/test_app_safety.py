@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tether import keys
 from tether.api.app import make_app
 from tether.api.hub import DeviceCounters
-from tether.api.ratelimit import RateLimit, RateLimiter
+from tether.api.ratelimit import RateLimit, RateLimiter, parse_rate_limit
 from tether.api.settings import read_token_file
 
 from .conftest import PUBLIC
@@ -26,36 +26,7 @@ def locked_app(hub):
     return make_app(hub, public=PUBLIC, token=TOKEN, rate_limit=None)
 
 
-ROUTES = [
-    ("POST", "/peer/add/ipv4/{key}"),
-    ("POST", "/peer/new/ipv4"),
-    ("DELETE", "/peer/remove/{key}"),
-    ("GET", "/peer/config/ipv4/{key}"),
-    ("POST", "/devices/bywg0/peer/add/ipv4/{key}"),
-    ("GET", "/devices/bywg0/peer/config/ipv4/{key}"),
-    ("DELETE", "/devices/bywg0/peer/remove/{key}"),
-    ("GET", "/peers"),
-    ("GET", "/healthz"),
-    ("GET", "/metrics"),
-    ("GET", "/no/such/route"),
-]
-
-
-@pytest.mark.parametrize(("method", "path"), ROUTES)
-def test_every_route_needs_the_token(locked_app, conf_dir, method, path):
-    before = (conf_dir / "bywg0.conf").read_bytes()
-    url = path.format(key=new_key())
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-        r = call(locked_app, method, url, headers=headers)
-        assert r.status == 401 and r.text == "missing or wrong API token\n"
-        assert r.headers["www-authenticate"] == "Bearer"
-    assert (conf_dir / "bywg0.conf").read_bytes() == before
-    r = call(locked_app, method, url, headers=AUTH)
-    assert r.status != 401
-
-
-def test_peers_needs_a_configured_token_and_lists_no_secrets(app, locked_app, hub):
-    assert call(app, "GET", "/peers").status == 403
+def test_peers_lists_no_secrets(locked_app, hub):
     hub.stats = {"bywg0": {keys.decode(PEER1): (100, 200, 1700000000.5)}}
     r = call(locked_app, "GET", "/peers", headers=AUTH)
     assert r.status == 200 and r.headers["content-type"] == "application/json"
@@ -69,6 +40,8 @@ def test_peers_needs_a_configured_token_and_lists_no_secrets(app, locked_app, hu
             "rx_bytes": 100,
             "tx_bytes": 200,
             "last_handshake": 1700000000.5,
+            "added_by": None,
+            "expires": None,
         }
     ]
     assert SERVER_PRIVATE not in r.text
@@ -109,29 +82,6 @@ def test_huge_bodies_and_targets_are_refused_unread(app, conf_dir):
     assert call(app, "POST", f"/peer/add/ipv4/{new_key()}", body=b"small").status == 200
 
 
-def test_rate_limit_per_client_address(hub):
-    app = make_app(hub, public=PUBLIC, rate_limit=RateLimit(per_minute=0.001, burst=3))
-    for _ in range(3):
-        assert call(app, "POST", f"/peer/add/ipv4/{new_key()}", remote="198.51.100.1").status == 200
-    r = call(app, "POST", "/peer/new/ipv4", remote="198.51.100.1")
-    assert r.status == 429 and int(r.headers["retry-after"]) >= 1
-    assert r.text == "too many peers added from this address; retry later\n"
-    # forwarded-for headers are client-controlled and do not give a new budget
-    r = call(
-        app,
-        "POST",
-        f"/peer/add/ipv4/{new_key()}",
-        remote="198.51.100.1",
-        headers={"X-Forwarded-For": "192.0.2.99"},
-    )
-    assert r.status == 429
-    assert call(app, "POST", f"/peer/add/ipv4/{new_key()}", remote="198.51.100.2").status == 200
-    # reads and removes are not limited
-    assert call(app, "GET", f"/peer/config/ipv4/{PEER1}", remote="198.51.100.1").status == 200
-    # a refused request did not touch the file
-    assert call(app, "DELETE", f"/peer/remove/{PEER1}", remote="198.51.100.1").status == 200
-
-
 def test_rate_limiter_refills_and_bounds_its_table():
     now = [0.0]
     lim = RateLimiter(RateLimit(per_minute=60, burst=2, max_clients=3), clock=lambda: now[0])
@@ -142,6 +92,22 @@ def test_rate_limiter_refills_and_bounds_its_table():
     for c in "bcde":
         lim.take(c)
     assert len(lim._buckets) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30", (30.0, 10)), ("30:5", (30.0, 5)), ("1", (1.0, 1)), ("0.5:2", (0.5, 2))],
+)
+def test_parse_rate_limit(text, expected):
+    limit = parse_rate_limit(text)
+    assert (limit.per_minute, limit.burst) == expected
+    assert parse_rate_limit("0") is None and parse_rate_limit("0:5") is None
+
+
+@pytest.mark.parametrize("text", ["", "x", "10:", "10:0", "-1", "nan", "inf", "10:x", "1e9"])
+def test_parse_rate_limit_refuses(text):
+    with pytest.raises(ValueError, match="--api-rate-limit"):
+        parse_rate_limit(text)
 
 
 def test_preshared_keys_are_never_handed_out(tmp_path, hub):

@@ -1,4 +1,4 @@
-"""Runs the API fuzz target's TestOneInput on a few hundred inputs, without atheris."""
+"""Runs the API fuzz targets' TestOneInput on a few hundred inputs each, without atheris."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import logging
 import random
 from pathlib import Path
 
-TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_api.py"
+FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
+KEY = b"vi2iosrlXoDeZT08aXlq4AxXUNKO04NDuEeCw2Z7sD0="
 
 
-def load_target():
-    spec = importlib.util.spec_from_file_location("fuzz_api", TARGET)
+def load_target(name: str = "fuzz_api"):
+    spec = importlib.util.spec_from_file_location(name, FUZZ / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -21,17 +22,28 @@ def test_fuzz_target_smoke(caplog):
     caplog.set_level(logging.CRITICAL)
     target = load_target()
     rnd = random.Random(4321)
+    # method, prefix, route, flags, more, remote; then etype \0 key \0 query \0 forwarded-for
     seeds = [
-        bytes([1, 0, 0, 3]) + b"x\x00\x00",
-        bytes([1, 1, 0, 3]) + b"x\x00\x00format=qr",
-        bytes([0, 0, 3, 2]) + b"\x00\x00format=svg",
-        bytes([2, 0, 2, 2]) + b"\x00\x00",
-        bytes([1, 3, 0, 0]) + b"ipv4\x00" + b"A" * 43 + b"=\x00",
-        bytes([0, 4, 4, 40]) + b"\x00\x00",
-        bytes([1, 0, 1, 16]) + b"\x00" + b"x" * 9000 + b"\x00",
+        bytes([1, 0, 0, 3, 0, 1]) + b"x\x00\x00",
+        bytes([1, 1, 0, 3, 0, 2]) + b"x\x00\x00format=qr",
+        bytes([0, 0, 3, 2, 0, 3]) + b"\x00\x00format=svg",
+        bytes([2, 0, 2, 2, 0, 4]) + b"\x00\x00",
+        bytes([2, 0, 2, 42, 4, 4]) + b"\x00\x00",  # remove with an owner secret, token on
+        bytes([2, 0, 2, 42, 2, 4]) + b"\x00\x00",  # ... with the admin token
+        bytes([0, 0, 6, 40, 0, 7]) + b"\x00\x00",  # /metrics with a wrong bearer
+        bytes([1, 0, 1, 8, 1, 2]) + b"\x00\x00",  # new, self-service off
+        bytes([0, 0, 3, 11, 24, 2]) + b"ipv4\x00\x00format=qr\x00198.51.100.9, 10.99.0.1",
+        bytes([1, 0, 1, 9, 0, 2]) + b"\x01\x00\x00",  # anyone: new, token on
+        bytes([1, 0, 0, 9, 0, 2]) + b"\x01\x00" + KEY + b"\x00",  # anyone: add KEY
+        bytes([2, 0, 2, 40, 4, 2]) + b"\x01\x00" + KEY + b"\x00",  # remove KEY with a secret
+        bytes([2, 0, 2, 40, 0, 2]) + b"\x01\x00" + KEY + b"\x00",  # ... with a wrong bearer
+        bytes([1, 3, 0, 0, 0, 0]) + b"ipv4\x00" + b"A" * 43 + b"=\x00",
+        bytes([0, 4, 4, 40, 0, 0]) + b"\x00\x00",
+        bytes([1, 0, 1, 16, 0, 0]) + b"\x00" + b"x" * 9000 + b"\x00",
     ]
     for seed in seeds:
         target.TestOneInput(seed)
+    assert len(target._secrets) >= 2  # the seeds reach successful adds (and their secrets)
     for _ in range(600):
         base = bytearray(rnd.choice(seeds))
         for _ in range(rnd.randint(0, 6)):
@@ -40,6 +52,31 @@ def test_fuzz_target_smoke(caplog):
                 base[rnd.randrange(len(base))] = rnd.randrange(256)
             elif op == 1:
                 base.insert(rnd.randrange(len(base) + 1), rnd.choice(b"/.%=+?&\x00Aa9 \xff"))
+            elif base:
+                del base[rnd.randrange(len(base))]
+        target.TestOneInput(bytes(base))
+
+
+def test_state_fuzz_target_smoke():
+    target = load_target("fuzz_api_state")
+    rnd = random.Random(77)
+    good = (
+        b'{"schema": 1, "owners": {"10NguWHSLJ0tUOr4AkbTtOEYHoagq1KH/PJSIJ3SwFs=": '
+        b'{"secret_sha256": "' + b"a" * 64 + b'", "added": 5, "self_service": true, '
+        b'"expires": null, "addresses": ["10.0.0.2/32"]}}, "released": {"10.0.0.3/32": '
+        b'{"released": 1, "until": 2, "self_service": false}}, "invites": {}}'
+    )
+    seeds = [good, b"{}", b'{"schema": 1}', b"", b"[1,2]", b'{"schema": 2, "owners": 3}']
+    for seed in seeds:
+        target.TestOneInput(seed)
+    for _ in range(400):
+        base = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            op = rnd.randint(0, 2)
+            if op == 0 and base:
+                base[rnd.randrange(len(base))] = rnd.randrange(256)
+            elif op == 1:
+                base.insert(rnd.randrange(len(base) + 1), rnd.choice(b'{}[]",:0a1 -.e/\\'))
             elif base:
                 del base[rnd.randrange(len(base))]
         target.TestOneInput(bytes(base))

@@ -9,6 +9,9 @@ The original tool scanned every address of the subnet against every peer per req
 subnet keeps the covered ranges as sorted, merged intervals plus a cursor: allocation binary-
 searches for the first gap at or after the cursor, so a run of adds costs O(log n) each, and a
 removed peer's addresses are offered again through a min-heap of freed candidates.
+
+Addresses in quarantine (freed recently, see `state.py`) are `hold`-ed: covered like a peer's
+AllowedIPs until the hold is dropped, at which point they join the freed candidates.
 """
 
 from __future__ import annotations
@@ -168,6 +171,15 @@ class Allocator:
             self.pools.append(SubnetPool(iface.network, own))
         for allowed in peers_allowed_ips:
             self.add_peer(allowed)
+        self._held: set[Network] = set()
+
+    def hold(self, networks: Iterable[Network]) -> None:
+        """Keep exactly `networks` (besides the peers' AllowedIPs) out of allocation."""
+        wanted = set(networks)
+        if wanted != self._held:
+            self.remove_peer(self._held - wanted)
+            self.add_peer(wanted - self._held)
+            self._held = wanted
 
     def add_peer(self, allowed_ips: Iterable[Network]) -> None:
         for net in allowed_ips:

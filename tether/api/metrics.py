@@ -20,6 +20,10 @@ from tether.api.hub import DeviceHub
 
 log = logging.getLogger("tether.api")
 
+# Label values for `tetherctl_api_requests{method}`: anything else counts as "other", so that
+# requests with made-up methods cannot grow the metric (and the scrape) without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
 
 class HubCollector:
     def __init__(self, hub: DeviceHub) -> None:
@@ -28,8 +32,9 @@ class HubCollector:
         self._lock = threading.Lock()
 
     def count_request(self, method: str, status: int) -> None:
+        label = method if method in KNOWN_METHODS else "other"
         with self._lock:
-            self.requests[(method, str(status))] += 1
+            self.requests[(label, str(int(status)))] += 1
 
     def collect(self):
         rx = CounterMetricFamily(

@@ -16,14 +16,22 @@ if that fails, an add is rolled back so that a retry is possible and nothing hal
 Expected outcomes (the peer exists, no address left) are returned from inside the edit rather
 than raised, because an exception makes `store.edit` drop its cache, which would cost a full
 reparse of a 10,000-peer file on the next request.
+
+The device's registry (owners, quarantined addresses; `registry.py`) is changed inside the same
+locked edit as the file: an add records its owner and skips quarantined addresses, a remove
+forgets the owner and quarantines the addresses, and both see the other's effects at once.
 """
 
 from __future__ import annotations
 
 import datetime
+import hmac
+import ipaddress
 import logging
 import os
+import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +44,14 @@ from tether.api.clientconf import (
     render_client_config,
 )
 from tether.api.hub import ApplyError, DeviceHub
+from tether.api.registry import (
+    DEFAULT_QUARANTINE,
+    FileRegistry,
+    Registry,
+    forget_missing,
+    state_path,
+)
+from tether.api.state import DeviceState, Owner, StateError, secret_hash
 from tether.config import store
 from tether.config.editor import ConfigFile
 from tether.config.errors import ConfigError
@@ -67,10 +83,35 @@ class Unavailable(PeerError):
     status = 503
 
 
+class Forbidden(PeerError):
+    status = 403
+
+
+# Who a new peer belongs to (`PeerService.add(grant=...)`); None: nobody (the `peer` commands).
+ADMIN_GRANT = "admin"  # made with the admin token: an owner secret, never expires
+SELF_SERVICE_GRANT = "self-service"  # made by anyone: counted against the cap, may expire
+
+
 @dataclass
 class Added:
     peer: Peer
     config: str  # the client config text (private key filled in only for server-made keys)
+    secret: str | None = None  # the owner secret (shown once, stored only as a hash)
+
+
+def owner_applies(owner: Owner | None, peer: Peer | None) -> bool:
+    """Whether an owner entry belongs to `peer` as it is in the file now: it names the
+    addresses the peer has (an entry left behind by a hand edit never applies)."""
+    if owner is None or peer is None:
+        return False
+    return tuple(str(n) for n in peer.allowed_ips) == owner.addresses
+
+
+def owner_matches(owner: Owner | None, peer: Peer | None, secret_sha256: str) -> bool:
+    """Whether a secret (by its hash) is the owner secret of `peer` as it is now."""
+    if not owner_applies(owner, peer):
+        return False
+    return hmac.compare_digest(owner.secret_sha256, secret_sha256)
 
 
 def parse_public_key(text: str) -> bytes:
@@ -88,14 +129,26 @@ def check_endpoint_type(text: str) -> str:
 
 
 class _DeviceState:
-    __slots__ = ("lock", "cache", "stamp", "alloc", "alloc_for")
+    __slots__ = (
+        "lock",
+        "cache",
+        "stamp",
+        "alloc",
+        "alloc_for",
+        "registry",
+        "checked_for",
+        "held",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.lock = threading.Lock()
         self.cache = store.ParseCache()
         self.stamp: tuple | None = None  # identity of the file at the last read
         self.alloc: Allocator | None = None
         self.alloc_for: ConfigFile | None = None  # the parse the allocator was built from
+        self.registry = registry
+        self.checked_for: ConfigFile | None = None  # the parse owners were last checked against
+        self.held: dict[str, object] = {}  # the quarantined networks the allocator holds
 
     def allocator(self, cfg: ConfigFile) -> Allocator:
         if self.alloc is None or self.alloc_for is not cfg:
@@ -103,11 +156,21 @@ class _DeviceState:
                 cfg.config.interface.addresses, (p.allowed_ips for p in cfg.config.peers)
             )
             self.alloc_for = cfg
+            self.held = {}
         return self.alloc
+
+    def hold(self, quarantined: set[str]) -> None:
+        """Keep the allocator's holds equal to the quarantine (parsing only what changed)."""
+        if quarantined != set(self.held):
+            held = {t: self.held.get(t) or ipaddress.ip_network(t) for t in quarantined}
+            self.alloc.hold(held.values())
+            self.held = held
 
 
 _EXISTS = object()
 _OWN_KEY = object()
+_FORBIDDEN = object()
+_POOL_FULL = object()
 
 
 class PeerService:
@@ -123,14 +186,29 @@ class PeerService:
         default_device: str | None = None,
         include_psk: bool = False,
         source: str = "the API",
-        clock: Callable[[], datetime.datetime] | None = None,
+        clock: Callable[[], float] = time.time,
+        quarantine: float = DEFAULT_QUARANTINE,
+        self_service_max: int = 0,
+        self_service_expiry: float = 0.0,
+        registry: Callable[[str], Registry] | None = None,
     ) -> None:
+        """`clock` gives Unix time. `quarantine`: seconds a freed address is not handed out.
+        `self_service_max`: self-service peers a device may hold (0: no cap).
+        `self_service_expiry`: seconds after which a self-service peer that never completed a
+        handshake is removed by the janitor (0: never). `registry`: device name -> Registry
+        (default: the state file beside the device file)."""
         self.hub = hub
         self.public = public
         self.default_device = default_device
         self.include_psk = include_psk
         self.source = source
-        self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        self.clock = clock
+        self.quarantine = quarantine
+        self.self_service_max = self_service_max
+        self.self_service_expiry = self_service_expiry
+        self._registry = registry or (
+            lambda name: FileRegistry(state_path(self.hub.config_dir, name))
+        )
         self._states: dict[str, _DeviceState] = {}
         self._states_lock = threading.Lock()
 
@@ -162,8 +240,11 @@ class PeerService:
         with self._states_lock:
             state = self._states.get(name)
             if state is None:
-                state = self._states[name] = _DeviceState()
+                state = self._states[name] = _DeviceState(self._registry(name))
             return state
+
+    def registry(self, name: str) -> Registry:
+        return self._state(name).registry
 
     def _path(self, name: str):
         return store.device_path(self.hub.config_dir, name)
@@ -216,6 +297,28 @@ class PeerService:
 
     # -- operations ----------------------------------------------------------------------------
 
+    def _registry_step(self, name: str, state: _DeviceState, cfg: ConfigFile, step):
+        """Run `step(registry_state, now)` as a registry update under the lock the device
+        edit holds, first dropping owners whose peer left the file since the last look."""
+        now = self.clock()
+        fresh = state.checked_for is not cfg
+
+        def change(rs: DeviceState):
+            if fresh:
+                stale = forget_missing(rs, cfg.config, now, self.quarantine)
+                if stale:
+                    log.info(
+                        "%s: %d owner entries dropped (peer no longer in the file)",
+                        name,
+                        len(stale),
+                    )
+            rs.prune(now)
+            return step(rs, now)
+
+        result = state.registry.update(change, locked=True)
+        state.checked_for = cfg
+        return result
+
     def add(
         self,
         name: str,
@@ -224,9 +327,11 @@ class PeerService:
         *,
         client: str | None = None,
         apply: bool = True,
+        grant: str | None = None,
     ) -> Added:
         """Add a peer with the next free addresses. `public_key=None`: make a key pair here and
-        put the private key into the returned config only (it is never stored or logged)."""
+        put the private key into the returned config only (it is never stored or logged).
+        `grant` (ADMIN_GRANT, SELF_SERVICE_GRANT): record an owner and return its secret."""
         host = self._host(endpoint_type)
         live_port = self.hub.listen_port(name)  # asked before the lock: it may be a round trip
         private = None
@@ -234,8 +339,35 @@ class PeerService:
             private = keys.generate_private()
             public_key = keys.public_from_private(private)
         state = self._state(name)
-        stamp = self._clock().strftime("%Y-%m-%d %H:%M UTC")
-        comment = f"added by {self.source} {stamp}" + (f" for {client}" if client else "")
+        when = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+        comment = f"added by {self.source} {when:%Y-%m-%d %H:%M} UTC" + (
+            f" for {client}" if client else ""
+        )
+        secret = secrets.token_urlsafe(32) if grant else None
+        self_service = grant == SELF_SERVICE_GRANT
+
+        def allocate(rs: DeviceState, now: float, alloc: Allocator):
+            cap = self.self_service_max
+            if self_service and cap and rs.self_service_count(now) >= cap:
+                return _POOL_FULL
+            state.hold(rs.quarantined(now))
+            try:
+                nets = alloc.allocate()
+            except Exhausted as e:
+                return e
+            if grant:
+                expiry = self.self_service_expiry if self_service else 0
+                rs.set_owner(
+                    keys.encode(public_key),
+                    Owner(
+                        secret_hash(secret),
+                        int(now),
+                        self_service,
+                        int(now + expiry) if expiry > 0 else None,
+                        tuple(str(n) for n in nets),
+                    ),
+                )
+            return nets
 
         def change(cfg: ConfigFile):
             if cfg.peer(public_key) is not None:
@@ -247,33 +379,38 @@ class PeerService:
             except Unavailable as e:
                 return e
             alloc = state.allocator(cfg)
-            try:
-                nets = alloc.allocate()
-            except Exhausted as e:
-                return e
+            nets = self._registry_step(name, state, cfg, lambda rs, now: allocate(rs, now, alloc))
+            if not isinstance(nets, list):
+                return nets
             peer = Peer(public_key, allowed_ips=nets)
             cfg.add_peer(peer, comment=comment)
             text = render_client_config(
                 cfg.config, peer, host, port, private_key=private, include_psk=self.include_psk
             )
-            return Added(peer, text)
+            return Added(peer, text, secret)
 
         result = self._edit(name, state, change)
         if result is _EXISTS:
             raise Conflict("a peer with this public key already exists")
         if result is _OWN_KEY:
             raise BadRequest("this is the device's own public key")
+        if result is _POOL_FULL:
+            raise Unavailable(
+                f"device {name} holds its maximum of {self.self_service_max} self-service "
+                "peers; ask its operator"
+            )
         if isinstance(result, Exhausted):
             raise Unavailable(f"no free address left on device {name}: {result}")
         if isinstance(result, Unavailable):
             raise result
         assert isinstance(result, Added)
         log.info(
-            "%s: peer %s added with %s (%s)",
+            "%s: peer %s added with %s (%s%s)",
             name,
             keys.encode(public_key),
             ", ".join(map(str, result.peer.allowed_ips)),
             client or self.source,
+            f", {grant}" if grant else "",
         )
         if apply:
             try:
@@ -287,12 +424,16 @@ class PeerService:
         return result
 
     def _rollback(self, name: str, state: _DeviceState, peer: Peer) -> None:
+        """Undo an add that never went live: no quarantine (no traffic can have used it)."""
+
         def change(cfg: ConfigFile):
             current = cfg.peer(peer.public_key)
             if current is not None and current.allowed_ips == peer.allowed_ips:
                 cfg.remove_peer(peer.public_key)
                 if state.alloc_for is cfg and state.alloc is not None:
                     state.alloc.remove_peer(current.allowed_ips)
+                key = keys.encode(peer.public_key)
+                self._registry_step(name, state, cfg, lambda rs, now: rs.forget(key))
 
         try:
             self._edit(name, state, change)
@@ -300,32 +441,72 @@ class PeerService:
             pass
 
     def remove(
-        self, name: str, public_key: bytes, *, client: str | None = None, apply: bool = True
+        self,
+        name: str,
+        public_key: bytes,
+        *,
+        client: str | None = None,
+        apply: bool = True,
+        authorize: Callable[[Peer, Owner | None], bool] | None = None,
     ) -> bool:
-        """Remove the peer (and the comment block above it); False when it was not there."""
+        """Remove the peer (and the comment block above it); False when it was not there.
+        `authorize(peer, owner)` decides, under the lock, whether this caller may remove the
+        peer (Forbidden otherwise); None allows it."""
         state = self._state(name)
+        key = keys.encode(public_key)
 
         def change(cfg: ConfigFile):
             peer = cfg.peer(public_key)
             if peer is None:
                 return False
+            if authorize is not None:
+                owner = state.registry.read().owners.get(key)
+                if not authorize(peer, owner):
+                    return _FORBIDDEN
             allowed = list(peer.allowed_ips)
             cfg.remove_peer(public_key)
             if state.alloc_for is cfg and state.alloc is not None:
                 state.alloc.remove_peer(allowed)
+
+            def forget(rs: DeviceState, now: float) -> None:
+                owner = rs.forget(key)
+                rs.release(allowed, now, self.quarantine, bool(owner and owner.self_service))
+
+            self._registry_step(name, state, cfg, forget)
             return True
 
-        removed = bool(self._edit(name, state, change))
+        result = self._edit(name, state, change)
+        if result is _FORBIDDEN:
+            raise Forbidden("this token does not own that peer")
+        removed = bool(result)
         if removed:
-            log.info(
-                "%s: peer %s removed (%s)", name, keys.encode(public_key), client or self.source
-            )
+            log.info("%s: peer %s removed (%s)", name, key, client or self.source)
         if apply:
             try:
                 self.hub.apply_now(name, (public_key,))
             except ApplyError as e:
                 raise Unavailable(f"the removal could not be applied: {e}") from None
         return removed
+
+    def owner_state(self, name: str, public_key: bytes, secret: str) -> bool | None:
+        """Whether `secret` is the owner secret of the peer as it is now; None: no such peer."""
+        state = self._state(name)
+        with state.lock:
+            peer = self._read(name, state).peer(public_key)
+            if peer is None:
+                return None
+            try:
+                owner = state.registry.read().owners.get(keys.encode(public_key))
+            except StateError as e:
+                raise self._state_problem(name, e) from None
+            return owner_matches(owner, peer, secret_hash(secret))
+
+    def owners(self, name: str) -> dict[str, Owner]:
+        """The device's owner entries by base64 key (shared: do not change)."""
+        try:
+            return self._state(name).registry.read().owners
+        except StateError as e:
+            raise self._state_problem(name, e) from None
 
     def config(self, name: str, public_key: bytes, endpoint_type: str) -> str:
         host = self._host(endpoint_type)
@@ -356,3 +537,10 @@ class PeerService:
                 return store.edit(self._path(name), change, cache=state.cache)
             except ConfigError as e:
                 raise self._file_problem(name, e) from None
+            except StateError as e:
+                raise self._state_problem(name, e) from None
+
+    @staticmethod
+    def _state_problem(name: str, error: StateError) -> PeerError:
+        log.error("%s (fix or remove that file; it is never overwritten while invalid)", error)
+        return Unavailable(f"the API state of device {name} is invalid; the operator must fix it")

@@ -1,8 +1,10 @@
-"""Per-client-IP token buckets for the routes that create peers.
+"""Per-client token buckets for every request that is not the admin's.
 
-Adding a peer writes the file and takes an address from a finite pool, so one client must not be
-able to exhaust a /24 in a second. The table of buckets is bounded (least recently seen client
-evicted first) so that a flood from many source addresses cannot grow memory without limit.
+Adding a peer writes the file and takes an address from a finite pool, and drawing a QR code
+costs about 14 ms of Python on the same interpreter as the data plane, so one client must not be
+able to exhaust a /24 in a second or keep a core busy. Clients are keyed by IPv4 address or IPv6
+/64 (`access.client_key`). The table of buckets is bounded (least recently seen client evicted
+first) so that a flood from many source addresses cannot grow memory without limit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,28 @@ class RateLimit:
     per_minute: float = 30.0
     burst: int = 10
     max_clients: int = 10_000
+
+
+def parse_rate_limit(text: str) -> RateLimit | None:
+    """`PER_MINUTE[:BURST]` (`--api-rate-limit`); 0 turns the limit off (None). BURST defaults
+    to a third of PER_MINUTE, at least 1. ValueError with a one-line message."""
+    rate_text, colon, burst_text = str(text).strip().partition(":")
+    try:
+        per_minute = float(rate_text)
+        if colon and not burst_text:
+            raise ValueError
+        burst = int(burst_text) if colon else max(1, int(min(per_minute, 3e6) // 3))
+    except ValueError:
+        raise ValueError(
+            f"--api-rate-limit: {text!r} is not PER_MINUTE[:BURST] (e.g. 30:10, or 0 for off)"
+        ) from None
+    if not 0 <= per_minute <= 1_000_000 or per_minute != per_minute:
+        raise ValueError(f"--api-rate-limit: {rate_text!r} must be between 0 and 1000000")
+    if per_minute == 0:
+        return None
+    if not 1 <= burst <= 1_000_000:
+        raise ValueError(f"--api-rate-limit: burst {burst_text!r} must be between 1 and 1000000")
+    return RateLimit(per_minute=per_minute, burst=burst)
 
 
 class RateLimiter:

@@ -12,11 +12,19 @@ Why waitress (over cheroot, gunicorn, or wsgiref):
   process with its own master and signals, which the daemon already does), and is stable and
   widely deployed. wsgiref serves one request at a time and has no limits.
 
+waitress alone still lets a few hundred half-sent requests lock everyone out until its idle
+timeout; `guard.py` adds a per-client connection cap, a request deadline and eviction of the
+longest-waiting connection when full, through waitress' public extension points.
+
+TLS: waitress has none. Operators serve the API over HTTPS through a reverse proxy on the same
+host (the README has an nginx server block) with `--api-trusted-proxy`, which lets the proxy's
+X-Forwarded-For name the client for rate limits and caps; tests/e2e/test_api_tls_e2e.py runs
+exactly that setup.
+
 `start_api` binds synchronously (so "port in use" is an error for the caller, not a log line in
 a thread) and returns an `ApiHandle`; `ApiHandle.stop()` ends the loop from any thread, closes
 every connection and joins the worker threads. The I/O loop is driven here with a private socket
-map (a public argument of `create_server`) so that it can be stopped cleanly, which
-`waitress.serve()` cannot do from another thread.
+map so that it can be stopped cleanly, which `waitress.serve()` cannot do from another thread.
 """
 
 from __future__ import annotations
@@ -28,7 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from waitress import wasyncore
-from waitress.server import create_server
+from waitress.adjustments import Adjustments
+from waitress.task import ThreadedTaskDispatcher
+
+from tether.api.guard import DEFAULT_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT, GuardedServer
 
 log = logging.getLogger("tether.api")
 
@@ -78,7 +89,7 @@ def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
 class ApiHandle:
     host: str
     port: int
-    _server: object = field(repr=False)
+    _servers: list = field(repr=False)
     _map: dict = field(repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -86,6 +97,11 @@ class ApiHandle:
     # from that thread, so a daemon can treat a dead API as fatal rather than serve without it
     failed: BaseException | None = field(default=None, repr=False)
     on_failure: Callable[[BaseException], None] | None = field(default=None, repr=False)
+    _extras: list = field(default_factory=list, repr=False)  # stopped with the server
+
+    @property
+    def servers(self) -> list[GuardedServer]:
+        return list(self._servers)
 
     @property
     def url(self) -> str:
@@ -102,18 +118,18 @@ class ApiHandle:
             if self.on_failure is not None:
                 self.on_failure(e)
         finally:
-            self._server.task_dispatcher.shutdown(timeout=5)
+            self._servers[0].task_dispatcher.shutdown(timeout=5)
             wasyncore.close_all(self._map)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving; idempotent, callable from any thread (not from a request handler)."""
+        for extra in self._extras:
+            extra.stop()
         self._stopping.set()
-        trigger = getattr(self._server, "pull_trigger", None)
-        if trigger is not None:
-            try:
-                trigger()
-            except OSError:
-                pass
+        try:
+            self._servers[0].pull_trigger()
+        except OSError:
+            pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -126,15 +142,18 @@ def start_api(
     threads: int = 8,
     max_body: int = 64 * 1024,
     connection_limit: int = 256,
+    per_client: int = DEFAULT_PER_CLIENT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    trusted_proxies: tuple = (),
 ) -> ApiHandle:
-    """Bind and serve `app` in a background thread; raises OSError when the address is taken."""
+    """Bind and serve `app` in a background thread; raises OSError when the address is taken.
+    `per_client`: connections one client (IPv4 address, IPv6 /64) may hold; trusted proxies
+    are exempt. `request_timeout`: seconds a connection may take to deliver a request."""
     # "Task queue depth is N" is logged whenever all workers are busy for a moment: normal
     # under load, and one line per request at that point.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     socket_map: dict = {}
-    server = create_server(
-        app,
-        map=socket_map,
+    adj = Adjustments(
         listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         threads=threads,
         ident="tetherctl",
@@ -142,16 +161,37 @@ def start_api(
         max_request_body_size=max_body,
         connection_limit=connection_limit,
         channel_timeout=30,
-        cleanup_interval=10,
+        cleanup_interval=1,
         expose_tracebacks=False,
-        clear_untrusted_proxy_headers=True,
+        # forwarded headers are handled by the app (access.client_address), which trusts a
+        # list of proxy networks; waitress' own handling knows only one proxy address
+        clear_untrusted_proxy_headers=False,
         asyncore_use_poll=True,
     )
-    listen = getattr(server, "effective_listen", None) or [
-        (server.effective_host, server.effective_port)
-    ]
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    servers = []
+    try:
+        for sockinfo in adj.listen:
+            servers.append(
+                GuardedServer(
+                    app,
+                    socket_map,
+                    dispatcher=dispatcher,
+                    adj=adj,
+                    sockinfo=sockinfo,
+                    per_client=per_client,
+                    request_timeout=request_timeout,
+                    exempt=trusted_proxies,
+                )
+            )
+    except BaseException:
+        dispatcher.shutdown(timeout=1)
+        wasyncore.close_all(socket_map)
+        raise
+    listen = [(srv.effective_host, srv.effective_port) for srv in servers]
     eff_host, eff_port = listen[0][0], int(listen[0][1])
-    handle = ApiHandle(eff_host, eff_port, server, socket_map)
+    handle = ApiHandle(eff_host, eff_port, servers, socket_map)
     handle._thread = threading.Thread(target=handle._run, name="tetherctl-api", daemon=True)
     handle._thread.start()
     log.info("API listening on %s", ", ".join(f"{h}:{p}" for h, p in listen))

@@ -3,23 +3,51 @@
 `tetherctl run --api-listen ...` (and `default-builder --api_url`) parse their options into an
 `ApiSettings` and hand it to the daemon as `Daemon(api=...)`; the daemon, once its devices are
 up, calls `settings.start(hub)` and keeps the returned handle to `stop()` it on shutdown. Every
-check (listen address, token file, public addresses) happens here, before anything starts, so a
-typo is a one-line error at startup rather than a failure later.
+check (listen address, token file, public addresses, access options) happens here, before
+anything starts, so a typo is a one-line error at startup rather than a failure later.
+
+Without a token the API trusts every caller, so it may only listen on loopback: a non-loopback
+listener, or one behind a trusted proxy (which exposes it just as much), without
+`--api-token-file` uses `<config-dir>/api-token`, created (0600, 256 random bits) when missing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from tether.api import access
 from tether.api import public as public_mod
-from tether.api.app import DEFAULT_RATE_LIMIT, make_app
+from tether.api.app import (
+    DEFAULT_PEER_EXPIRY,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_SELF_SERVICE_MAX,
+    SELF_SERVICE_MODES,
+    make_app,
+)
 from tether.api.clientconf import PublicEndpoints
 from tether.api.hub import DeviceHub
-from tether.api.ratelimit import RateLimit
+from tether.api.janitor import Janitor, JanitorThread, interval_for
+from tether.api.ratelimit import RateLimit, parse_rate_limit
+from tether.api.registry import DEFAULT_QUARANTINE
 from tether.api.server import ApiHandle, parse_listen, start_api
 from tether.config import store
+
+log = logging.getLogger("tether.api")
+
+TOKEN_FILE_NAME = "api-token"
+MIN_QUARANTINE = 300.0  # DESIGN: a freed address waits at least five minutes
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class UsageError(ValueError):
+    """An option value the command line must refuse as a usage error (exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -28,8 +56,14 @@ class ApiSettings:
     port: int
     public: PublicEndpoints
     device: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT
+    self_service: str = "open"
+    trusted_proxies: tuple = ()
+    self_service_max: int = DEFAULT_SELF_SERVICE_MAX
+    peer_expiry: float = DEFAULT_PEER_EXPIRY
+    quarantine: float = DEFAULT_QUARANTINE
+    token_file: str | None = None
 
     @classmethod
     def from_options(
@@ -41,14 +75,49 @@ class ApiSettings:
         public_ipv6: str | None = None,
         public_domain: str | None = None,
         token_file: str | None = None,
+        config_dir: str | os.PathLike | None = None,
+        self_service: str | None = None,
+        rate_limit: str | None = None,
+        trusted_proxy: str | None = None,
+        self_service_max: str | int | None = None,
+        peer_expiry: str | None = None,
+        quarantine: str | None = None,
     ) -> ApiSettings:
-        """Raises ValueError with a one-line message for any bad option."""
+        """Raises ValueError with a one-line message for any bad option (UsageError for an
+        option value this version does not offer)."""
         host, port = parse_listen(listen)
         if device is not None:
             store.check_device_name(device)
+        mode = parse_self_service(self_service)
+        limit = DEFAULT_RATE_LIMIT if rate_limit is None else parse_rate_limit(rate_limit)
+        proxies = access.parse_trusted_proxies(trusted_proxy)
+        cap = parse_count(self_service_max, "--api-self-service-max", DEFAULT_SELF_SERVICE_MAX)
+        expiry = parse_duration(peer_expiry, "--api-peer-expiry", DEFAULT_PEER_EXPIRY)
+        hold = parse_duration(quarantine, "--api-address-quarantine", DEFAULT_QUARANTINE)
+        if hold < MIN_QUARANTINE:
+            raise ValueError(
+                f"--api-address-quarantine: at least {MIN_QUARANTINE:g} s (a freed address "
+                "must not reach a new peer while old traffic may still arrive)"
+            )
         endpoints = public_mod.resolve(public_ipv4, public_ipv6, public_domain)
+        if not token_file and (proxies or not access.is_loopback_host(host)):
+            token_file = str(store.config_dir(config_dir) / TOKEN_FILE_NAME)
+            ensure_token_file(token_file)
         token = read_token_file(token_file) if token_file else None
-        return cls(host, port, endpoints, device, token)
+        return cls(
+            host,
+            port,
+            endpoints,
+            device,
+            token,
+            limit,
+            mode,
+            proxies,
+            cap,
+            expiry,
+            hold,
+            token_file,
+        )
 
     def make_app(self, hub: DeviceHub):
         return make_app(
@@ -57,17 +126,88 @@ class ApiSettings:
             api_device=self.device,
             token=self.token,
             rate_limit=self.rate_limit,
+            self_service=self.self_service,
+            trusted_proxies=self.trusted_proxies,
+            self_service_max=self.self_service_max,
+            peer_expiry=self.peer_expiry,
+            quarantine=self.quarantine,
         )
 
     def start(self, hub: DeviceHub) -> ApiHandle:
-        """Serve the API for `hub` in background threads; OSError if the address is taken."""
-        return start_api(self.make_app(hub), self.host, self.port)
+        """Serve the API for `hub` in background threads, with the janitor that expires unused
+        self-service peers; OSError if the address is taken."""
+        app = self.make_app(hub)
+        handle = start_api(app, self.host, self.port, trusted_proxies=self.trusted_proxies)
+        if self.token_file:
+            log.info("API admin token: %s", self.token_file)
+        if self.peer_expiry > 0:
+            janitor = JanitorThread(Janitor(app.tether_service), interval_for(self.peer_expiry))
+            handle._extras.append(janitor.start())
+        return handle
 
     def __repr__(self) -> str:  # never show the token in a log line or traceback
         return (
             f"ApiSettings(host={self.host!r}, port={self.port}, public={self.public!r}, "
-            f"device={self.device!r}, token={'set' if self.token else None})"
+            f"device={self.device!r}, token={'set' if self.token else None}, "
+            f"self_service={self.self_service!r})"
         )
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_self_service(text: str | None) -> str:
+    mode = (text or "open").strip().lower()
+    if mode == "invite":
+        raise UsageError(
+            "--api-self-service invite: invites are not available in this version (they come "
+            "with the onboarding feature); use open or off"
+        )
+    if mode not in SELF_SERVICE_MODES:
+        raise UsageError(f"--api-self-service: {text!r}: expected open or off")
+    return mode
+
+
+def parse_duration(text: str | float | None, option: str, default: float) -> float:
+    """`90`, `90s`, `15m`, `1h30m`, `2d` → seconds; 0 means off/never. ValueError otherwise."""
+    if text is None:
+        return default
+    raw = str(text).strip().lower()
+    parts = _DURATION.findall(raw)
+    if not raw or "".join(n + u for n, u in parts) != raw:
+        raise ValueError(f"{option}: {text!r} is not a duration (e.g. 90s, 15m, 1h, 2d, 0)")
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds > 10 * 365 * 86400:
+        raise ValueError(f"{option}: {text!r} is longer than ten years")
+    return seconds
+
+
+def parse_count(text: str | int | None, option: str, default: int) -> int:
+    if text is None:
+        return default
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a whole number") from None
+    if not 0 <= value <= 10_000_000:
+        raise ValueError(f"{option}: {value} must be between 0 (no cap) and 10000000")
+    return value
+
+
+def ensure_token_file(path: str) -> bool:
+    """Create the admin token file (0600 from the start, 256 random bits) unless it exists;
+    True when it was created. Only the path is logged, never the token."""
+    p = Path(path)
+    try:
+        with store.locked(p):
+            if p.exists():
+                return False
+            store.atomic_write(p, (secrets.token_urlsafe(32) + "\n").encode())
+    except OSError as e:
+        raise ValueError(f"cannot create the API token file {p}: {e.strerror or e}") from None
+    log.warning("API admin token created in %s (needed for /metrics, /peers and removals)", p)
+    return True
 
 
 def read_token_file(path: str) -> str:

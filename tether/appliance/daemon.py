@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether import keys
+from tether.api import registry as api_registry
 from tether.appliance import hooks, notify
 from tether.appliance.hub import DaemonHub
 from tether.appliance.reconcile import reconcile
@@ -97,6 +98,7 @@ class Daemon:
         self.hook_timeout = hook_timeout
         self.inside_factory = inside_factory
         self.slots: dict[str, Slot] = {}
+        self._registries: dict = {}  # device name -> tether.api.registry.FileRegistry
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -162,11 +164,14 @@ class Daemon:
             if slot.up and data == slot.applied_bytes:
                 return  # our own write (SaveConfig, API) or a touch without change
             if slot.up:
-                self._apply(slot, data, cfg)
+                before = slot.applied
+                ops = self._apply(slot, data, cfg)
+                if before is not None and slot.applied is cfg.config:
+                    await asyncio.to_thread(self._released, name, before, cfg.config, ops)
             else:
                 await self._up(slot, data, cfg)
 
-    def _apply(self, slot: Slot, data: bytes, cfg: ConfigFile) -> None:
+    def _apply(self, slot: Slot, data: bytes, cfg: ConfigFile) -> list:
         try:
             ops = reconcile(slot.device, slot.applied, cfg.config)
         except (BindError, OSError, ValueError) as e:
@@ -174,10 +179,33 @@ class Daemon:
                 slot,
                 f"{slot.path.name}: cannot apply: {e} (the last good configuration keeps running)",
             )
-            return
+            return []
         slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
         if ops:
             log.info("%s: applied %s", slot.name, ", ".join(_describe(op) for op in ops))
+        return ops
+
+    def _released(self, name: str, before: DeviceConfig, after: DeviceConfig, ops) -> None:
+        """Peers that left the file (by any means) lose their API owner entry and the
+        addresses a peer no longer routes enter quarantine (tether.api.registry). Runs off
+        the loop; `ops` (the reconciler's) name the peers whose AllowedIPs changed."""
+        reg = self._registries.get(name)
+        if reg is None:
+            reg = self._registries[name] = api_registry.FileRegistry(
+                api_registry.state_path(self.config_dir, name)
+            )
+        quarantine = getattr(self.api, "quarantine", api_registry.DEFAULT_QUARANTINE)
+        try:
+            changed = [
+                op.args[0]
+                for op in ops
+                if op.name == "set_peer" and any(k == "allowed_ips" for k, _ in op.changes)
+            ]
+            api_registry.record_file_change(
+                reg, before, after, now=time.time(), quarantine=quarantine, changed=changed
+            )
+        except (ValueError, OSError) as e:  # StateError is a ValueError
+            log.error("%s: released addresses not recorded: %s", name, e)
 
     async def _up(self, slot: Slot, data: bytes, cfg: ConfigFile) -> None:
         iface = cfg.config.interface

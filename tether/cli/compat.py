@@ -321,18 +321,29 @@ def cmd_get_peer_config(args, session: Session) -> None:
 
 
 def _api_settings(args, session: Session, name: str):
-    from tether.api.settings import ApiSettings
+    from tether.cli import run
+
+    return run.api_settings(_api_namespace(args, session, name))
+
+
+def _api_namespace(args, session: Session, name: str):
+    """`run`'s options for the API of --dname: --api_url, and everything else (public
+    addresses, access options) from TETHERCTL_<NAME> or <dname>.env."""
+    import argparse
+
+    from tether.cli import run
 
     env = devenv.read(_config_dir(args, session), name)
-    return ApiSettings.from_options(
-        args.api_url,
-        device=name,
-        public_ipv4=os.environ.get("TETHERCTL_PUBLIC_IPV4") or env.get("TETHERCTL_PUBLIC_IPV4"),
-        public_ipv6=os.environ.get("TETHERCTL_PUBLIC_IPV6") or env.get("TETHERCTL_PUBLIC_IPV6"),
-        public_domain=os.environ.get("TETHERCTL_PUBLIC_DOMAIN")
-        or env.get("TETHERCTL_PUBLIC_DOMAIN"),
-        token_file=os.environ.get("TETHERCTL_API_TOKEN_FILE")
-        or env.get("TETHERCTL_API_TOKEN_FILE"),
+    names = ["public_ipv4", "public_ipv6", "public_domain", *run.API_ACCESS_OPTIONS]
+    values = {
+        n: os.environ.get(f"TETHERCTL_{n.upper()}") or env.get(f"TETHERCTL_{n.upper()}")
+        for n in names
+    }
+    return argparse.Namespace(
+        api_listen=args.api_url,
+        api_device=name,
+        config_dir=str(_config_dir(args, session)),
+        **values,
     )
 
 
@@ -404,26 +415,14 @@ def cmd_default_builder(args, session: Session) -> None:
     """The original's one-command workflow: device up from its file, public endpoint, API,
     serve until a signal, then API down and device down. That is `tetherctl run DNAME
     --api-listen API_URL`, the same foreground daemon systemd runs."""
-    import argparse
-
     from tether.cli import run
 
     path, name = _device_file(args, session)
-    env = devenv.read(path.parent, name)
-    ns = argparse.Namespace(
-        devices=[name],
-        config_dir=str(path.parent),
-        run_dir=session.run_dir,
-        log=LOG_NAMES.get(args.log or "error", args.log or "error"),
-        api_listen=args.api_url,
-        api_device=name,
-        public_ipv4=os.environ.get("TETHERCTL_PUBLIC_IPV4") or env.get("TETHERCTL_PUBLIC_IPV4"),
-        public_ipv6=os.environ.get("TETHERCTL_PUBLIC_IPV6") or env.get("TETHERCTL_PUBLIC_IPV6"),
-        public_domain=os.environ.get("TETHERCTL_PUBLIC_DOMAIN")
-        or env.get("TETHERCTL_PUBLIC_DOMAIN"),
-        api_token_file=os.environ.get("TETHERCTL_API_TOKEN_FILE")
-        or env.get("TETHERCTL_API_TOKEN_FILE"),
-    )
+    ns = _api_namespace(args, session, name)
+    ns.devices = [name]
+    ns.config_dir = str(path.parent)
+    ns.run_dir = session.run_dir
+    ns.log = LOG_NAMES.get(args.log or "error", args.log or "error")
     code = run.cmd_run(ns)
     if code:
         raise CommandError(f"default-builder: the daemon exited with status {code}")

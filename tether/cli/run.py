@@ -55,10 +55,61 @@ def allow_local(args) -> bool:
 def add_api_options(p) -> None:
     p.add_env_option("--api-listen", metavar="HOST:PORT", help="serve the peer API (default off)")
     p.add_env_option("--api-device", metavar="NAME", help="device of the bare API routes")
-    p.add_env_option("--api-token-file", metavar="FILE", help="require this bearer token")
+    p.add_env_option(
+        "--api-token-file",
+        metavar="FILE",
+        help="the admin's bearer token (default for a non-loopback listener: "
+        "<config-dir>/api-token, created when missing)",
+    )
+    p.add_env_option(
+        "--api-self-service",
+        metavar="open|off",
+        help="who may add a peer without the admin token: anyone (open, default) or nobody",
+    )
+    p.add_env_option(
+        "--api-rate-limit",
+        metavar="PER_MINUTE[:BURST]",
+        help="requests per client (IPv4 address, IPv6 /64) that are not the admin's; "
+        "0 = off (default 30:10)",
+    )
+    p.add_env_option(
+        "--api-trusted-proxy",
+        metavar="CIDR[,...]",
+        help="reverse proxies whose X-Forwarded-For names the client",
+    )
+    p.add_env_option(
+        "--api-self-service-max",
+        metavar="N",
+        help="self-service peers a device may hold; 0 = no cap (default 1000)",
+    )
+    p.add_env_option(
+        "--api-peer-expiry",
+        metavar="DURATION",
+        help="remove self-service peers that never complete a handshake after this long; "
+        "0 = never (default 1h)",
+    )
+    p.add_env_option(
+        "--api-address-quarantine",
+        metavar="DURATION",
+        help="a freed tunnel address is not handed out again for this long (default 10m, "
+        "at least 5m)",
+    )
     p.add_env_option("--public-ipv4", metavar="IP", help="public IPv4 address for client configs")
     p.add_env_option("--public-ipv6", metavar="IP", help="public IPv6 address for client configs")
     p.add_env_option("--public-domain", metavar="NAME", help="public name for client configs")
+
+
+# The API's access options; the original's commands (start-api, default-builder) have no flags
+# for them and read them from TETHERCTL_<NAME> or <dname>.env instead.
+API_ACCESS_OPTIONS = (
+    "api_token_file",
+    "api_self_service",
+    "api_rate_limit",
+    "api_trusted_proxy",
+    "api_self_service_max",
+    "api_peer_expiry",
+    "api_address_quarantine",
+)
 
 
 def api_settings(args):
@@ -74,7 +125,22 @@ def api_settings(args):
         public_ipv6=args.public_ipv6,
         public_domain=args.public_domain,
         token_file=args.api_token_file,
+        config_dir=args.config_dir,
+        self_service=getattr(args, "api_self_service", None),
+        rate_limit=getattr(args, "api_rate_limit", None),
+        trusted_proxy=getattr(args, "api_trusted_proxy", None),
+        self_service_max=getattr(args, "api_self_service_max", None),
+        peer_expiry=getattr(args, "api_peer_expiry", None),
+        quarantine=getattr(args, "api_address_quarantine", None),
     )
+
+
+def option_error(e: ValueError) -> int:
+    """One line on stderr; status 2 for a usage error (an option value not offered), else 1."""
+    from tether.api.settings import UsageError
+
+    print(f"tetherctl: {e}", file=sys.stderr)
+    return 2 if isinstance(e, UsageError) else 1
 
 
 def add_common_options(p) -> None:
@@ -116,8 +182,7 @@ def cmd_run(args) -> int:
             store.check_device_name(name)
         api = api_settings(args)
     except ValueError as e:
-        print(f"tetherctl: {e}", file=sys.stderr)
-        return 1
+        return option_error(e)
 
     async def main() -> int:
         daemon = Daemon(
@@ -170,8 +235,7 @@ def cmd_up(args) -> int:
         name = _device_arg(args)
         api = api_settings(args)
     except ValueError as e:
-        print(f"tetherctl: {e}", file=sys.stderr)
-        return 1
+        return option_error(e)
     directory = store.config_dir(args.config_dir)
     path = store.device_path(directory, name)
     if not path.exists():
