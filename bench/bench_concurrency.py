@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_exit_iperf import INET, client, tetherctl_run  # noqa: E402
+from bench_exit_iperf import EXIT_SECTION, INET, client, tetherctl_run  # noqa: E402
 
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
 from tether import keys  # noqa: E402
@@ -48,7 +48,7 @@ def build(lab: NetLab, tmp: Path, split: bool) -> list[str]:
         dev, priv, cpriv = lab.name(f"d{i}"), keys.genkey(), keys.genkey()
         (conf / f"{dev}.conf").write_text(
             f"[Interface]\nPrivateKey = {priv}\nListenPort = {51820 + i}\n"
-            f"Address = 10.9{i}.0.1/24\n\n[Peer]\nPublicKey = {keys.pubkey(cpriv)}\n"
+            f"Address = 10.9{i}.0.1/24\n\n{EXIT_SECTION}[Peer]\nPublicKey = {keys.pubkey(cpriv)}\n"
             f"AllowedIPs = 10.9{i}.0.2/32\n"
         )
         devices.append(dev)

@@ -1,7 +1,9 @@
 """Fuzz target: the device-file parser and the lossless editor.
 
 Any input must either parse or raise ConfigError. A file that parses must come back byte for
-byte from its document, survive a render/parse round trip, and stay valid under an edit.
+byte from its document, survive a render/parse round trip, and stay valid under an edit; its
+`[Exit]` section must hold only valid settings (positive limits, a per-peer limit no larger than
+its total) and come through the edits line for line.
 Run: `make fuzz TARGET=config SECONDS=300` (see fuzz/README.md).
 """
 
@@ -11,6 +13,8 @@ import ipaddress
 import sys
 
 from tether.config import ConfigError, ConfigFile
+from tether.config.document import PAIR
+from tether.config.exit_settings import DEFAULT_MAX_BUFFER, DEFAULT_MAX_FLOWS
 from tether.config.model import Peer, parse_text, render
 
 _NEW_PEER = bytes(range(1, 33))
@@ -24,6 +28,8 @@ def TestOneInput(data: bytes) -> None:
     text = cfg.text()
     if text.encode("utf-8") != data:
         raise AssertionError("document did not give the file back byte for byte")
+    _check_exit(cfg.config.exit)
+    exit_lines = _exit_lines(cfg)
     _, again = parse_text(render(cfg.config))
     if again != cfg.config:
         raise AssertionError("render/parse round trip changed the model")
@@ -35,6 +41,30 @@ def TestOneInput(data: bytes) -> None:
     _, edited = parse_text(cfg.text())
     if edited != cfg.config:
         raise AssertionError("edited text and edited model disagree")
+    if _exit_lines(cfg) != exit_lines:
+        raise AssertionError("an edit changed the [Exit] section")
+
+
+def _check_exit(ex) -> None:
+    for limit in (ex.max_flows, ex.max_flows_per_peer, ex.max_buffer, ex.max_buffer_per_peer):
+        if limit is not None and limit < 1:
+            raise AssertionError(f"a limit of {limit} was accepted")
+    if (ex.max_flows_per_peer or 0) > (ex.max_flows or DEFAULT_MAX_FLOWS):
+        raise AssertionError("MaxFlowsPerPeer above MaxFlows was accepted")
+    if (ex.max_buffer_per_peer or 0) > (ex.max_buffer or DEFAULT_MAX_BUFFER):
+        raise AssertionError("MaxBufferPerPeer above MaxBuffer was accepted")
+
+
+def _exit_lines(cfg: ConfigFile) -> list[str]:
+    """The [Exit] header and its lines up to its last Key = Value (a comment block after that
+    belongs to the next peer and leaves with it), line endings aside."""
+    for section in cfg.doc.sections:
+        if section.name == "exit":
+            lines = [section.header, *section.body]
+            while len(lines) > 1 and lines[-1].kind != PAIR:
+                lines.pop()
+            return [line.raw.rstrip("\r\n") for line in lines]
+    return []
 
 
 def main() -> None:

@@ -10,8 +10,11 @@ The input is a list of records, each starting with an opcode byte:
   1 structured packet: version/protocol/destination selectors, then a payload, wrapped in an IP
     header with a valid checksum so the fuzzer gets past `parse_ip` into the flow tables;
   2 host event: an event kind and a flow index among the flows the exit has opened;
-  3 time: advance the clock by a byte's worth of steps and run the timers.
+  3 time: advance the clock by a byte's worth of steps and run the timers; with bit 2 of the
+    opcode set, instead new destination rules ([Exit] AllowDestinations, DenyDestinations,
+    PeerToPeer) chosen by the next byte.
 One exit lives across inputs (as in a long-running daemon); its limits are small so they are hit.
+The test Internet (198.51.100.0/24, 2001:db8::/32) is always allowed, as a device file would.
 """
 
 from __future__ import annotations
@@ -26,7 +29,17 @@ from tether.netstack.ip import build_ipv4, build_ipv6, parse_ip
 
 MTU = 1280
 _CFG = ExitConfig(max_udp_per_peer=8, max_tcp_per_peer=8, max_flows=24, max_echo_per_peer=4)
-_EXIT = Exit(["10.9.0.1/24", "fd00:9::1/64"], mtu=MTU, config=_CFG, isn=lambda bits: 7)
+_INTERNET = ("198.51.100.0/24", "2001:db8::/32")
+_ALLOW = ("10.0.0.0/8", "127.0.0.0/8", "::/0", "64:ff9b:1::/48", "169.254.169.254/32")
+_DENY = ("198.51.100.7/32", "2001:db8::/32", "10.9.0.0/24")
+_EXIT = Exit(
+    ["10.9.0.1/24", "fd00:9::1/64"],
+    mtu=MTU,
+    config=_CFG,
+    isn=lambda bits: 7,
+    allow=_INTERNET,
+    peer_to_peer=True,
+)
 _FLOWS: list = []
 _ECHOES: list[EchoSend] = []
 _CLOCK = [1000.0]
@@ -34,9 +47,15 @@ _PEERS = (b"A" * 32, b"B" * 32)
 _SRC4 = (bytes([10, 9, 0, 2]), bytes([10, 9, 0, 3]))
 _SRC6 = (bytes.fromhex("fd000009000000000000000000000002"),)
 _DST4 = (bytes([198, 51, 100, 7]), bytes([10, 9, 0, 1]), bytes([10, 9, 0, 3]),
-         bytes([127, 0, 0, 1]), bytes([224, 0, 0, 1]), bytes([10, 9, 0, 255]))  # fmt: skip
+         bytes([127, 0, 0, 1]), bytes([224, 0, 0, 1]), bytes([10, 9, 0, 255]),
+         bytes([169, 254, 169, 254]), bytes([192, 168, 1, 1]))  # fmt: skip
 _DST6 = (bytes.fromhex("20010db8000000000000000000000007"),
-         bytes.fromhex("fd000009000000000000000000000001"), bytes(15) + b"\x01")  # fmt: skip
+         bytes.fromhex("fd000009000000000000000000000001"), bytes(15) + b"\x01",
+         bytes.fromhex("00000000000000000000ffffc6336407"),  # ::ffff:198.51.100.7
+         bytes.fromhex("0064ff9b00000000000000000a090003"),  # NAT64 of a tunnel address
+         bytes.fromhex("2002c63364070000000000000000000a"),  # 6to4 of 198.51.100.7
+         bytes.fromhex("200100000000000000000000f5fffffe"),  # Teredo client 10.0.0.1
+         bytes.fromhex("0064ff9b000100000000000000000001"))  # local-use NAT64  # fmt: skip
 _ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EMSGSIZE, errno.EIO)
 
 
@@ -139,6 +158,12 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
             if pos + 1 < n:
                 _host_event(op >> 2 & 31, data[pos], arg)
             pos += 2 + len(arg)
+        elif op & 4:
+            b = data[pos] if pos < n else 0
+            pos += 1
+            allow = _INTERNET + tuple(a for i, a in enumerate(_ALLOW) if b >> i & 1)
+            deny = tuple(d for i, d in enumerate(_DENY) if b >> (5 + i) & 1)
+            _EXIT.set_rules(allow, deny, peer_to_peer=not op & 0x80)
         else:
             step = data[pos] if pos < n else 1
             pos += 1

@@ -126,7 +126,10 @@ def test_preshared_keys_are_never_handed_out(tmp_path, hub):
 def test_metrics(app, hub):
     hub.stats = {"bywg0": {keys.decode(PEER1): (1234, 5678, 1700000000.0)}}
     hub.counts = DeviceCounters(
-        handshakes=7, drops={"replay": 2, "allowed_ips": 3}, exit_flows={"tcp": 4, "udp": 1}
+        handshakes=7,
+        drops={"replay": 2, "allowed_ips": 3},
+        exit_flows={"tcp": 4, "udp": 1},
+        exit_refused={keys.decode(PEER1): 9},
     )
     call(app, "GET", "/healthz")
     r = call(app, "GET", "/metrics")
@@ -146,6 +149,7 @@ def test_metrics(app, hub):
         == 2
     )
     assert samples[("tetherctl_exit_flows", (("device", "bywg0"), ("protocol", "tcp")))] == 4
+    assert samples[("tetherctl_exit_refused_total", peer)] == 9
     assert samples[("tetherctl_peers", (("device", "bywg0"),))] == 1
     assert samples[("tetherctl_api_requests_total", (("method", "GET"), ("status", "200")))] >= 1
     assert SERVER_PRIVATE not in r.text

@@ -55,6 +55,10 @@ class FakeDevice:
         self.state.addresses = addresses
         self.touched.append(("addresses", None))
 
+    def set_exit(self, settings):
+        self.state.exit = settings
+        self.touched.append(("exit", None))
+
     def set_peer(self, key, **changes):
         peer = self.state.peers.get(key) or PeerState(None, 0, [])
         for name, value in changes.items():
@@ -125,6 +129,22 @@ def test_each_peer_field_change():
         ops = reconcile(dev, old.config, new.config)
         assert len(ops) == 1 and ops[0].name == "set_peer"
         assert [name for name, _ in ops[0].changes] == [field]
+
+
+def test_exit_section_changes_go_live_alone():
+    exit_ = "[Exit]\nAllowDestinations = 192.168.7.0/24\nPeerToPeer = yes\n"
+    cfg = conf(PEER_A + exit_)
+    dev = FakeDevice()
+    assert "set_exit" in [op.name for op in reconcile(dev, None, cfg.config)]
+    assert dev.state.exit.peer_to_peer
+    dev.touched.clear()
+    assert plan(dev.state, cfg.config, conf(PEER_A + exit_).config) == []
+    edited = conf(PEER_A + exit_.replace("yes", "no") + "DenyDestinations = 192.168.7.9\n")
+    ops = reconcile(dev, cfg.config, edited.config)
+    assert [op.name for op in ops] == ["set_exit"] and dev.touched == [("exit", None)]
+    assert not dev.state.exit.peer_to_peer and len(dev.state.exit.deny_destinations) == 1
+    gone = reconcile(dev, edited.config, conf(PEER_A).config)  # section removed: defaults
+    assert [op.name for op in gone] == ["set_exit"] and dev.state.exit.is_default
 
 
 def test_interface_changes():

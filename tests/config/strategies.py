@@ -8,6 +8,12 @@ import ipaddress
 from hypothesis import strategies as st
 
 from tether import keys
+from tether.config.exit_settings import (
+    DEFAULT_MAX_BUFFER,
+    DEFAULT_MAX_FLOWS,
+    FLOWS_MAX,
+    ExitSettings,
+)
 from tether.config.model import DeviceConfig, Interface, Peer
 from tether.config.values import Endpoint
 
@@ -81,7 +87,34 @@ def peers_strategy(max_size: int = 5):
     )
 
 
-configs = st.builds(DeviceConfig, interfaces, peers_strategy())
+@st.composite
+def exit_settings(draw):
+    """Any valid [Exit]: a per-peer limit never above its total (given or default)."""
+    sizes = st.one_of(
+        st.integers(1, 1 << 40),
+        st.integers(1, 1 << 10).map(lambda n: n << 20),  # whole megabytes, written as 512M
+    )
+    max_flows = draw(st.none() | st.integers(1, FLOWS_MAX))
+    per_peer = draw(st.none() | st.integers(1, max_flows or DEFAULT_MAX_FLOWS))
+    max_buffer = draw(st.none() | sizes)
+    buffer_per_peer = draw(st.none() | st.integers(1, max_buffer or DEFAULT_MAX_BUFFER))
+    return ExitSettings(
+        allow_destinations=tuple(draw(st.lists(networks, max_size=3))),
+        deny_destinations=tuple(draw(st.lists(networks, max_size=2))),
+        peer_to_peer=draw(st.booleans()),
+        max_flows=max_flows,
+        max_flows_per_peer=per_peer,
+        max_buffer=max_buffer,
+        max_buffer_per_peer=buffer_per_peer,
+    )
+
+
+configs = st.builds(
+    DeviceConfig,
+    interfaces,
+    peers_strategy(),
+    st.just(ExitSettings()) | exit_settings(),
+)
 
 
 def _casing(draw, word: str) -> str:
@@ -96,9 +129,13 @@ def _casing(draw, word: str) -> str:
     return word
 
 
+LIST_KEYS = ("Address", "DNS", "AllowedIPs", "AllowDestinations", "DenyDestinations")
+
+
 @st.composite
 def messy_files(draw, config_strategy=configs):
     """(text, model): the model written with arbitrary but valid formatting."""
+    from tether.config.exit_settings import exit_pairs
     from tether.config.model import interface_pairs, peer_pairs
 
     config = draw(config_strategy)
@@ -126,7 +163,7 @@ def messy_files(draw, config_strategy=configs):
         ordered = [(k, val) for k in draw(st.permutations(list(groups))) for val in groups[k]]
         for key, value in ordered:
             parts = [value]
-            if key in ("Address", "DNS", "AllowedIPs") and ", " in value and draw(st.booleans()):
+            if key in LIST_KEYS and ", " in value and draw(st.booleans()):
                 parts = value.split(", ")  # the list spread over repeated lines
             for part in parts:
                 eq = draw(st.sampled_from(["=", " = ", "= ", " =", "\t=\t"]))
@@ -137,9 +174,16 @@ def messy_files(draw, config_strategy=configs):
             if draw(st.integers(0, 4)) == 0:
                 blank_or_comment()
 
+    sections = [("Peer", peer_pairs(peer)) for peer in config.peers]
+    exit_pairs_ = exit_pairs(config.exit)
+    if not config.exit.is_default or draw(st.booleans()):
+        if not exit_pairs_ and draw(st.booleans()):
+            exit_pairs_ = [("PeerToPeer", "no")]  # a section that only states a default
+        # [Exit] may sit anywhere after [Interface]: between peers or at the end
+        sections.insert(draw(st.integers(0, len(sections))), ("Exit", exit_pairs_))
     write_section("Interface", interface_pairs(config.interface))
-    for peer in config.peers:
-        write_section("Peer", peer_pairs(peer))
+    for name, pairs in sections:
+        write_section(name, pairs)
     blank_or_comment()
     text = "".join(out)
     if draw(st.booleans()) and text.endswith(nl):

@@ -46,6 +46,17 @@ def summary(cfg: ConfigFile) -> dict:
             for p in cfg.config.peers
         ],
     }
+    ex = cfg.config.exit
+    if not ex.is_default:  # files without [Exit] (or with only defaults in it) say nothing
+        out["exit"] = {
+            "allow_destinations": [str(n) for n in ex.allow_destinations],
+            "deny_destinations": [str(n) for n in ex.deny_destinations],
+            "peer_to_peer": ex.peer_to_peer,
+            "max_flows": ex.max_flows,
+            "max_flows_per_peer": ex.max_flows_per_peer,
+            "max_buffer": ex.max_buffer,
+            "max_buffer_per_peer": ex.max_buffer_per_peer,
+        }
     if iface.fwmark is not None:
         out["fwmark"] = iface.fwmark
     if iface.table is not None:

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tether.config import ConfigError, ConfigFile
-from tether.config.document import BLANK, COMMENT, PAIR, classify
+from tether.config.document import BLANK, COMMENT, PAIR, SECTION, classify
 from tether.config.model import parse_bytes, parse_text, render
 
 from .strategies import configs, endpoints, key_bytes, messy_files, networks, peers_strategy
@@ -87,29 +87,38 @@ FIELD_KEYS = {
 }
 
 
+def _apply(cfg: ConfigFile, edit, which: int):
+    """Make one edit; returns what was edited (the removed peer for remove_peer), None when the
+    edit does not apply to this file (no peers, a peer that is there already)."""
+    kind, arg = edit
+    peers = cfg.config.peers
+    if kind in ("listen_port", "private_key"):
+        return cfg.update_interface(**{kind: arg})
+    if kind == "add_peer":
+        if not arg or cfg.peer(arg[0].public_key):
+            return None
+        cfg.add_peer(arg[0], comment="added")
+        return arg[0]
+    if not peers:
+        return None
+    if kind == "remove_peer":
+        victim = peers[arg % len(peers)]
+        assert cfg.remove_peer(victim.public_key)
+        return victim
+    return cfg.update_peer(peers[which % len(peers)].public_key, **{kind: arg})
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messy_files(), edits, st.integers(0, 10))
 def test_an_edit_touches_only_its_own_lines(case, edit, which):
     text, _ = case
     cfg = ConfigFile.parse(text)
-    kind, arg = edit
-    peers = cfg.config.peers
-    if kind in ("listen_port", "private_key"):
-        cfg.update_interface(**{kind: arg})
-    elif kind == "add_peer":
-        if not arg or cfg.peer(arg[0].public_key):
-            return
-        cfg.add_peer(arg[0], comment="added")
-    elif kind == "remove_peer":
-        if not peers:
-            return
-        victim = peers[arg % len(peers)]
+    kind, _arg = edit
+    victim = _apply(cfg, edit, which)
+    if victim is None:
+        return
+    if kind == "remove_peer":
         victim_lines = _section_lines(text, victim.line)
-        assert cfg.remove_peer(victim.public_key)
-    else:
-        if not peers:
-            return
-        cfg.update_peer(peers[which % len(peers)].public_key, **{kind: arg})
 
     after = cfg.text()
     # the in-memory model is exactly what the written text says
@@ -174,3 +183,34 @@ def test_mutated_valid_files_parse_or_raise_config_error(case, at, junk):
         parse_text(text[:at] + junk + text[at:], "m.conf")
     except ConfigError as e:
         assert e.line is None or e.line >= 1
+
+
+def _exit_block(text: str) -> list[str]:
+    """The [Exit] section's header and lines up to its last Key = Value line (a comment block
+    after that is glued to the next header and travels with that peer)."""
+    lines = _lines(text)
+    start = next(
+        (i for i, raw in enumerate(lines) if raw.strip().lower().startswith("[exit")), None
+    )
+    if start is None:
+        return []
+    end = start + 1
+    for i in range(start + 1, len(lines)):
+        line = classify(lines[i], i + 1, "x")
+        if line.kind == SECTION:
+            break
+        if line.kind == PAIR:
+            end = i + 1
+    return [raw.rstrip("\r\n") for raw in lines[start:end]]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messy_files(), edits, st.integers(0, 10))
+def test_edits_keep_the_exit_section_byte_for_byte(case, edit, which):
+    text, _ = case
+    cfg = ConfigFile.parse(text)
+    before_exit = cfg.config.exit
+    _apply(cfg, edit, which)
+    after = cfg.text()
+    assert _exit_block(after) == _exit_block(text)
+    assert parse_text(after)[1].exit == before_exit

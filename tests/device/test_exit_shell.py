@@ -411,11 +411,16 @@ def test_close_releases_every_socket():
 
 
 def test_selectable_on_a_real_device_via_inside_factory():
-    """The exact wiring the daemon uses: `Device(..., inside_factory=ExitShell)`."""
+    """The exact wiring the daemon uses: `Device(..., exit_settings=config.exit,
+    inside_factory=partial(ExitShell, ...))`, and the live changes the reconciler makes."""
     import functools
 
+    from tether.config.exit_settings import ExitSettings
     from tether.device.device import Device
-    from tether.netstack.exit_policy import HOST, PEER
+    from tether.netstack.exit_policy import HOST, PEER, REFUSE
+
+    net = ipaddress.ip_network
+    settings = ExitSettings(peer_to_peer=True, max_flows=100, max_buffer_per_peer=1 << 20)
 
     async def main():
         device = Device(
@@ -423,21 +428,33 @@ def test_selectable_on_a_real_device_via_inside_factory():
             private_key=bytes(range(32)),
             mtu=1380,
             addresses=[ipaddress.ip_interface("10.8.0.1/24")],
-            inside_factory=functools.partial(ExitShell, allow_local=True),
+            inside_factory=functools.partial(
+                ExitShell, allow_local=True, public_addresses=("198.51.100.77",)
+            ),
             bind_host4="127.0.0.1",
             bind_host6="::1",
+            exit_settings=settings,
         )
         device.start(asyncio.get_running_loop(), 0)
         try:
             shell = device.inside
+            classify = shell.exit.policy.classify
             assert isinstance(shell, ExitShell)
             assert shell.exit.mtu == 1380 and shell.exit.policy.allow_local
-            assert shell.exit.policy.classify(bytes([10, 8, 0, 5])) == PEER
+            assert shell.exit.config.max_flows == 100
+            assert shell.exit.config.max_peer_buffer_bytes == 1 << 20
+            assert classify(bytes([10, 8, 0, 5])) == PEER
+            assert classify(bytes([198, 51, 100, 77])) == HOST  # public, but allow_local
+            assert device.running_state().exit == settings
             device.set_addresses([ipaddress.ip_interface("10.6.0.1/24")])
             device.set_mtu(1300)
             assert shell.exit.mtu == 1300
-            assert shell.exit.policy.classify(bytes([10, 8, 0, 5])) == HOST
-            assert shell.exit.policy.classify(bytes([10, 6, 0, 5])) == PEER
+            assert classify(bytes([10, 8, 0, 5])) == REFUSE  # a LAN address now
+            assert classify(bytes([10, 6, 0, 5])) == PEER
+            device.set_exit(ExitSettings(allow_destinations=(net("10.8.0.0/16"),)))
+            assert classify(bytes([10, 8, 0, 5])) == HOST
+            assert classify(bytes([10, 6, 0, 5])) == REFUSE  # peer to peer is off again
+            assert device.running_state().exit.allow_destinations == (net("10.8.0.0/16"),)
         finally:
             device.close()
         assert shell.closed

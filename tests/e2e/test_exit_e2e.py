@@ -97,7 +97,7 @@ def test_device_address_answers_ping(topo):
 
 
 def test_peer_to_peer_ping_through_the_device(lab, tmp_path):
-    topo = Topology(lab, tmp_path, clients=2)
+    topo = Topology(lab, tmp_path, clients=2, exit_extra="PeerToPeer = yes\n")
     other = f"{TUNNEL4}.{topo.clients[1]['host']}"
     # the second client must have a session for the reply to reach it: its keepalive makes one
     out = topo.client_sh("ping", "-c", "3", "-i", "0.3", "-W", "3", other, timeout=40)

@@ -5,7 +5,9 @@
     inet ns:      servers standing in for the Internet           198.18.2.2 / fd18:2::2
 
 `inet` has no route to the tunnel subnets and the clients none to `inet` except through
-WireGuard, so an answer can only arrive if our exit proxied it.
+WireGuard, so an answer can only arrive if our exit proxied it. 198.18.0.0/15 (benchmarking) and
+fd18:2::/64 (a ULA) are refused by the exit's defaults, so the device file opens the `inet`
+subnets in its `[Exit]` section, as an operator sharing a LAN would (`EXIT_SECTION`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ TOOLS = Path(__file__).parent / "tools"
 INET4, INET6 = "198.18.2.2", "fd18:2::2"
 PORT = 51820
 TUNNEL4, TUNNEL6 = "10.99.0", "fd99::"
+EXIT_SECTION = "[Exit]\nAllowDestinations = 198.18.2.0/24, fd18:2::/64\n"
 
 
 class Topology:
@@ -32,7 +35,9 @@ class Topology:
         clients: int = 1,
         http_files: dict | None = None,
         daemon_args: tuple = (),
+        exit_extra: str = "",
     ):
+        """`exit_extra`: more lines for the device's [Exit] section (e.g. `PeerToPeer = yes`)."""
         require("wireguard-go", "wg", "ip", "ping", "curl")
         self.lab, self.tmp = lab, tmp
         self.exit_ns = lab.netns("x")
@@ -74,9 +79,10 @@ class Topology:
             )
         self.config_dir = tmp / "conf"
         self.config_dir.mkdir()
-        (self.config_dir / f"{self.dev}.conf").write_text(
+        self.path = self.config_dir / f"{self.dev}.conf"
+        self.path.write_text(
             f"[Interface]\nPrivateKey = {self.server_priv}\nListenPort = {PORT}\n"
-            f"Address = {TUNNEL4}.1/24, {TUNNEL6}1/64\n{peers}"
+            f"Address = {TUNNEL4}.1/24, {TUNNEL6}1/64\n\n{EXIT_SECTION}{exit_extra}{peers}"
         )
         self.log = tmp / "tetherctl.log"
         self.daemon = lab.tetherctl(

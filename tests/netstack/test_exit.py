@@ -9,7 +9,6 @@ import pytest
 
 from tether.netstack.exit import ExitConfig
 from tether.netstack.exit_actions import EchoSend, TcpConnect, UdpClose, UdpOpen, UdpSend
-from tether.netstack.exit_policy import DROP, HOST, OWN, PEER, REFUSE, ExitPolicy
 from tether.netstack.fragments import Reassembler
 from tether.netstack.icmp import build_echo, parse_icmp
 from tether.netstack.ip import (
@@ -34,6 +33,7 @@ from .test_exit_support import (
     OWN6,
     PEER4,
     PEER6,
+    PEER_KEY,
     Harness,
     ip_packet,
 )
@@ -48,87 +48,7 @@ def a4(s: str) -> bytes:
     return bytes(int(x) for x in s.split("."))
 
 
-# -- policy ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "dst, verdict",
-    [
-        ("10.9.0.1", OWN),
-        ("10.9.0.2", PEER),
-        ("10.9.0.0", DROP),  # subnet network address
-        ("10.9.0.255", DROP),  # subnet broadcast
-        ("198.51.100.7", HOST),
-        ("192.168.1.10", HOST),  # RFC 1918 on the host's side is reachable by default
-        ("127.0.0.1", REFUSE),
-        ("127.1.2.3", REFUSE),
-        ("169.254.169.254", REFUSE),  # cloud metadata
-        ("0.0.0.0", REFUSE),
-        ("0.1.2.3", REFUSE),
-        ("255.255.255.255", DROP),
-        ("224.0.0.251", DROP),  # mDNS
-        ("239.255.255.250", DROP),  # SSDP
-        ("240.0.0.1", REFUSE),
-        ("192.0.2.2", REFUSE),  # a host address (supplied below)
-        ("192.0.2.255", DROP),  # a host interface's broadcast (supplied below)
-        ("fd00:9::1", OWN),
-        ("fd00:9::77", PEER),
-        ("2001:db8::7", HOST),
-        ("::1", REFUSE),
-        ("::", REFUSE),
-        ("fe80::1", REFUSE),
-        ("febf::1", REFUSE),
-        ("fec0::1", HOST),  # deprecated site-local is not link-local
-        ("ff02::fb", DROP),
-        ("::ffff:127.0.0.1", REFUSE),
-        ("::ffff:198.51.100.7", REFUSE),
-        ("::127.0.0.1", REFUSE),  # IPv4-compatible
-        ("2001:db8::2", REFUSE),  # a host address
-    ],
-)
-def test_policy_defaults(dst, verdict):
-    import ipaddress
-
-    p = ExitPolicy(
-        ["10.9.0.1/24", "fd00:9::1/64"],
-        host_addresses=["192.0.2.2", "2001:db8::2"],
-        host_broadcasts=["192.0.2.255"],
-    )
-    packed = ipaddress.ip_address(dst).packed
-    assert p.classify(packed) == verdict
-    assert p.classify(packed) == verdict  # cached
-
-
-@pytest.mark.parametrize("dst", ["127.0.0.1", "169.254.169.254", "::1", "fe80::1", "192.0.2.2"])
-def test_allow_local_lifts_loopback_link_local_and_host(dst):
-    import ipaddress
-
-    p = ExitPolicy(["10.9.0.1/24"], allow_local=True, host_addresses=["192.0.2.2"])
-    assert p.classify(ipaddress.ip_address(dst).packed) == HOST
-
-
-@pytest.mark.parametrize("dst", ["0.0.0.0", "::", "::ffff:127.0.0.1", "224.0.0.1", "ff02::1"])
-def test_allow_local_keeps_nonsense_refused(dst):
-    import ipaddress
-
-    p = ExitPolicy([], allow_local=True)
-    assert p.classify(ipaddress.ip_address(dst).packed) in (REFUSE, DROP)
-
-
-def test_bare_network_address_is_a_subnet_without_own_address():
-    p = ExitPolicy(["192.168.90.0/24"])
-    assert p.classify(a4("192.168.90.1")) == PEER
-    assert p.own4 is None
-
-
-def test_set_addresses_and_host_addresses_reset_the_cache():
-    p = ExitPolicy(["10.9.0.1/24"])
-    assert p.classify(a4("10.10.0.5")) == HOST
-    p.set_addresses(["10.9.0.1/24", "10.10.0.1/16"])
-    assert p.classify(a4("10.10.0.5")) == PEER
-    assert p.classify(a4("203.0.113.9")) == HOST
-    p.set_host_addresses([a4("203.0.113.9")])
-    assert p.classify(a4("203.0.113.9")) == REFUSE
+# -- refusals (the policy's table is in test_exit_policy.py) --------------------------------
 
 
 def test_refused_tcp_gets_rst_and_udp_gets_admin_prohibited():
@@ -147,6 +67,48 @@ def test_refused_tcp_gets_rst_and_udp_gets_admin_prohibited():
     assert m4.quoted().dst == a4("169.254.169.254")
     ip6, m6 = icmp_of(icmp6)
     assert (m6.type, m6.code, ip6.dst) == (1, 1, PEER6)
+
+
+@pytest.mark.parametrize(
+    "dst",
+    [
+        a4("192.168.1.10"),  # the host's LAN
+        a4("10.9.0.3"),  # another peer, peer to peer being off
+        bytes.fromhex("0064ff9b00000000000000000a000001"),  # NAT64 form of 10.0.0.1
+        bytes.fromhex("fd000009000000000000000000000003"),  # another peer, IPv6
+    ],
+)
+def test_lan_peers_and_embedded_forms_are_refused_fast(dst):
+    h = Harness(peer_to_peer=False)
+    src = PEER4 if len(dst) == 4 else PEER6
+    syn = build_segment(src, dst, 4000, 443, 77, 0, SYN, 65535)
+    h.deliver(ip_packet(src, dst, PROTO_TCP, syn))
+    h.deliver(build_udp_packet(src, dst, 4001, 53, b"q"))
+    h.deliver(build_echo(src, dst, 7, 1, b"ping", reply=False))
+    assert h.actions() == []
+    rst, icmp_udp, icmp_echo = h.out()
+    ip = parse_ip(rst)
+    seg = parse_segment(ip.src, ip.dst, ip.payload)
+    assert (ip.src, ip.dst, seg.flags, seg.ack) == (dst, src, RST | ACK, 78)
+    for pkt in (icmp_udp, icmp_echo):
+        ip, m = icmp_of(pkt)
+        assert (m.type, m.code) == ((3, 13) if len(dst) == 4 else (1, 1))
+        assert ip.src == dst and ip.dst == src and m.quoted().dst == dst
+    assert h.x.refusals() == {PEER_KEY: 3}
+
+
+def test_refusals_are_counted_per_peer_and_go_with_the_peer_state():
+    h = Harness(peer_to_peer=False)
+    assert h.x.refusals() == {}
+    for _ in range(3):
+        h.deliver(build_udp_packet(PEER4, a4("10.1.2.3"), 4000, 53, b"q"))
+    h.deliver(build_udp_packet(PEER4, a4("10.1.2.3"), 4000, 53, b"q"), peer=OTHER_KEY)
+    h.deliver(build_udp_packet(PEER4, NET4, 4000, 53, b"q"), peer=b"R" * 32)  # allowed
+    assert h.x.refusals() == {PEER_KEY: 3, OTHER_KEY: 1}
+    h.x.set_rules(allow=["10.0.0.0/8"])  # live: the next packet goes out
+    h.deliver(build_udp_packet(PEER4, a4("10.1.2.3"), 4000, 53, b"q"))
+    assert isinstance(h.actions()[0], UdpOpen)
+    assert h.x.refusals() == {PEER_KEY: 3, OTHER_KEY: 1}
 
 
 def test_allow_local_sends_loopback_to_the_host():

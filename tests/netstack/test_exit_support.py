@@ -186,6 +186,7 @@ OWN6 = bytes.fromhex("fd000009000000000000000000000001")
 NET4 = bytes([198, 51, 100, 7])  # TEST-NET-2: never contacted, the exit here has no sockets
 NET6 = bytes.fromhex("20010db8000000000000000000000007")
 ADDRESSES = ("10.9.0.1/24", "fd00:9::1/64")
+TEST_INTERNET = ("198.51.100.0/24", "2001:db8::/32")  # NET4 and NET6 are in there
 
 
 class Harness:
@@ -195,6 +196,11 @@ class Harness:
         from tether.netstack.exit import Exit
 
         kw.setdefault("isn", lambda bits: 0x12345678)
+        # The tests' Internet lives in the documentation ranges, which the exit refuses by
+        # default: open them as a device file's [Exit] AllowDestinations would. Peer to peer
+        # is on unless a test says otherwise.
+        kw.setdefault("allow", TEST_INTERNET)
+        kw.setdefault("peer_to_peer", True)
         self.x = Exit(addresses, **kw)
         self.now = 1000.0
 

@@ -50,6 +50,8 @@ class DeviceCounters:
     handshakes: int = 0  # completed handshakes since the device came up (a counter)
     drops: Mapping[str, int] = field(default_factory=dict)  # dropped packets by reason (counters)
     exit_flows: Mapping[str, int] = field(default_factory=dict)  # open exit flows by protocol
+    # packets the exit refused by policy, per peer public key (counters; live peers only)
+    exit_refused: Mapping[bytes, int] = field(default_factory=dict)
 
 
 @runtime_checkable

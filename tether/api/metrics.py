@@ -61,6 +61,11 @@ class HubCollector:
         flows = GaugeMetricFamily(
             "tetherctl_exit_flows", "Open exit flows, by protocol", labels=["device", "protocol"]
         )
+        refused = CounterMetricFamily(
+            "tetherctl_exit_refused",
+            "Packets from the peer that the exit refused by policy",
+            labels=["device", "public_key"],
+        )
         peers = GaugeMetricFamily(
             "tetherctl_peers", "Peers on the running device", labels=["device"]
         )
@@ -82,13 +87,15 @@ class HubCollector:
                 drops.add_metric([name, reason], count)
             for proto, count in sorted(counters.exit_flows.items()):
                 flows.add_metric([name, proto], count)
+            for key, count in sorted(counters.exit_refused.items()):
+                refused.add_metric([name, keys.encode(key)], count)
         requests = CounterMetricFamily(
             "tetherctl_api_requests", "API requests answered", labels=["method", "status"]
         )
         with self._lock:
             for (method, status), count in sorted(self.requests.items()):
                 requests.add_metric([method, status], count)
-        return [rx, tx, hs, handshakes, drops, flows, peers, requests]
+        return [rx, tx, hs, handshakes, drops, flows, refused, peers, requests]
 
 
 def make_registry(hub: DeviceHub) -> tuple[CollectorRegistry, HubCollector]:

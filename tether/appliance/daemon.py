@@ -84,11 +84,15 @@ class Daemon:
         inside_factory=None,
         allow_local: bool = False,
         api=None,
+        public_addresses=(),
     ):
         """`api` is an ApiSettings (None: no API); `allow_local` lets the exit reach the host's
-        loopback, link-local and own addresses, which it refuses by default."""
+        loopback, link-local and own addresses, which it refuses by default, as it refuses
+        `public_addresses` (the operator's --public-ipv4/-ipv6)."""
         if inside_factory is None:
-            inside_factory = functools.partial(ExitShell, allow_local=allow_local)
+            inside_factory = functools.partial(
+                ExitShell, allow_local=allow_local, public_addresses=tuple(public_addresses)
+            )
         self.api = api
         self._api_handle = None
         self.config_dir = Path(config_dir)
@@ -218,6 +222,7 @@ class Daemon:
                 mtu=iface.effective_mtu,
                 addresses=iface.addresses,
                 inside_factory=self.inside_factory,
+                exit_settings=cfg.config.exit,
             )
             device.start(self.loop, iface.listen_port or 0)
             uapi = UapiServer(device, self.run_dir)

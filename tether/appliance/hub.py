@@ -78,12 +78,17 @@ class DaemonHub:
             if device is None:
                 return DeviceCounters()
             stats = device.core.stats
-            flows = {}
+            flows, refused = {}, {}
             exit_ = getattr(device.inside, "exit", None)
             if exit_ is not None:
                 flows = {"udp": len(exit_.udp.flows), "tcp": len(exit_.tcp.flows)}
+                peers = device.core.peers
+                refused = {k: n for k, n in exit_.refusals().items() if k in peers}
             return DeviceCounters(
-                handshakes=stats.handshakes_completed, drops=dict(stats.drops), exit_flows=flows
+                handshakes=stats.handshakes_completed,
+                drops=dict(stats.drops),
+                exit_flows=flows,
+                exit_refused=refused,
             )
 
         return self._call(counters)

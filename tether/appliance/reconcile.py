@@ -35,6 +35,8 @@ class DeviceOps(Protocol):
 
     def set_addresses(self, addresses: list) -> None: ...
 
+    def set_exit(self, settings) -> None: ...
+
     def set_peer(self, public_key: bytes, **changes) -> None: ...
 
     def remove_peer(self, public_key: bytes) -> None: ...
@@ -42,9 +44,9 @@ class DeviceOps(Protocol):
 
 @dataclass(frozen=True)
 class Op:
-    name: (
-        str  # set_private_key | set_listen_port | set_mtu | set_addresses | set_peer | remove_peer
-    )
+    # set_private_key | set_listen_port | set_mtu | set_addresses | set_exit | set_peer |
+    # remove_peer
+    name: str
     args: tuple = ()
     changes: tuple = ()  # (field, value) pairs for set_peer
 
@@ -64,6 +66,8 @@ def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) ->
         ops.append(Op("set_mtu", (iface.effective_mtu,)))
     if list(iface.addresses) != list(running.addresses):
         ops.append(Op("set_addresses", (list(iface.addresses),)))
+    if new.exit != running.exit:
+        ops.append(Op("set_exit", (new.exit,)))
 
     own = iface.public_key  # an X25519 computation: once, not per peer
     wanted = {p.public_key: p for p in new.peers if p.public_key != own}

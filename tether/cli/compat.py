@@ -160,6 +160,9 @@ def _daemon_args(path: Path, name: str, session: Session):
         run_dir=session.run_dir,
         log=LOG_NAMES.get(env.get("TETHERCTL_LOG", "info"), env.get("TETHERCTL_LOG", "info")),
         state_dir=None,
+        # the exit refuses the device's public addresses (`add --ipv4/--ipv6` wrote them here)
+        public_ipv4=os.environ.get("TETHERCTL_PUBLIC_IPV4") or env.get("TETHERCTL_PUBLIC_IPV4"),
+        public_ipv6=os.environ.get("TETHERCTL_PUBLIC_IPV6") or env.get("TETHERCTL_PUBLIC_IPV6"),
     )
 
 

@@ -52,6 +52,18 @@ def allow_local(args) -> bool:
     return str(getattr(args, "allow_local_destinations", "no")).lower() in ("yes", "true", "1")
 
 
+def public_addresses(args) -> tuple[str, ...]:
+    """--public-ipv4/--public-ipv6 as the exit refuses them (the host's own public addresses,
+    which behind NAT are on no interface); ValueError on a bad one. A --public-domain is not
+    resolved for this: name the addresses."""
+    from tether.api import public
+
+    named = public.resolve(
+        getattr(args, "public_ipv4", None), getattr(args, "public_ipv6", None), auto=False
+    )
+    return tuple(a for a in (named.ipv4, named.ipv6) if a)
+
+
 def add_api_options(p) -> None:
     p.add_env_option("--api-listen", metavar="HOST:PORT", help="serve the peer API (default off)")
     p.add_env_option("--api-device", metavar="NAME", help="device of the bare API routes")
@@ -181,6 +193,7 @@ def cmd_run(args) -> int:
         for name in args.devices:
             store.check_device_name(name)
         api = api_settings(args)
+        public = public_addresses(args)
     except ValueError as e:
         return option_error(e)
 
@@ -191,6 +204,7 @@ def cmd_run(args) -> int:
             run_dir=run_dir(args.run_dir),
             api=api,
             allow_local=allow_local(args),
+            public_addresses=public,
         )
         return await daemon.run()
 
@@ -234,6 +248,7 @@ def cmd_up(args) -> int:
     try:
         name = _device_arg(args)
         api = api_settings(args)
+        public = public_addresses(args)
     except ValueError as e:
         return option_error(e)
     directory = store.config_dir(args.config_dir)
@@ -247,7 +262,12 @@ def cmd_up(args) -> int:
 
     def make_daemon():
         return Daemon(
-            directory, [name], run_dir=run_dir(args.run_dir), api=api, allow_local=allow_local(args)
+            directory,
+            [name],
+            run_dir=run_dir(args.run_dir),
+            api=api,
+            allow_local=allow_local(args),
+            public_addresses=public,
         )
 
     ok, message = detach.up(

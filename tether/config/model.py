@@ -15,6 +15,13 @@ from tether import keys
 from tether.config import values as v
 from tether.config.document import PAIR, Document, Line, Section
 from tether.config.errors import ConfigError
+from tether.config.exit_settings import (
+    EXIT_KEYS,
+    EXIT_LIST_KEYS,
+    ExitSettings,
+    exit_pairs,
+    make_exit,
+)
 
 DEFAULT_MTU = 1420
 
@@ -40,7 +47,7 @@ PEER_KEYS = {
     "endpoint": ("Endpoint", v.parse_endpoint, False),
     "persistentkeepalive": ("PersistentKeepalive", v.parse_keepalive, False),
 }
-LIST_KEYS = {"address", "dns", "allowedips"}  # values are comma-separated lists
+LIST_KEYS = {"address", "dns", "allowedips", *EXIT_LIST_KEYS}  # comma-separated lists
 HOOK_KEYS = {"preup", "postup", "predown", "postdown"}  # the whole value is one shell command
 
 
@@ -97,6 +104,7 @@ class Peer:
 class DeviceConfig:
     interface: Interface
     peers: list[Peer] = field(default_factory=list)
+    exit: ExitSettings = field(default_factory=ExitSettings)  # the [Exit] section, or defaults
 
     def peer(self, public_key: bytes) -> Peer | None:
         for peer in self.peers:
@@ -117,6 +125,9 @@ def _is_network_address(addr: v.IPInterface) -> bool:
 # -- parsing ---------------------------------------------------------------------------------
 
 
+_ONCE = {"interface": "Interface", "exit": "Exit"}
+
+
 def parse_document(doc: Document) -> DeviceConfig:
     fn = doc.filename
     for line in doc.preamble.pairs():
@@ -124,22 +135,27 @@ def parse_document(doc: Document) -> DeviceConfig:
             fn, line.lineno, f"{line.key} is outside any [Interface] or [Peer] section"
         )
     interface: Interface | None = None
-    interface_line = 0
+    exit_settings = ExitSettings()
+    first_line: dict[str, int] = {}  # sections that may appear once -> the line of the first
     peers: list[Peer] = []
     seen: dict[bytes, int] = {}
     for section in doc.sections:
         name = section.name
-        if name == "interface":
-            if interface is not None:
+        if name in _ONCE:
+            kind = _ONCE[name]
+            if name in first_line:
                 raise ConfigError(
                     fn,
                     section.header.lineno,
-                    f"a second [Interface] section (the first is on line {interface_line})",
+                    f"a second [{kind}] section (the first is on line {first_line[name]})",
                 )
-            interface_line = section.header.lineno
-            interface = _build(section, INTERFACE_KEYS, fn, _make_interface)
+            first_line[name] = section.header.lineno
+        if name == "interface":
+            interface = _build(section, "Interface", INTERFACE_KEYS, fn, _make_interface)
+        elif name == "exit":
+            exit_settings = _build(section, "Exit", EXIT_KEYS, fn, make_exit)
         elif name == "peer":
-            peer = _build(section, PEER_KEYS, fn, _make_peer)
+            peer = _build(section, "Peer", PEER_KEYS, fn, _make_peer)
             first = seen.get(peer.public_key)
             if first is not None:
                 raise ConfigError(
@@ -153,7 +169,7 @@ def parse_document(doc: Document) -> DeviceConfig:
             raise ConfigError(
                 fn,
                 section.header.lineno,
-                f"unknown section [{section.header.key}] (expected [Interface] or [Peer])",
+                f"unknown section [{section.header.key}] (expected [Interface], [Peer] or [Exit])",
             )
     if interface is None:
         raise ConfigError(fn, None, "no [Interface] section")
@@ -163,18 +179,17 @@ def parse_document(doc: Document) -> DeviceConfig:
             # wg drops such a peer silently; a file that names the device as its own peer is a
             # mistake (usually a pasted key of the wrong side), so say so.
             raise ConfigError(fn, peer.line, "PublicKey is this device's own public key")
-    return DeviceConfig(interface, peers)
+    return DeviceConfig(interface, peers, exit_settings)
 
 
-def _build(section: Section, table: dict, fn: str, make):
+def _build(section: Section, kind: str, table: dict, fn: str, make):
     fields: dict[str, object] = {}
     where: dict[str, int] = {}
     for line in section.pairs():
         low = line.key.lower()
         spec = table.get(low)
         if spec is None:
-            kind = "[Interface]" if table is INTERFACE_KEYS else "[Peer]"
-            raise ConfigError(fn, line.lineno, f"unknown key {line.key!r} in {kind}")
+            raise ConfigError(fn, line.lineno, f"unknown key {line.key!r} in [{kind}]")
         canonical, parser, repeatable = spec
         try:
             if low in LIST_KEYS:
@@ -198,10 +213,10 @@ def _build(section: Section, table: dict, fn: str, make):
                 )
             fields[low] = parsed
             where[low] = line.lineno
-    return make(fields, section.header.lineno, fn)
+    return make(fields, where, section.header.lineno, fn)
 
 
-def _make_interface(f: dict, lineno: int, fn: str) -> Interface:
+def _make_interface(f: dict, where: dict, lineno: int, fn: str) -> Interface:
     if "privatekey" not in f:
         raise ConfigError(fn, lineno, "[Interface] has no PrivateKey")
     return Interface(
@@ -221,7 +236,7 @@ def _make_interface(f: dict, lineno: int, fn: str) -> Interface:
     )
 
 
-def _make_peer(f: dict, lineno: int, fn: str) -> Peer:
+def _make_peer(f: dict, where: dict, lineno: int, fn: str) -> Peer:
     if "publickey" not in f:
         raise ConfigError(fn, lineno, "[Peer] has no PublicKey")
     return Peer(
@@ -293,12 +308,16 @@ def peer_pairs(peer: Peer) -> list[tuple[str, str]]:
 
 
 def render(config: DeviceConfig, newline: str = "\n") -> str:
-    """A fresh file for a model (new devices, `showconf`); edits of existing files go through
-    the document so that nothing else in them changes."""
+    """A fresh device file for a model, `[Exit]` included when it is not all defaults; edits of
+    existing files go through the document so that nothing else in them changes. (What shows a
+    device to WireGuard, `showconf` and the UAPI, is built from the running device and never
+    carries `[Exit]`.)"""
+    sections = [("Interface", interface_pairs(config.interface))]
+    if not config.exit.is_default:
+        sections.append(("Exit", exit_pairs(config.exit)))
+    sections += [("Peer", peer_pairs(p)) for p in config.peers]
     blocks = []
-    for name, pairs in [("Interface", interface_pairs(config.interface))] + [
-        ("Peer", peer_pairs(p)) for p in config.peers
-    ]:
+    for name, pairs in sections:
         blocks.append(newline.join([f"[{name}]"] + [f"{k} = {val}" for k, val in pairs]) + newline)
     return newline.join(blocks)
 
@@ -307,6 +326,7 @@ __all__ = [
     "ConfigError",
     "DeviceConfig",
     "Document",
+    "ExitSettings",
     "Interface",
     "Line",
     "Peer",

@@ -143,6 +143,53 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"{_quote(value)} is neither true nor false")
 
 
+def parse_yes_no(value: str) -> bool:
+    """tetherctl's own switches (`PeerToPeer`) read `yes`/`no`; `true`/`false` are taken too,
+    as SaveConfig spells them."""
+    low = value.lower()
+    if low in ("yes", "true"):
+        return True
+    if low in ("no", "false"):
+        return False
+    raise ValueError(f"{_quote(value)} is neither yes nor no")
+
+
+def parse_count(value: str, high: int) -> int:
+    """A positive whole number up to `high` (flow limits)."""
+    if not value.isascii() or not value.isdigit():
+        raise ValueError(f"{_quote(value)} is not a positive whole number")
+    n = int(value)
+    if not 1 <= n <= high:
+        raise ValueError(f"{n} is outside 1-{high}")
+    return n
+
+
+_SIZE = re.compile(r"([0-9]{1,15})([KMGT]?)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+SIZE_MAX = 1 << 40
+
+
+def parse_size(value: str) -> int:
+    """A size in bytes: a number, optionally with K, M, G or T (powers of 1024): `512M`, `1G`,
+    `65536`. Positive and at most 1T."""
+    m = _SIZE.fullmatch(value) if value.isascii() else None
+    if m is None:
+        raise ValueError(f"{_quote(value)} is not a size (bytes, or a number with K, M, G or T)")
+    n = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if not 1 <= n <= SIZE_MAX:
+        raise ValueError(f"{_quote(value)} is outside 1 byte to 1T")
+    return n
+
+
+def format_size(n: int) -> str:
+    """The shortest spelling `parse_size` reads back as `n`."""
+    for unit in ("T", "G", "M", "K"):
+        scale = _SIZE_UNITS[unit.lower()]
+        if n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
 def parse_fwmark(value: str) -> int:
     """Accepted as wg does (number, 0x-hex or `off`) although a userspace device has no use
     for it: it marks kernel routing decisions we never make."""

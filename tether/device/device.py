@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tether import keys
+from tether.config.exit_settings import ExitSettings
 from tether.config.model import DEFAULT_MTU
 from tether.config.values import Endpoint
 from tether.device import udp
@@ -82,13 +83,16 @@ class Device:
         bind_host6: str = "::",
         resolver: Callable = socket.getaddrinfo,
         resolve_timeout: float = RESOLVE_TIMEOUT,
+        exit_settings: ExitSettings | None = None,
     ):
         """`resolver` (getaddrinfo's signature) resolves named peer endpoints in a thread, giving
-        up after `resolve_timeout` seconds."""
+        up after `resolve_timeout` seconds. `exit_settings`: the file's `[Exit]` section, which
+        the inside (the exit) reads when it is made; None gives the defaults."""
         self.name = name
         self.loop: asyncio.AbstractEventLoop | None = None
         self.core = WireGuardCore(private_key, mtu=mtu)
         self.addresses: list = list(addresses or [])
+        self.exit_settings = exit_settings if exit_settings is not None else ExitSettings()
         self.sock: socket.socket | None = None
         self.listen_port = 0
         self._bind_hosts = (bind_host4, bind_host6)
@@ -151,7 +155,12 @@ class Device:
             for key, peer in self.core.peers.items()
         }
         return RunningState(
-            self.core.private_key, self.listen_port, self.core.mtu, list(self.addresses), peers
+            self.core.private_key,
+            self.listen_port,
+            self.core.mtu,
+            list(self.addresses),
+            peers,
+            self.exit_settings,
         )
 
     def set_private_key(self, key: bytes | None) -> None:
@@ -174,6 +183,13 @@ class Device:
         notify = getattr(self.inside, "set_addresses", None)
         if notify is not None:
             notify(self.addresses)
+
+    def set_exit(self, settings: ExitSettings) -> None:
+        """A changed `[Exit]` section, passed on to the inside (what it applies: ExitShell)."""
+        self.exit_settings = settings
+        notify = getattr(self.inside, "set_exit", None)
+        if notify is not None:
+            notify(settings)
 
     def set_peer(self, public_key: bytes, **changes) -> None:
         """Create or change a peer. `allowed_ips` replaces the peer's list; `endpoint` is a

@@ -2,6 +2,8 @@
 
     Device(name, ..., inside_factory=ExitShell)                                  # defaults
     Device(name, ..., inside_factory=functools.partial(ExitShell, allow_local=True))
+    Device(name, ..., exit_settings=config.exit, inside_factory=functools.partial(
+        ExitShell, public_addresses=["203.0.113.7"]))   # [Exit], --public-ipv4/-ipv6
 
 It implements the device's `Inside` protocol. The device hands it decrypted packets
 (`deliver`), and asks it for packets toward peers (`take_outbound`), which is also when the
@@ -16,7 +18,10 @@ ping socket per address family for all echo requests (`SOCK_DGRAM`/`IPPROTO_ICMP
 `net.ipv4.ping_group_range` includes our group; as root without it, a raw socket).
 
 The host's own addresses, which the policy refuses by default, are read from /proc/net/fib_trie
-and /proc/net/if_inet6 (no netlink library, no subprocess, no packets) and re-read every 30 s.
+and /proc/net/if_inet6 (no netlink library, no subprocess, no packets) and re-read every 30 s;
+the public ones the operator named come in as `public_addresses`. The device's `[Exit]` section
+(`device.exit_settings`) gives the destination rules, live through `set_exit`, and the limits
+that have an `ExitConfig` field (MaxFlows, MaxBufferPerPeer) when the exit is made.
 """
 
 from __future__ import annotations
@@ -57,6 +62,18 @@ _IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
+def with_limits(config: ExitConfig, settings) -> ExitConfig:
+    """`config` with the `[Exit]` limits that have an ExitConfig field; None keeps its value."""
+    if settings is None:
+        return config
+    changes = {}
+    if settings.max_flows is not None:
+        changes["max_flows"] = settings.max_flows
+    if settings.max_buffer_per_peer is not None:
+        changes["max_peer_buffer_bytes"] = settings.max_buffer_per_peer
+    return replace(config, **changes) if changes else config
+
+
 class _TcpSock:
     """The shell's side of one TCP flow (kept in `flow.handle`)."""
 
@@ -86,16 +103,26 @@ class ExitShell:
         config: ExitConfig | None = None,
         mtu: int | None = None,
         host_addresses: tuple | None = None,
+        public_addresses=(),
     ) -> None:
         self.device = device
         self.loop = device.loop
-        cfg = config or ExitConfig()
+        settings = getattr(device, "exit_settings", None)
+        cfg = with_limits(config or ExitConfig(), settings)
         fd_limit = raise_nofile_limit()
         if cfg.max_flows > fd_limit - _FD_RESERVE:
             cfg = replace(cfg, max_flows=max(16, fd_limit - _FD_RESERVE))
         if mtu is None:
             mtu = device.core.mtu
-        self.exit = Exit(device.addresses, mtu=mtu, allow_local=allow_local, config=cfg)
+        self.exit = Exit(
+            device.addresses,
+            mtu=mtu,
+            allow_local=allow_local,
+            public_addresses=public_addresses,
+            config=cfg,
+        )
+        if settings is not None:
+            self.set_exit(settings)
         self._static_host = host_addresses
         self._refresh: object | None = None
         self._refresh_host_addresses()
@@ -140,6 +167,15 @@ class ExitShell:
 
     def set_addresses(self, addresses) -> None:
         self.exit.set_addresses(addresses)
+
+    def set_exit(self, settings) -> None:
+        """The `[Exit]` section (an ExitSettings). Its destination rules apply at once to every
+        packet from now on; a connection already open to a destination that is now refused
+        keeps running until it ends (see `Exit.set_rules`). Its limits were read when the exit
+        was made (`with_limits`)."""
+        self.exit.set_rules(
+            settings.allow_destinations, settings.deny_destinations, settings.peer_to_peer
+        )
 
     def close(self) -> None:
         if self.closed:

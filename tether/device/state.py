@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tether.config.exit_settings import ExitSettings
+
 
 @dataclass
 class PeerState:
@@ -20,3 +22,4 @@ class RunningState:
     mtu: int
     addresses: list
     peers: dict[bytes, PeerState] = field(default_factory=dict)
+    exit: ExitSettings = field(default_factory=ExitSettings)  # the [Exit] section it runs

@@ -15,7 +15,8 @@ clock and no network. The path of a packet:
    verified, as kernel WireGuard marks decrypted packets CHECKSUM_UNNECESSARY);
 2. `ExitPolicy.classify(dst)`: to another peer (TTL decremented, handed back to the device), to
    the device itself (ping answered, TCP reset, UDP port unreachable), refused (RST or ICMP
-   administratively prohibited), dropped (multicast/broadcast), or to the host;
+   administratively prohibited, counted per peer: `refusals()`), dropped (multicast/broadcast),
+   or to the host;
 3. for the host: fragments through a per-peer `Reassembler`, then TCP (`exit_tcp`), UDP
    (`exit_udp`), ICMP echo (`exit_icmp`), anything else ICMP protocol unreachable.
 
@@ -101,9 +102,10 @@ class ExitConfig:
 
 
 class PeerState:
-    """Per-peer accounting: flow counts for the limits, fragments, the ICMP error bucket."""
+    """Per-peer accounting: flow counts for the limits, fragments, the ICMP error bucket, and
+    how many packets the policy refused (so it goes when the peer's state goes)."""
 
-    __slots__ = ("key", "udp_flows", "tcp", "echo", "reassembler", "limiter")
+    __slots__ = ("key", "udp_flows", "tcp", "echo", "reassembler", "limiter", "refused")
 
     def __init__(self, key: bytes, config: ExitConfig) -> None:
         self.key = key
@@ -112,10 +114,12 @@ class PeerState:
         self.echo = 0
         self.reassembler: Reassembler | None = None
         self.limiter = ErrorRateLimiter(config.icmp_error_rate, config.icmp_error_burst)
+        self.refused = 0
 
 
 class Exit:
-    """See the module docstring. `addresses` are the device's `Address` entries."""
+    """See the module docstring. `addresses` are the device's `Address` entries; `allow`,
+    `deny` and `peer_to_peer` the `[Exit]` section's rules (see `ExitPolicy`)."""
 
     def __init__(
         self,
@@ -124,12 +128,24 @@ class Exit:
         mtu: int = 1420,
         allow_local: bool = False,
         host_addresses=(),
+        public_addresses=(),
+        allow=(),
+        deny=(),
+        peer_to_peer: bool = False,
         config: ExitConfig | None = None,
         isn=None,
     ) -> None:
         self.config = cfg = config or ExitConfig()
         self.mtu = mtu
-        self.policy = ExitPolicy(addresses, allow_local=allow_local, host_addresses=host_addresses)
+        self.policy = ExitPolicy(
+            addresses,
+            allow_local=allow_local,
+            host_addresses=host_addresses,
+            public_addresses=public_addresses,
+            allow=allow,
+            deny=deny,
+            peer_to_peer=peer_to_peer,
+        )
         self.now = 0.0
         self.stats: Counter[str] = Counter()
         self._out: list[bytes] = []
@@ -151,6 +167,17 @@ class Exit:
 
     def set_host_addresses(self, addresses, broadcasts=()) -> None:
         self.policy.set_host_addresses(addresses, broadcasts)
+
+    def set_rules(self, allow=(), deny=(), peer_to_peer: bool = False) -> None:
+        """New destination rules, for packets from now on. Flows already open to a destination
+        that is now refused keep running until they end (a NAT that tightens its filter does
+        not cut existing connections either); new ones are refused."""
+        self.policy.set_rules(allow, deny, peer_to_peer)
+
+    def refusals(self) -> dict[bytes, int]:
+        """Packets refused by the policy, per peer key (peers with none are left out). One
+        entry per peer the exit tracks, gone with the peer's state."""
+        return {key: ps.refused for key, ps in self._peers.items() if ps.refused}
 
     def set_mtu(self, mtu: int) -> None:
         """Applies to packets built from now on and to TCP connections opened from now on (a
@@ -245,6 +272,7 @@ class Exit:
 
     def _refuse(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
         self.stats["refused"] += 1
+        self.peer(peer_key).refused += 1
         if ip.protocol == PROTO_TCP and not ip.is_fragment:
             self.tcp.reset_reply(ip)
         else:

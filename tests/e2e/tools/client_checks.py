@@ -4,11 +4,14 @@
     python client_checks.py tcp-many HOST PORT N BYTES      N concurrent echo connections
     python client_checks.py dns HOST PORT                   an A and an AAAA query answered
     python client_checks.py refused HOST PORT               connect refused, and how fast
+    python client_checks.py prohibited HOST PORT            TCP reset, UDP administratively
+                                                            prohibited, and how fast
 Prints one JSON line; exits 1 on any failure.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -103,6 +106,32 @@ def refused(host: str, port: int) -> dict:
         return {"ok": False, "error": repr(e), "seconds": time.monotonic() - start}
 
 
+def prohibited(host: str, port: int) -> dict:
+    """What a refused destination looks like from a client: the TCP connection is reset (the
+    exit answers the SYN with RST) and a UDP datagram draws an ICMP "administratively
+    prohibited", which Linux reports on a connected socket as EHOSTUNREACH (IPv4, code 13) or
+    EACCES (IPv6, code 1)."""
+    tcp = refused(host, port)
+    sock = socket.socket(family(host), socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    sock.connect((host, port))
+    start = time.monotonic()
+    udp: dict = {"ok": False}
+    for _attempt in range(3):
+        sock.send(b"hello?")
+        try:
+            sock.recv(2048)
+            udp = {"ok": False, "error": "answered"}
+            break
+        except TimeoutError:
+            continue
+        except OSError as e:
+            want = errno.EACCES if ":" in host else errno.EHOSTUNREACH
+            udp = {"ok": e.errno == want, "errno": e.errno, "seconds": time.monotonic() - start}
+            break
+    return {"ok": tcp["ok"] and udp["ok"], "tcp": tcp, "udp": udp}
+
+
 def main() -> int:
     cmd, host, port, *rest = sys.argv[1:]
     port = int(port)
@@ -114,6 +143,8 @@ def main() -> int:
         result = dns(host, port)
     elif cmd == "refused":
         result = refused(host, port)
+    elif cmd == "prohibited":
+        result = prohibited(host, port)
     else:
         raise SystemExit(f"unknown check {cmd}")
     print(json.dumps(result))
