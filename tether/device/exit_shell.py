@@ -141,6 +141,11 @@ class ExitShell:
     def set_addresses(self, addresses) -> None:
         self.exit.set_addresses(addresses)
 
+    def forget_peer(self, peer_key: bytes, now: float, keep=None) -> None:
+        """The peer was removed or lost addresses: its flows end now (`Exit.forget_peer`); the
+        device's `process_pending`, which follows, closes their sockets."""
+        self.exit.forget_peer(peer_key, now, keep)
+
     def close(self) -> None:
         if self.closed:
             return
