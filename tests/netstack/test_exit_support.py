@@ -231,16 +231,19 @@ class Harness:
 
 
 class FakeHost:
-    """Executes the exit's TCP actions against in-memory 'sockets'."""
+    """Executes the exit's TCP actions against in-memory 'sockets'; with `auto_connect`, every
+    connect succeeds at once."""
 
-    def __init__(self, h: Harness) -> None:
+    def __init__(self, h: Harness, auto_connect: bool = False) -> None:
         self.h = h
+        self.auto_connect = auto_connect
         self.connects: list = []
         self.written: dict = {}
         self.shutdown: set = set()
         self.closed: dict = {}
         self.paused: set = set()
         self.log: list = []
+        self.elsewhere: list[bytes] = []
 
     def run(self) -> None:
         for a in self.h.actions():
@@ -248,6 +251,8 @@ class FakeHost:
             t = type(a)
             if t is TcpConnect:
                 self.connects.append(a.flow)
+                if self.auto_connect:
+                    self.h.x.tcp_connected(a.flow, self.h.now)
             elif t is TcpWrite:
                 assert a.flow not in self.shutdown and a.flow not in self.closed
                 self.written.setdefault(a.flow, bytearray()).extend(a.data)
@@ -263,28 +268,36 @@ class FakeHost:
                 self.paused.discard(a.flow)
 
 
-def exchange(h: Harness, host: FakeHost, client: PeerTcp, packets: list[bytes], rounds=1000):
-    """Deliver client packets; feed the exit's output back to the client until quiet."""
+def exchange(
+    h: Harness, host: FakeHost, client: PeerTcp, packets: list[bytes], rounds=1000, peer=PEER_KEY
+):
+    """Deliver client packets (from `peer`); feed the exit's output back to the client until
+    quiet. Packets for other connections (resets of evicted ones) go to `host.elsewhere`."""
     for _ in range(rounds):
         for p in packets:
-            h.deliver(p)
+            h.deliver(p, peer)
         host.run()
         out = h.out()
         packets = []
         for p in out:
-            packets += client.receive(p)
+            ip = parse_ip(p)
+            if ip.dst == client.src and ip.payload[2:4] == client.sport.to_bytes(2, "big"):
+                packets += client.receive(p)
+            else:
+                host.elsewhere.append(p)
         packets += client.output()
         host.run()
         if not packets and not out:
             return
 
 
-def open_connection(h, host, client):
+def open_connection(h, host, client, peer=PEER_KEY):
     before = len(host.connects)
-    exchange(h, host, client, [client.syn()])
+    exchange(h, host, client, [client.syn()], peer=peer)
     (flow,) = host.connects[before:]
-    assert client.state == "SYN_SENT"  # no SYN-ACK before the host connected
-    h.x.tcp_connected(flow, h.now)
-    exchange(h, host, client, [])
+    if not host.auto_connect:
+        assert client.state == "SYN_SENT"  # no SYN-ACK before the host connected
+        h.x.tcp_connected(flow, h.now)
+        exchange(h, host, client, [], peer=peer)
     assert client.state == "ESTABLISHED"
     return flow
