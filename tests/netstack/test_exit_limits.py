@@ -273,3 +273,20 @@ def test_udp_eviction_follows_activity_not_opening_order():
     odd = [flows[i] for i in range(3, 50, 2)]
     assert evicted[:24] == odd  # never-reused flows first, oldest first
     assert evicted[24:] == [flows[0], flows[2], flows[4]]
+
+
+def test_resets_for_syns_over_the_limit_share_the_peers_error_budget():
+    """A peer hammering its limit gets RSTs within its ICMP error budget (burst 50, then 100/s);
+    the other SYNs are dropped, so its stack retries later instead of costing an RST each."""
+    h = Harness(config=ExitConfig(max_flows_per_peer=1))
+    host = FakeHost(h, auto_connect=True)
+    open_connection(h, host, PeerTcp(PEER4, NET4, 999, 80))
+    for i in range(200):
+        h.deliver(PeerTcp(PEER4, NET4, 1000 + i, 80).syn())
+    resets = h.out()
+    assert len(resets) == 50 and h.x.stats["refused_silently"] == 150
+    assert h.x.stats["refused_flow_limit"] == 200
+    h.now += 0.1  # the budget refills: 10 more after 100 ms
+    for i in range(20):
+        h.deliver(PeerTcp(PEER4, NET4, 2000 + i, 80).syn())
+    assert len(h.out()) == 10

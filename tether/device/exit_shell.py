@@ -29,6 +29,7 @@ import struct
 import time
 from dataclasses import replace
 
+from tether import keys
 from tether.device.exit_shell_host import Pinger, discover_host_addresses, raise_nofile_limit
 from tether.netstack.exit import Exit, ExitConfig
 from tether.netstack.exit_actions import (
@@ -144,7 +145,10 @@ class ExitShell:
     def forget_peer(self, peer_key: bytes, now: float, keep=None) -> None:
         """The peer was removed or lost addresses: its flows end now (`Exit.forget_peer`); the
         device's `process_pending`, which follows, closes their sockets."""
-        self.exit.forget_peer(peer_key, now, keep)
+        n = self.exit.forget_peer(peer_key, now, keep)
+        if n:
+            what = "was removed" if keep is None else "lost addresses"
+            log.info("exit: peer %s %s: ended %d exit flows", keys.encode(peer_key), what, n)
 
     def close(self) -> None:
         if self.closed:

@@ -205,11 +205,11 @@ class TcpTable:
         limits = self.limits
         if not limits.admit(ps):
             ex.stats["refused_flow_limit"] += 1
-            self._reset(ip, seg)
+            self._refuse(ps, ip, seg, now)
             return
         granted = limits.grant(ps)
         if granted is None:
-            self._reset(ip, seg)
+            self._refuse(ps, ip, seg, now)
             return
         conn = TcpConnection(
             seg,
@@ -230,6 +230,16 @@ class TcpTable:
         flow.dirty = True
         self._dirty.append(flow)
         ex.stats["tcp_flows_opened"] += 1
+
+    def _refuse(self, ps, ip: IPPacket, seg, now: float) -> None:
+        """A SYN over a limit: RST, so the app fails fast, within the peer's ICMP error budget
+        (`Exit.error`); beyond it the SYN is dropped and the peer's stack retries later. A
+        peer hammering its limit thus slows itself down instead of costing the exit an RST
+        (a packet to build, encrypt and send) per SYN."""
+        if ps.limiter.allow(now):
+            self._reset(ip, seg)
+        else:
+            self.exit.stats["refused_silently"] += 1
 
     def _reset(self, ip: IPPacket, seg) -> None:
         """RST for a segment that matches no connection (RFC 9293 §3.10.7.1)."""
