@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -28,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_exit_iperf import INET, build  # noqa: E402
+from bench_exit_iperf import INET, build, cannot_run  # noqa: E402
 
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
 
@@ -63,12 +61,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--count", type=int, default=5000)
     args = parser.parse_args()
-    for tool in ("wireguard-go", "wg", "iperf3", "iptables", "ip"):
-        if shutil.which(tool) is None:
-            print(f"bench_exit_churn: {tool} not installed; skipped")
-            return 0
-    if os.geteuid() != 0:
-        print("bench_exit_churn: needs root (network namespaces); skipped")
+    if cannot_run("bench_exit_churn", ("wireguard-go", "wg", "iperf3", "iptables", "ip")):
         return 0
     results: dict[str, list[dict]] = {"tetherctl": [], "wireguard-go": []}
     lab = NetLab()

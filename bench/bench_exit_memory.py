@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +25,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_exit_iperf import cannot_run  # noqa: E402
 
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
 from tests.e2e.topology import INET4, TOOLS, Topology  # noqa: E402
@@ -44,12 +46,7 @@ def main() -> int:
     parser.add_argument("--flows", type=int, default=1024, help="flows per peer (its limit)")
     parser.add_argument("--hold", type=float, default=20)
     args = parser.parse_args()
-    for tool in ("wireguard-go", "wg", "ip", "curl", "ping"):
-        if shutil.which(tool) is None:
-            print(f"bench_exit_memory: {tool} not installed; skipped")
-            return 0
-    if os.geteuid() != 0:
-        print("bench_exit_memory: needs root (network namespaces); skipped")
+    if cannot_run("bench_exit_memory", ("wireguard-go", "wg", "ip", "curl", "ping")):
         return 0
     lab = NetLab()
     rows = []

@@ -19,6 +19,7 @@ from .test_exit_support import (
     NET4,
     OTHER_KEY,
     PEER4,
+    PEER_KEY,
     FakeHost,
     Harness,
     PeerTcp,
@@ -290,3 +291,22 @@ def test_resets_for_syns_over_the_limit_share_the_peers_error_budget():
     for i in range(20):
         h.deliver(PeerTcp(PEER4, NET4, 2000 + i, 80).syn())
     assert len(h.out()) == 10
+
+
+def test_bookkeeping_stays_bounded_under_flow_churn():
+    """Flows that come and go (DNS queries, short connections) leave no trail in the heaps."""
+    h = Harness()
+    host = FakeHost(h, auto_connect=True)
+    for i in range(3000):
+        h.now += 0.01
+        h.deliver(build_udp_packet(PEER4, NET4, 1000 + i % 30000, 53, b"q"))
+        if i % 10 == 0:
+            short_connection(h, host, 40000 + i, server_first=False)
+        h.run_until(h.now)
+    h.actions()
+    ps = h.x._peers[PEER_KEY]
+    lim = h.x.limits
+    assert len(ps.udp_lru) <= 2 * len(ps.udp_flows) + 17
+    assert len(ps.tcp_lru) <= 2 * ps.live_tcp + 17
+    assert len(lim._by_flows) <= 2 * len(lim.holders) + 65
+    assert len(h.x._heap) <= 4 * h.x.flow_count + 1025

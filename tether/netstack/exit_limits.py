@@ -200,8 +200,13 @@ class Limits:
         """A flow of `ps` entered a table."""
         self.holders.add(ps)
         heapq.heappush(self._by_flows, (-ps.flows, next(self._tie), ps))
-        lru = ps.tcp_lru if flow.owner is self.exit.tcp else ps.udp_lru
-        heapq.heappush(lru, (flow.last, next(self._tie), flow))
+        tie = self._tie
+        if flow.owner is self.exit.tcp:
+            heapq.heappush(ps.tcp_lru, (flow.last, next(tie), flow))
+            _compact_lru(ps.tcp_lru, ps.live_tcp, self._live_tcp(ps), tie)
+        else:
+            heapq.heappush(ps.udp_lru, (flow.last, next(tie), flow))
+            _compact_lru(ps.udp_lru, len(ps.udp_flows), ps.udp_flows.values(), tie)
         self._compact()
 
     def removed(self, ps: PeerState, flow) -> None:
@@ -350,15 +355,20 @@ def _level_at_most(size: int, cap: int) -> int:
     return level
 
 
+def _compact_lru(heap: list, live: int, flows, tie) -> None:
+    """Rebuild a per-peer heap from its `live` `flows` once stale entries outnumber them (so
+    flows that come and go without an eviction leave no trail); O(1) amortized per push."""
+    if len(heap) > 2 * live + 16:
+        heap[:] = [(f.last, next(tie), f) for f in flows]
+        heapq.heapify(heap)
+
+
 def _least_recent(heap: list, live: int, flows, tie):
     """Pop the least recently active flow from a per-peer heap of (last, tie, flow) entries.
 
     An entry is stale when its flow closed (dropped), became reclaimable (dropped) or was active
-    since (pushed again with its current time). Rebuilt from `flows` when stale entries
-    outnumber the `live` ones."""
-    if len(heap) > 2 * live + 16:
-        heap[:] = [(f.last, next(tie), f) for f in flows]
-        heapq.heapify(heap)
+    since (pushed again with its current time)."""
+    _compact_lru(heap, live, flows, tie)
     while heap:
         last, _, flow = heap[0]
         if flow.closed or flow.reclaimable:

@@ -581,8 +581,15 @@ class TcpConnection:
 
     def _finish(self, reason: str | None) -> None:
         self.state = CLOSED
+        # Nothing is sent any more: drop the sender's reference back to us, so a finished
+        # connection is freed as soon as the shell lets go of it, not by the cycle collector.
+        self.tx.emit = _closed_emit
         self.reset_reason = reason
         self.rx.ack_now = False
         self.rx.delack_deadline = None
         self.tx.rto_deadline = self.tx.persist_deadline = None
         self._events.append(ConnectionClosed())
+
+
+def _closed_emit(seq: int, n: int, fin: bool, now: float) -> None:
+    raise AssertionError("a closed connection sends nothing")
