@@ -19,6 +19,11 @@ clock and no network. The path of a packet:
 3. for the host: fragments through a per-peer `Reassembler`, then TCP (`exit_tcp`), UDP
    (`exit_udp`), ICMP echo (`exit_icmp`), anything else ICMP protocol unreachable.
 
+New flows are admitted, and room made for them, by `exit_limits.Limits` (fair per-peer and
+total limits on flows and TCP buffers). When a peer is removed or loses addresses, the device
+calls `forget_peer`: its flows end at once and nothing more goes toward those addresses, which
+the next owner must not receive.
+
 Replies longer than the MTU are fragmented here: IPv4 with fresh identifications (RFC 6864),
 IPv6 as the source of the packet, which it is (RFC 8200 §4.5). ICMP errors obey `may_send_error`
 and a token bucket per peer (RFC 4443 §2.4(f)), so one peer can neither flood itself with errors
