@@ -110,6 +110,18 @@ def cpu_times(pid: int) -> tuple[float, float, float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick, run, wait
 
 
+def cannot_run(bench: str, tools: tuple[str, ...]) -> bool:
+    """Print why a network-namespace benchmark is skipped (a tool missing, not root)."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            print(f"{bench}: {tool} not installed; skipped")
+            return True
+    if os.geteuid() != 0:
+        print(f"{bench}: needs root (network namespaces); skipped")
+        return True
+    return False
+
+
 def tetherctl_run(conf: Path, *devices: str) -> list[str]:
     """The daemon command line the benchmarks run (quiet logging: logs cost throughput)."""
     return [
@@ -253,12 +265,7 @@ def main() -> int:
         parser.error("--profile and --profile-phases cannot both attach to the daemon")
     if args.profile_phases:
         Path(args.profile_phases).mkdir(parents=True, exist_ok=True)
-    for tool in ("wireguard-go", "wg", "iperf3", "iptables", "ip"):
-        if shutil.which(tool) is None:
-            print(f"bench_exit_iperf: {tool} not installed; skipped")
-            return 0
-    if os.geteuid() != 0:
-        print("bench_exit_iperf: needs root (network namespaces); skipped")
+    if cannot_run("bench_exit_iperf", ("wireguard-go", "wg", "iperf3", "iptables", "ip")):
         return 0
     tests = {
         "TCP upload Mbit/s": ("",),

@@ -3,16 +3,18 @@
 Run: `python fuzz/fuzz_exit.py [corpus_dir] [-max_total_time=60]` (needs atheris).
 The contract under test: `Exit.deliver` and the host-event methods never raise, whatever the
 bytes and whatever order events come in; every packet the exit emits parses and fits the MTU;
-flow counts stay within their limits.
+flow counts and buffer grants stay within their limits and match a recount (`Limits.audit`).
 
 The input is a list of records, each starting with an opcode byte:
   0 raw packet: 2-byte length, then that many bytes, delivered as they are;
   1 structured packet: version/protocol/destination selectors, then a payload, wrapped in an IP
     header with a valid checksum so the fuzzer gets past `parse_ip` into the flow tables;
   2 host event: an event kind and a flow index among the flows the exit has opened;
-  3 time: advance the clock by a byte's worth of steps and run the timers; with bit 2 of the
-    opcode set, instead new destination rules ([Exit] AllowDestinations, DenyDestinations,
-    PeerToPeer) chosen by the next byte.
+  3 time: advance the clock by a byte's worth of steps and run the timers; with the opcode's
+    bits 2-6 all set instead, the peer is forgotten (removed: all of it; with the top bit, it
+    lost 10.9.0.2 only), as the device does when the peer's addresses change; with only bit 2
+    set, new destination rules ([Exit] AllowDestinations, DenyDestinations, PeerToPeer)
+    chosen by the next byte.
 One exit lives across inputs (as in a long-running daemon); its limits are small so they are hit.
 The test Internet (198.51.100.0/24, 2001:db8::/32) is always allowed, as a device file would.
 """
@@ -28,7 +30,13 @@ from tether.netstack.exit_actions import EchoSend, TcpConnect, UdpOpen
 from tether.netstack.ip import build_ipv4, build_ipv6, parse_ip
 
 MTU = 1280
-_CFG = ExitConfig(max_udp_per_peer=8, max_tcp_per_peer=8, max_flows=24, max_echo_per_peer=4)
+_CFG = ExitConfig(
+    max_flows_per_peer=8,
+    max_flows=12,
+    max_echo_per_peer=4,
+    max_buffer=3 << 20,
+    max_buffer_per_peer=2 << 20,
+)
 _INTERNET = ("198.51.100.0/24", "2001:db8::/32")
 _ALLOW = ("10.0.0.0/8", "127.0.0.0/8", "::/0", "64:ff9b:1::/48", "169.254.169.254/32")
 _DENY = ("198.51.100.7/32", "2001:db8::/32", "10.9.0.0/24")
@@ -71,7 +79,7 @@ def _collect() -> None:
     for p in _EXIT.take_outbound():
         assert len(p) <= MTU, len(p)
         parse_ip(p)
-    assert _EXIT.flow_count <= _CFG.max_flows
+    _EXIT.limits.audit()
 
 
 def _host_event(kind: int, index: int, arg: bytes) -> None:
@@ -158,6 +166,9 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
             if pos + 1 < n:
                 _host_event(op >> 2 & 31, data[pos], arg)
             pos += 2 + len(arg)
+        elif op & 0x7C == 0x7C:
+            keep = (lambda src: src != _SRC4[0]) if op & 0x80 else None
+            _EXIT.forget_peer(_PEERS[0], _CLOCK[0], keep)
         elif op & 4:
             b = data[pos] if pos < n else 0
             pos += 1

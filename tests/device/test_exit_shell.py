@@ -417,6 +417,7 @@ def test_selectable_on_a_real_device_via_inside_factory():
 
     from tether.config.exit_settings import ExitSettings
     from tether.device.device import Device
+    from tether.netstack.exit import ExitConfig
     from tether.netstack.exit_policy import HOST, PEER, REFUSE
 
     net = ipaddress.ip_network
@@ -442,7 +443,8 @@ def test_selectable_on_a_real_device_via_inside_factory():
             assert isinstance(shell, ExitShell)
             assert shell.exit.mtu == 1380 and shell.exit.policy.allow_local
             assert shell.exit.config.max_flows == 100
-            assert shell.exit.config.max_peer_buffer_bytes == 1 << 20
+            assert shell.exit.config.max_buffer_per_peer == 1 << 20
+            assert shell.exit.limits.per_peer == 100  # the default 1024, within MaxFlows
             assert classify(bytes([10, 8, 0, 5])) == PEER
             assert classify(bytes([198, 51, 100, 77])) == HOST  # public, but allow_local
             assert device.running_state().exit == settings
@@ -451,9 +453,15 @@ def test_selectable_on_a_real_device_via_inside_factory():
             assert shell.exit.mtu == 1300
             assert classify(bytes([10, 8, 0, 5])) == REFUSE  # a LAN address now
             assert classify(bytes([10, 6, 0, 5])) == PEER
-            device.set_exit(ExitSettings(allow_destinations=(net("10.8.0.0/16"),)))
+            device.set_exit(
+                ExitSettings(allow_destinations=(net("10.8.0.0/16"),), max_flows_per_peer=7)
+            )
             assert classify(bytes([10, 8, 0, 5])) == HOST
             assert classify(bytes([10, 6, 0, 5])) == REFUSE  # peer to peer is off again
+            limits = shell.exit.limits  # limits apply live too; the others are back to defaults
+            defaults = ExitConfig()
+            assert (limits.per_peer, limits.per_peer_buffer) == (7, defaults.max_buffer_per_peer)
+            assert 100 < limits.max_flows <= defaults.max_flows  # the fd limit may cap it
             assert device.running_state().exit.allow_destinations == (net("10.8.0.0/16"),)
         finally:
             device.close()

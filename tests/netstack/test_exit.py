@@ -368,7 +368,7 @@ def test_udp_idle_expiry_unreplied_replied_dns():
 
 
 def test_udp_per_peer_limit_evicts_least_recently_used():
-    h = Harness(config=ExitConfig(max_udp_per_peer=3))
+    h = Harness(config=ExitConfig(max_flows_per_peer=3))
     flows = [udp_flow(h, sport=1000 + i)[0].flow for i in range(3)]
     h.now += 1
     h.deliver(build_udp_packet(PEER4, NET4, 1000, 9000, b"keep me"))
@@ -383,20 +383,32 @@ def test_udp_per_peer_limit_evicts_least_recently_used():
 
 
 def test_udp_eviction_action_order():
-    h = Harness(config=ExitConfig(max_udp_per_peer=1))
+    h = Harness(config=ExitConfig(max_flows_per_peer=1))
     (o1, _) = udp_flow(h, sport=1)
     acts = udp_flow(h, sport=2)
     assert [type(a) for a in acts] == [UdpClose, UdpOpen, UdpSend]
     assert acts[0].flow is o1.flow
 
 
-def test_udp_global_flow_limit_refuses():
+def test_udp_at_the_global_limit_a_peer_at_its_share_recycles_its_own():
     h = Harness(config=ExitConfig(max_flows=2))
-    udp_flow(h, sport=1)
-    udp_flow(h, sport=2, peer=OTHER_KEY)
+    (mine, _) = udp_flow(h, sport=1)
+    (other, _) = udp_flow(h, sport=2, peer=OTHER_KEY)
+    acts = udp_flow(h, sport=3)
+    assert [type(a) for a in acts] == [UdpClose, UdpOpen, UdpSend]
+    assert acts[0].flow is mine.flow and not other.flow.closed
+
+
+def test_udp_global_limit_refuses_when_the_peer_holds_only_live_tcp():
+    h = Harness(config=ExitConfig(max_flows=2))
+    for port in (1, 2):
+        syn = build_segment(PEER4, NET4, 5000 + port, 80, 1, 0, SYN, 65535)
+        h.deliver(ip_packet(PEER4, NET4, PROTO_TCP, syn))
+    h.actions()
     assert udp_flow(h, sport=3) == []
     (err,) = h.out()
     assert icmp_of(err)[1].code == 13
+    assert h.x.stats["refused_flow_limit"] == 1
 
 
 @pytest.mark.parametrize(
@@ -448,7 +460,7 @@ def test_udp_port_zero_and_bad_source_are_dropped():
 
 
 def test_events_for_closed_flows_are_ignored():
-    h = Harness(config=ExitConfig(max_udp_per_peer=1))
+    h = Harness(config=ExitConfig(max_flows_per_peer=1))
     (o, _) = udp_flow(h, sport=1)
     udp_flow(h, sport=2)
     h.x.udp_received(o.flow, b"late", h.now)

@@ -31,6 +31,7 @@ from tether.netstack.ip import (
     parse_ip,
 )
 from tether.netstack.tcp import build_segment
+from tether.netstack.tcp_events import TcpConfig
 from tether.netstack.udp import build_udp_packet
 
 from .test_exit_support import (
@@ -47,7 +48,11 @@ from .test_exit_support import (
 )
 
 MTU = 1280
-CFG = ExitConfig(max_udp_per_peer=4, max_tcp_per_peer=3, max_flows=8, max_echo_per_peer=3)
+# Small limits so they are hit; the buffer budgets fit a few grants (1 MiB buffers at most).
+CFG = ExitConfig(
+    max_flows_per_peer=5, max_flows=8, max_echo_per_peer=3, max_buffer=1 << 20,
+    max_buffer_per_peer=600_000, tcp=TcpConfig(recv_buffer=128 << 10, send_buffer=128 << 10),
+)  # fmt: skip
 DST4 = [NET4, OWN4, bytes([10, 9, 0, 3]), bytes([127, 0, 0, 1]), bytes([224, 0, 0, 1]),
         bytes([10, 9, 0, 255]), bytes([198, 51, 100, 8])]  # fmt: skip
 DST6 = [NET6, OWN6, PEER6[:15] + b"\x09", bytes(15) + b"\x01", b"\xff\x02" + bytes(13) + b"\x01"]
@@ -123,6 +128,9 @@ class Checker:
                 self.echoes.append(a)
                 continue
             flow = a.flow
+            if t is TcpClose and a.abort and self.closed.get(flow) == "clean":
+                self.closed[flow] = "aborted"  # a removed peer's draining close cut short
+                continue
             assert flow not in self.closed, a
             if t in (UdpOpen, TcpConnect):
                 assert flow not in self.open
@@ -130,7 +138,7 @@ class Checker:
                 continue
             assert flow in self.open, a
             if t in (UdpClose, TcpClose):
-                self.closed[flow] = True
+                self.closed[flow] = "clean" if t is TcpClose and not a.abort else True
                 del self.open[flow]
             elif t is TcpWrite:
                 assert flow not in self.shut and len(a.data) > 0
@@ -141,10 +149,8 @@ class Checker:
         for p in self.h.out():
             assert len(p) <= MTU
             parse_ip(p)  # well-formed (IPv4 header checksum included)
-        assert self.h.x.flow_count <= CFG.max_flows
+        self.h.x.limits.audit()
         for ps in self.h.x._peers.values():
-            assert len(ps.udp_flows) <= CFG.max_udp_per_peer
-            assert 0 <= ps.tcp <= CFG.max_tcp_per_peer
             assert 0 <= ps.echo <= CFG.max_echo_per_peer
 
 
@@ -194,8 +200,13 @@ def test_random_traffic_and_host_events(data):
     h = Harness(mtu=MTU, config=CFG)
     c = Checker(h)
     for _ in range(data.draw(st.integers(1, 40))):
-        op = data.draw(st.sampled_from(["pkt", "pkt", "pkt", "host", "host", "host", "time"]))
-        if op == "pkt":
+        op = data.draw(
+            st.sampled_from(["pkt", "pkt", "pkt", "host", "host", "host", "time", "forget"])
+        )
+        if op == "forget":  # the peer was removed (all) or lost PEER4 (keep the rest)
+            keep = data.draw(st.sampled_from([None, lambda src: src != PEER4]))
+            h.x.forget_peer(data.draw(st.sampled_from([PEER_KEY, OTHER_KEY])), h.now, keep)
+        elif op == "pkt":
             peer = data.draw(st.sampled_from([PEER_KEY, OTHER_KEY]))
             for p in data.draw(packets()):
                 h.deliver(p, peer)

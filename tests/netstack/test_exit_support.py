@@ -8,6 +8,14 @@ re-ACKed), and go-back-N retransmission when asked to. It verifies every checksu
 
 from __future__ import annotations
 
+from tether.netstack.exit_actions import (
+    TcpClose,
+    TcpConnect,
+    TcpPauseReading,
+    TcpResumeReading,
+    TcpShutdown,
+    TcpWrite,
+)
 from tether.netstack.ip import PROTO_TCP, build_ipv4, build_ipv6, parse_ip
 from tether.netstack.tcp import ACK, FIN, PSH, RST, SYN, build_segment, parse_segment
 
@@ -223,3 +231,79 @@ class Harness:
             self.x.on_timer(self.now)
         self.now = t
         self.x.on_timer(t)
+
+
+# -- a fake host for TCP flows ---------------------------------------------------------------
+
+
+class FakeHost:
+    """Executes the exit's TCP actions against in-memory 'sockets'; with `auto_connect`, every
+    connect succeeds at once."""
+
+    def __init__(self, h: Harness, auto_connect: bool = False) -> None:
+        self.h = h
+        self.auto_connect = auto_connect
+        self.connects: list = []
+        self.written: dict = {}
+        self.shutdown: set = set()
+        self.closed: dict = {}
+        self.paused: set = set()
+        self.log: list = []
+        self.elsewhere: list[bytes] = []
+
+    def run(self) -> None:
+        for a in self.h.actions():
+            self.log.append(a)
+            t = type(a)
+            if t is TcpConnect:
+                self.connects.append(a.flow)
+                if self.auto_connect:
+                    self.h.x.tcp_connected(a.flow, self.h.now)
+            elif t is TcpWrite:
+                assert a.flow not in self.shutdown and a.flow not in self.closed
+                self.written.setdefault(a.flow, bytearray()).extend(a.data)
+            elif t is TcpShutdown:
+                self.shutdown.add(a.flow)
+            elif t is TcpClose:
+                # Only an abort may follow a clean close (a removed peer's draining socket).
+                assert a.flow not in self.closed or (a.abort and self.closed[a.flow] is False)
+                self.closed[a.flow] = a.abort
+            elif t is TcpPauseReading:
+                self.paused.add(a.flow)
+            elif t is TcpResumeReading:
+                self.paused.discard(a.flow)
+
+
+def exchange(
+    h: Harness, host: FakeHost, client: PeerTcp, packets: list[bytes], rounds=1000, peer=PEER_KEY
+):
+    """Deliver client packets (from `peer`); feed the exit's output back to the client until
+    quiet. Packets for other connections (resets of evicted ones) go to `host.elsewhere`."""
+    for _ in range(rounds):
+        for p in packets:
+            h.deliver(p, peer)
+        host.run()
+        out = h.out()
+        packets = []
+        for p in out:
+            ip = parse_ip(p)
+            if ip.dst == client.src and ip.payload[2:4] == client.sport.to_bytes(2, "big"):
+                packets += client.receive(p)
+            else:
+                host.elsewhere.append(p)
+        packets += client.output()
+        host.run()
+        if not packets and not out:
+            return
+
+
+def open_connection(h, host, client, peer=PEER_KEY):
+    before = len(host.connects)
+    exchange(h, host, client, [client.syn()], peer=peer)
+    (flow,) = host.connects[before:]
+    if not host.auto_connect:
+        assert client.state == "SYN_SENT"  # no SYN-ACK before the host connected
+        h.x.tcp_connected(flow, h.now)
+        exchange(h, host, client, [], peer=peer)
+    assert client.state == "ESTABLISHED"
+    return flow

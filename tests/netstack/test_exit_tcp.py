@@ -11,9 +11,6 @@ import pytest
 from tether.netstack.exit import ExitConfig
 from tether.netstack.exit_actions import (
     TcpClose,
-    TcpConnect,
-    TcpPauseReading,
-    TcpResumeReading,
     TcpShutdown,
     TcpWrite,
 )
@@ -22,65 +19,18 @@ from tether.netstack.icmp import parse_icmp
 from tether.netstack.ip import PROTO_TCP, ipv4_header, parse_ip
 from tether.netstack.tcp import ACK, RST, SYN, build_segment, parse_segment
 
-from .test_exit_support import NET4, NET6, PEER4, PEER6, Harness, PeerTcp, ip_packet
-
-
-class FakeHost:
-    """Executes the exit's TCP actions against in-memory 'sockets'."""
-
-    def __init__(self, h: Harness) -> None:
-        self.h = h
-        self.connects: list = []
-        self.written: dict = {}
-        self.shutdown: set = set()
-        self.closed: dict = {}
-        self.paused: set = set()
-        self.log: list = []
-
-    def run(self) -> None:
-        for a in self.h.actions():
-            self.log.append(a)
-            t = type(a)
-            if t is TcpConnect:
-                self.connects.append(a.flow)
-            elif t is TcpWrite:
-                assert a.flow not in self.shutdown and a.flow not in self.closed
-                self.written.setdefault(a.flow, bytearray()).extend(a.data)
-            elif t is TcpShutdown:
-                self.shutdown.add(a.flow)
-            elif t is TcpClose:
-                assert a.flow not in self.closed
-                self.closed[a.flow] = a.abort
-            elif t is TcpPauseReading:
-                self.paused.add(a.flow)
-            elif t is TcpResumeReading:
-                self.paused.discard(a.flow)
-
-
-def exchange(h: Harness, host: FakeHost, client: PeerTcp, packets: list[bytes], rounds=1000):
-    """Deliver client packets; feed the exit's output back to the client until quiet."""
-    for _ in range(rounds):
-        for p in packets:
-            h.deliver(p)
-        host.run()
-        out = h.out()
-        packets = []
-        for p in out:
-            packets += client.receive(p)
-        packets += client.output()
-        host.run()
-        if not packets and not out:
-            return
-
-
-def open_connection(h, host, client):
-    exchange(h, host, client, [client.syn()])
-    (flow,) = host.connects
-    assert client.state == "SYN_SENT"  # no SYN-ACK before the host connected
-    h.x.tcp_connected(flow, h.now)
-    exchange(h, host, client, [])
-    assert client.state == "ESTABLISHED"
-    return flow
+from .test_exit_support import (
+    NET4,
+    NET6,
+    PEER4,
+    PEER6,
+    FakeHost,
+    Harness,
+    PeerTcp,
+    exchange,
+    ip_packet,
+    open_connection,
+)
 
 
 @pytest.mark.parametrize("src, dst", [(PEER4, NET4), (PEER6, NET6)])
@@ -263,7 +213,7 @@ def test_host_reading_pauses_when_the_send_buffer_is_full_and_resumes():
         h.x.tcp_data(flow, b"z" * n, h.now)
         total += n
     host.run()
-    assert flow in host.paused and total == h.x.config.tcp.send_buffer
+    assert flow in host.paused and total == flow.conn.buffer_sizes[1] == 64 * 1024  # granted
     assert h.x.tcp_read_budget(flow) == 0
     client.window = 0xFFFF
     for _ in range(1000):
@@ -272,7 +222,7 @@ def test_host_reading_pauses_when_the_send_buffer_is_full_and_resumes():
         if flow not in host.paused:
             break
     assert flow not in host.paused
-    assert h.x.tcp_read_budget(flow) >= h.x.config.tcp.send_buffer // 4
+    assert h.x.tcp_read_budget(flow) >= flow.conn.buffer_sizes[1] // 4
 
 
 def test_peer_reset_aborts_the_host_socket():
@@ -330,7 +280,7 @@ def test_new_syn_during_time_wait_opens_a_new_connection():
 
 
 def test_per_peer_tcp_limit_answers_rst():
-    h = Harness(config=ExitConfig(max_tcp_per_peer=2))
+    h = Harness(config=ExitConfig(max_flows_per_peer=2))
     host = FakeHost(h)
     for port in (1, 2, 3):
         syn = build_segment(PEER4, NET4, 50000 + port, 80, 9, 0, SYN, 65535)
@@ -339,17 +289,6 @@ def test_per_peer_tcp_limit_answers_rst():
     assert len(host.connects) == 2
     (rst,) = h.out()
     assert parse_segment(NET4, PEER4, parse_ip(rst).payload).flags == RST | ACK
-
-
-def test_peer_buffer_budget_bounds_connections():
-    cfg = ExitConfig(max_peer_buffer_bytes=3 << 20)  # 1.5 MiB per connection by default
-    h = Harness(config=cfg)
-    host = FakeHost(h)
-    for port in range(5):
-        syn = build_segment(PEER4, NET4, 51000 + port, 80, 9, 0, SYN, 65535)
-        h.deliver(ip_packet(PEER4, NET4, PROTO_TCP, syn))
-    host.run()
-    assert len(host.connects) == 2
 
 
 @pytest.mark.parametrize("src, dst", [(PEER4, NET4), (PEER6, NET6)])

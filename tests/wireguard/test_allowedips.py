@@ -203,3 +203,11 @@ def test_matches_brute_force(ops, probes):
     addresses += [n.network_address for n in owners] + [n.broadcast_address for n in owners]
     for address in addresses:
         assert table.lookup(address.packed) is brute_force(owners, address), address
+    for network in probes + list(owners):
+        covering = [
+            (n.prefixlen, p)
+            for n, p in owners.items()
+            if n.version == network.version and network.subnet_of(n)
+        ]
+        expected = max(covering, key=lambda m: m[0])[1] if covering else None
+        assert table.owner_of(network) is expected, network

@@ -336,3 +336,28 @@ def test_reject_after_messages_forces_a_new_session():
     p.a_sends(b"next")
     assert p.ab.current is not old
     assert payloads(p.b.delivered) == [b"last", b"next"]
+
+
+def test_routes_lost_names_every_peer_that_lost_addresses():
+    """The shell ends exit flows of these peers (tests/device/test_device_forget.py)."""
+    core = WireGuardCore(keys.decode(keys.genkey()))
+    a, b = (keys.public_from_private(keys.generate_private()) for _ in range(2))
+    core.add_or_update_peer(a, now=0.0, allowed_ips=["10.0.0.0/24", "10.1.0.2/32"])
+    core.add_or_update_peer(b, now=0.0, allowed_ips=["10.2.0.2/32"])
+    assert core.routes_lost == set()
+    core.add_or_update_peer(a, now=0.0, allowed_ips=["10.1.0.3/32"])  # an addition loses nothing
+    core.add_or_update_peer(b, now=0.0, allowed_ips=["10.0.0.7/32"])  # inside a's /24
+    assert core.routes_lost == {a}
+    core.routes_lost.clear()
+    core.add_or_update_peer(b, now=0.0, allowed_ips=["10.0.0.0/16"])  # covers a's: a keeps them
+    assert core.routes_lost == set()
+    core.add_or_update_peer(
+        a, now=0.0, allowed_ips=["10.0.0.0/24", "10.1.0.2/32", "10.1.0.3/32"],
+        replace_allowed_ips=True,
+    )  # fmt: skip
+    assert core.routes_lost == set()  # the same set again
+    core.add_or_update_peer(a, now=0.0, remove_allowed_ips=["10.1.0.3/32"])
+    assert core.routes_lost == {a}
+    core.routes_lost.clear()
+    core.remove_peer(b, 0.0)
+    assert core.routes_lost == {b}

@@ -54,7 +54,9 @@ _GSO_SIZE = struct.Struct("=H")
 
 
 class Inside(Protocol):
-    """Where decrypted packets go, and where packets toward peers come from."""
+    """Where decrypted packets go, and where packets toward peers come from. Optional:
+    `set_mtu(mtu)`, `set_addresses(list)`, and `forget_peer(peer_key, now, keep=None)`, which
+    ends what the inside holds for a peer's source addresses (all, or those `keep(src)` rejects)."""
 
     def deliver(self, peer_key: bytes, packet: bytes, now: float) -> None: ...
 
@@ -259,6 +261,7 @@ class Device:
 
     def remove_peer(self, public_key: bytes) -> None:
         self.core.remove_peer(public_key, time.monotonic())
+        self.process_pending()
 
     # -- data path ---------------------------------------------------------------------------
 
@@ -290,6 +293,8 @@ class Device:
         has for peers, and rearm the timer. The inside calls this after host-side IO."""
         core = self.core
         inside = self.inside
+        if core.routes_lost:
+            self._end_lost_flows()
         for _ in range(4):  # inside replies may produce more core output; bounded passes
             if core.delivered:
                 delivered, core.delivered = core.delivered, []
@@ -308,6 +313,25 @@ class Device:
             if not core.delivered and not core.outgoing:
                 break
         self._rearm()
+
+    def _end_lost_flows(self) -> None:
+        """Peers were removed or lost addresses (the file, the API through it, `wg set`, a key
+        change): the inside ends what it holds for the addresses they lost, at once and without
+        a word toward the tunnel, since replies are routed by destination address and the next
+        owner of an address must not receive the old owner's streams. Every configuration path
+        ends in `process_pending`, so this one place covers them all."""
+        lost, self.core.routes_lost = self.core.routes_lost, set()
+        forget = getattr(self.inside, "forget_peer", None)
+        if forget is None:
+            return
+        now = time.monotonic()
+        lookup = self.core.allowed_ips.lookup
+        for key in lost:
+            peer = self.core.peers.get(key)
+            if peer is None:
+                forget(key, now)
+            else:  # still a peer: keep the flows of addresses still routed to it
+                forget(key, now, keep=lambda src, peer=peer: lookup(src) is peer)
 
     def _flush(self) -> None:
         """Send the core's datagrams. A run of equal-sized datagrams to one endpoint (the full

@@ -34,6 +34,7 @@ import struct
 import time
 from dataclasses import replace
 
+from tether import keys
 from tether.device.exit_shell_host import Pinger, discover_host_addresses, raise_nofile_limit
 from tether.netstack.exit import Exit, ExitConfig
 from tether.netstack.exit_actions import (
@@ -62,16 +63,19 @@ _IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
-def with_limits(config: ExitConfig, settings) -> ExitConfig:
-    """`config` with the `[Exit]` limits that have an ExitConfig field; None keeps its value."""
-    if settings is None:
-        return config
-    changes = {}
-    if settings.max_flows is not None:
-        changes["max_flows"] = settings.max_flows
-    if settings.max_buffer_per_peer is not None:
-        changes["max_peer_buffer_bytes"] = settings.max_buffer_per_peer
-    return replace(config, **changes) if changes else config
+LIMIT_FIELDS = ("max_flows", "max_flows_per_peer", "max_buffer", "max_buffer_per_peer")
+
+
+def limits_from(settings, base: ExitConfig, fd_cap: int) -> dict[str, int]:
+    """The exit's four limits from an `[Exit]` section (an ExitSettings; None: a file without
+    one): a limit the section leaves out is `base`'s. The total number of flows is capped by
+    the file descriptors this process may open (`fd_cap`), since each flow holds one."""
+    limits = {}
+    for name in LIMIT_FIELDS:
+        value = getattr(settings, name, None) if settings is not None else None
+        limits[name] = value if value is not None else getattr(base, name)
+    limits["max_flows"] = max(16, min(limits["max_flows"], fd_cap))
+    return limits
 
 
 class _TcpSock:
@@ -108,10 +112,9 @@ class ExitShell:
         self.device = device
         self.loop = device.loop
         settings = getattr(device, "exit_settings", None)
-        cfg = with_limits(config or ExitConfig(), settings)
-        fd_limit = raise_nofile_limit()
-        if cfg.max_flows > fd_limit - _FD_RESERVE:
-            cfg = replace(cfg, max_flows=max(16, fd_limit - _FD_RESERVE))
+        self._base = config or ExitConfig()
+        self._fd_cap = raise_nofile_limit() - _FD_RESERVE
+        cfg = replace(self._base, **limits_from(settings, self._base, self._fd_cap))
         if mtu is None:
             mtu = device.core.mtu
         self.exit = Exit(
@@ -169,13 +172,22 @@ class ExitShell:
         self.exit.set_addresses(addresses)
 
     def set_exit(self, settings) -> None:
-        """The `[Exit]` section (an ExitSettings). Its destination rules apply at once to every
-        packet from now on; a connection already open to a destination that is now refused
-        keeps running until it ends (see `Exit.set_rules`). Its limits were read when the exit
-        was made (`with_limits`)."""
+        """The `[Exit]` section (an ExitSettings), applied at once: its destination rules to
+        every packet from now on (a connection already open to a destination that is now
+        refused keeps running until it ends, see `Exit.set_rules`), its limits to every new flow
+        and grant (see `Exit.set_limits` for holdings above a lowered limit)."""
         self.exit.set_rules(
             settings.allow_destinations, settings.deny_destinations, settings.peer_to_peer
         )
+        self.exit.set_limits(**limits_from(settings, self._base, self._fd_cap))
+
+    def forget_peer(self, peer_key: bytes, now: float, keep=None) -> None:
+        """The peer was removed or lost addresses: its flows end now (`Exit.forget_peer`); the
+        device's `process_pending`, which follows, closes their sockets."""
+        n = self.exit.forget_peer(peer_key, now, keep)
+        if n:
+            what = "was removed" if keep is None else "lost addresses"
+            log.info("exit: peer %s %s: ended %d exit flows", keys.encode(peer_key), what, n)
 
     def close(self) -> None:
         if self.closed:

@@ -20,6 +20,11 @@ clock and no network. The path of a packet:
 3. for the host: fragments through a per-peer `Reassembler`, then TCP (`exit_tcp`), UDP
    (`exit_udp`), ICMP echo (`exit_icmp`), anything else ICMP protocol unreachable.
 
+New flows are admitted, and room made for them, by `exit_limits.Limits` (fair per-peer and
+total limits on flows and TCP buffers). When a peer is removed or loses addresses, the device
+calls `forget_peer`: its flows end at once and nothing more goes toward those addresses, which
+the next owner must not receive.
+
 Replies longer than the MTU are fragmented here: IPv4 with fresh identifications (RFC 6864),
 IPv6 as the source of the packet, which it is (RFC 8200 §4.5). ICMP errors obey `may_send_error`
 and a token bucket per peer (RFC 4443 §2.4(f)), so one peer can neither flood itself with errors
@@ -36,15 +41,15 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tether.netstack.exit_icmp import EchoTable
+from tether.netstack.exit_limits import Limits, PeerState
 from tether.netstack.exit_policy import DROP, HOST, OWN, PEER, ExitPolicy, decrement_ttl
 from tether.netstack.exit_tcp import TcpTable
 from tether.netstack.exit_udp import UdpTable
 from tether.netstack.fragments import Reassembler
 from tether.netstack.icmp import (
-    ErrorRateLimiter,
     IcmpError,
     build_error,
     may_send_error,
@@ -83,16 +88,14 @@ class ExitConfig:
     udp_idle: float = 120.0
     udp_idle_unreplied: float = 30.0
     udp_idle_dns: float = 10.0
-    max_udp_per_peer: int = 1024  # at the limit the peer's least recently used flow is evicted
-    max_tcp_per_peer: int = 512  # the buffer budget below makes it 256 with default buffers
+    # Limits (see `exit_limits` for how they are shared fairly). Flows are TCP and UDP together:
+    # each is a host socket. Buffers are the TCP connections' worst-case memory, granted and
+    # grown within these budgets.
+    max_flows: int = 16384  # all peers
+    max_flows_per_peer: int = 1024
+    max_buffer: int = 1 << 30  # all peers
+    max_buffer_per_peer: int = 128 << 20
     max_echo_per_peer: int = 64  # outstanding echo requests
-    max_flows: int = 16384  # all peers together: each flow is a host file descriptor
-    # Bound on the TCP buffer memory one peer can tie up. A connection holds at most its receive
-    # buffer, its send buffer, and one receive buffer's worth written to the shell but not yet
-    # to the host socket (the exit stops writing while the shell is blocked), so a connection
-    # is admitted only while (connections + 1) * (2 * recv_buffer + send_buffer) fits.
-    # With the defaults (512 KiB buffers): 256 connections.
-    max_peer_buffer_bytes: int = 384 << 20
     echo_timeout: float = 10.0  # an unanswered echo request is forgotten after this
     reassembly_bytes_per_peer: int = 1 << 20
     reassembly_datagrams_per_peer: int = 64
@@ -100,21 +103,10 @@ class ExitConfig:
     icmp_error_burst: float = 50.0
     tcp: TcpConfig = field(default_factory=TcpConfig)
 
-
-class PeerState:
-    """Per-peer accounting: flow counts for the limits, fragments, the ICMP error bucket, and
-    how many packets the policy refused (so it goes when the peer's state goes)."""
-
-    __slots__ = ("key", "udp_flows", "tcp", "echo", "reassembler", "limiter", "refused")
-
-    def __init__(self, key: bytes, config: ExitConfig) -> None:
-        self.key = key
-        self.udp_flows: dict = {}  # flow key -> UdpFlow, oldest first
-        self.tcp = 0
-        self.echo = 0
-        self.reassembler: Reassembler | None = None
-        self.limiter = ErrorRateLimiter(config.icmp_error_rate, config.icmp_error_burst)
-        self.refused = 0
+    def __post_init__(self) -> None:
+        for name in ("max_flows", "max_flows_per_peer", "max_buffer", "max_buffer_per_peer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
 
 
 class Exit:
@@ -156,6 +148,7 @@ class Exit:
         self._tie = itertools.count()
         self._ident4 = 0
         self._ident6 = 0
+        self.limits = Limits(self, cfg)
         self.udp = UdpTable(self, cfg)
         self.tcp = TcpTable(self, cfg, isn=isn)
         self.echo = EchoTable(self, cfg)
@@ -173,6 +166,14 @@ class Exit:
         that is now refused keep running until they end (a NAT that tightens its filter does
         not cut existing connections either); new ones are refused."""
         self.policy.set_rules(allow, deny, peer_to_peer)
+
+    def set_limits(self, **limits: int) -> None:
+        """New flow and buffer limits (`max_flows`, `max_flows_per_peer`, `max_buffer`,
+        `max_buffer_per_peer`) from now on; see `Limits.configure` for what happens to holdings
+        above a lowered limit. ValueError (nothing changed) for a value below 1."""
+        config = replace(self.config, **limits)
+        self.config = config
+        self.limits.configure(config)
 
     def refusals(self) -> dict[bytes, int]:
         """Packets refused by the policy, per peer key (peers with none are left out). One
@@ -283,6 +284,30 @@ class Exit:
         if ip.version == 6 and ip.protocol == PROTO_IPV6_NONXT:
             return  # "no next header": nothing follows, nothing to complain about
         self.error(peer_key, ip, IcmpError.PROTOCOL_UNREACHABLE, now)
+
+    def forget_peer(self, peer_key: bytes, now: float, keep=None) -> int:
+        """End what the exit holds for a peer that was removed or lost addresses: its flows
+        (host sockets closed, TCP aborted with RST toward the server), echo requests, fragments,
+        and packets already queued toward its addresses, at once. Nothing more is sent toward
+        the tunnel for them: the address may belong to another peer now, and replies are
+        routed by destination address. With `keep(src)`, flows whose source address it
+        accepts (still routed to this peer) stay. Returns the number of flows ended."""
+        self.now = now
+        ps = self._peers.get(peer_key)
+        if ps is None:
+            return 0
+        gone: set[bytes] = set()
+        ended = self.tcp.forget(ps, keep, gone) + self.udp.forget(ps, keep, gone)
+        self.echo.forget(ps, keep, gone)
+        if ps.reassembler is not None:
+            ps.reassembler = None
+            self._reassembling.discard(ps)
+        if gone and self._out:
+            self._out[:] = [p for p in self._out if _destination(p) not in gone]
+        if keep is None:
+            del self._peers[peer_key]
+        self.stats["flows_forgotten"] += ended
+        return ended
 
     # -- helpers for the flow tables -------------------------------------------------------
 
@@ -485,3 +510,8 @@ class Exit:
         actions = self._actions[:]
         self._actions.clear()
         return actions
+
+
+def _destination(packet: bytes) -> bytes:
+    """The destination address of an IP packet the exit built (IPv4 or IPv6)."""
+    return packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]

@@ -64,7 +64,8 @@ class TcpShutdown(NamedTuple):
 class TcpClose(NamedTuple):
     """Close the host socket, also aborting a connect in progress. `abort`: reset it at once
     (SO_LINGER 0, pending data discarded: the peer's side was reset); otherwise close after
-    pending data has been written."""
+    pending data has been written. An abort may follow a clean close of the same flow (its peer
+    was removed while the shell was still writing): it cuts the writing short."""
 
     flow: TcpFlow
     abort: bool

@@ -119,6 +119,19 @@ class EchoTable:
             p.peer.echo -= 1
             self.exit.stats["echo_timed_out"] += 1
 
+    def forget(self, ps, keep, gone: set) -> None:
+        """Forget the peer's outstanding requests whose source `keep` rejects (all without it):
+        a late reply must not reach the next owner of the address. See `Exit.forget_peer`."""
+        if not ps.echo:
+            return
+        pending = self.pending
+        for key in [k for k, p in pending.items() if p.peer is ps]:
+            p = pending[key]
+            if keep is None or not keep(p.src):
+                gone.add(p.src)
+                del pending[key]
+                ps.echo -= 1
+
     def close_all(self) -> None:
         for p in self.pending.values():
             p.peer.echo -= 1

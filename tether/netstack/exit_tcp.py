@@ -19,6 +19,10 @@ Life of a flow:
    FIN. Once both directions are finished the host socket is closed; the connection itself
    lingers in TIME-WAIT to re-ACK a lost FIN. A reset either way resets the other side
    (`TcpClose(abort=True)` / RST).
+4. Limits (`exit_limits`): a SYN is admitted only if the peer and the device have room for
+   another flow and its buffers; the connection starts with small buffers that grow while
+   they are what limits the transfer; once it has delivered everything both ways it releases
+   its buffers and may be reclaimed for a new connection.
 
 Work per peer segment: parse, one dict lookup, `receive_segment`, and putting the flow on the
 dirty list. Everything else (events, host writes, segments to send, timers) happens once per
@@ -111,9 +115,16 @@ class TcpFlow:
         "host_closed",
         "closed",
         "backlog",
+        "last",
+        "reclaimable",
+        "grant",
+        "recv_level",
+        "send_level",
     )
 
-    def __init__(self, key, peer, owner, conn: TcpConnection, ip: IPPacket, dport: int) -> None:
+    def __init__(
+        self, key, peer, owner, conn: TcpConnection, ip: IPPacket, dport: int, now: float
+    ) -> None:
         self.key = key
         self.peer = peer
         self.owner = owner
@@ -136,6 +147,11 @@ class TcpFlow:
         self.host_closed = False  # TcpClose issued
         self.closed = False  # gone from the table
         self.backlog: bytearray | None = None
+        self.last = now  # the peer's last segment: eviction picks the least recently active
+        self.reclaimable = False  # delivered everything; droppable to make room (exit_limits)
+        self.grant = 0  # buffer bytes reserved for it; the sizes are the configured ones
+        self.recv_level = 0  # shifted right by these levels
+        self.send_level = 0
 
     def __repr__(self) -> str:
         return f"<TcpFlow ->{self.host}:{self.port} {self.conn.state.value}>"
@@ -153,11 +169,7 @@ class TcpTable:
         # RFC 6528 asks for unpredictable ISNs; the exit is always the passive side, so a
         # random one per connection does (the peer picks the 4-tuples).
         self._isn = isn or random.SystemRandom().getrandbits
-        self._resume_at = max(1, self.tcp_config.send_buffer // 4)
-        per_conn = 2 * self.tcp_config.recv_buffer + self.tcp_config.send_buffer
-        self._peer_limit = min(
-            config.max_tcp_per_peer, max(1, config.max_peer_buffer_bytes // per_conn)
-        )
+        self.limits = exit_.limits
 
     # -- from the peer -----------------------------------------------------------------------
 
@@ -168,6 +180,7 @@ class TcpTable:
         syn_only = seg.flags & (SYN | ACK | RST) == SYN
         if flow is not None:
             conn = flow.conn
+            flow.last = now
             if conn.state is not _CLOSED:
                 conn.receive_segment(seg, now)
                 if not flow.dirty:
@@ -189,9 +202,14 @@ class TcpTable:
             ex.stats["drop_tcp_bad_port_or_source"] += 1
             return
         ps = ex.peer(peer_key)
-        if ps.tcp >= self._peer_limit or ex.flow_count >= self.config.max_flows:
+        limits = self.limits
+        if not limits.admit(ps):
             ex.stats["refused_flow_limit"] += 1
-            self._reset(ip, seg)
+            self._refuse(ps, ip, seg, now)
+            return
+        granted = limits.grant(ps)
+        if granted is None:
+            self._refuse(ps, ip, seg, now)
             return
         conn = TcpConnection(
             seg,
@@ -202,13 +220,26 @@ class TcpTable:
             mtu=ex.mtu,
             config=self.tcp_config,
         )
-        flow = TcpFlow(key, ps, self, conn, ip, seg.dport)
+        flow = TcpFlow(key, ps, self, conn, ip, seg.dport, now)
+        flow.recv_level, flow.send_level, flow.grant = granted
+        conn.set_buffer_sizes(*limits.sizes(flow))
         self.flows[key] = flow
-        ps.tcp += 1
+        ps.tcp[key] = flow
+        limits.added(ps, flow)
         self._act(TcpConnect(flow))
         flow.dirty = True
         self._dirty.append(flow)
         ex.stats["tcp_flows_opened"] += 1
+
+    def _refuse(self, ps, ip: IPPacket, seg, now: float) -> None:
+        """A SYN over a limit: RST, so the app fails fast, within the peer's ICMP error budget
+        (`Exit.error`); beyond it the SYN is dropped and the peer's stack retries later. A
+        peer hammering its limit thus slows itself down instead of costing the exit an RST
+        (a packet to build, encrypt and send) per SYN."""
+        if ps.limiter.allow(now):
+            self._reset(ip, seg)
+        else:
+            self.exit.stats["refused_silently"] += 1
 
     def _reset(self, ip: IPPacket, seg) -> None:
         """RST for a segment that matches no connection (RFC 9293 §3.10.7.1)."""
@@ -353,6 +384,8 @@ class TcpTable:
         act = self._act
         if flow.connected and not flow.host_closed:
             if conn.rcv_available and (not flow.blocked or conn.state is _CLOSED):
+                if flow.recv_level and conn.receive_window_used():
+                    self._grow(flow, True)  # the peer waits for window while the host keeps up
                 act(TcpWrite(flow, conn.read_for_host()))
             if conn.peer_eof and not flow.shutdown_sent and not conn.rcv_available:
                 flow.shutdown_sent = True
@@ -363,9 +396,12 @@ class TcpTable:
                 if not flow.backlog and flow.eof_pending:
                     flow.eof_pending = False
                     conn.host_eof(now)
-            if flow.paused and not flow.host_eof and conn.host_send_space() >= self._resume_at:
-                flow.paused = False
-                act(TcpResumeReading(flow))
+            if flow.paused and not flow.host_eof:
+                if flow.send_level and conn.send_buffer_in_flight():
+                    self._grow(flow, False)  # the host has more; the buffer is all in flight
+                if conn.host_send_space() >= max(1, conn.buffer_sizes[1] // 4):
+                    flow.paused = False
+                    act(TcpResumeReading(flow))
         segments = conn.segments_to_send(now)
         if segments:
             wrap = flow.wrap
@@ -378,9 +414,15 @@ class TcpTable:
         if flow.host_eof and flow.shutdown_sent and not flow.host_closed:
             flow.host_closed = True  # both directions done: the host socket has no more use
             act(TcpClose(flow, False))
+        if flow.host_closed and not flow.reclaimable and conn.finished:
+            self.limits.set_reclaimable(flow)
         d = conn.timer_deadline()
         if d is not None:
             self.exit.arm(d, flow)
+
+    def _grow(self, flow: TcpFlow, recv: bool) -> None:
+        if self.limits.grow(flow, recv):
+            flow.conn.set_buffer_sizes(*self.limits.sizes(flow))
 
     def _remove(self, flow: TcpFlow, now: float) -> None:
         conn = flow.conn
@@ -390,22 +432,59 @@ class TcpTable:
             self._act(TcpClose(flow, abort))
         if conn.reset_reason == "connect-timeout":
             self._unreachable(flow, IcmpError.HOST_UNREACHABLE, now)
+        self._forget(flow)
+        self.exit.stats["tcp_flows_closed"] += 1
+
+    def _forget(self, flow: TcpFlow) -> None:
         flow.closed = True
         flow.armed = None
         flow.syn = None
         flow.backlog = None
         if self.flows.get(flow.key) is flow:
             del self.flows[flow.key]
-        flow.peer.tcp -= 1
-        self.exit.stats["tcp_flows_closed"] += 1
+        ps = flow.peer
+        if ps.tcp.get(flow.key) is flow:
+            del ps.tcp[flow.key]
+            self.limits.removed(ps, flow)
+
+    def _drop(self, flow: TcpFlow) -> None:
+        """Forget a connection without a word to the peer; the host socket is aborted (RST to
+        the server) unless it was closed cleanly already."""
+        if not flow.host_closed:
+            flow.host_closed = True
+            self._act(TcpClose(flow, True))
+        self._forget(flow)
+
+    def evict(self, flow: TcpFlow, reset: bool) -> None:
+        """Make room (`exit_limits`): a reclaimable connection is dropped silently (it has
+        delivered everything); a live one is reset both ways."""
+        if flow.closed:
+            return
+        if reset:
+            flow.conn.host_reset(self.exit.now)
+            self._service(flow, self.exit.now)
+            if not flow.closed:
+                self._drop(flow)
+        else:
+            self._drop(flow)
+
+    def forget(self, ps, keep, gone: set) -> int:
+        """End the peer's connections whose source `keep` rejects (all without `keep`): the
+        host socket aborted, nothing sent to the peer; their sources go into `gone`. See
+        `Exit.forget_peer`."""
+        n = 0
+        for flow in list(ps.tcp.values()):
+            src = flow.key[1]
+            if keep is None or not keep(src):
+                gone.add(src)
+                if flow.host_closed and not flow.closed:
+                    self._act(TcpClose(flow, True))  # still draining in the shell: abort
+                self._drop(flow)
+                n += 1
+        return n
 
     def close_all(self) -> None:
         for flow in list(self.flows.values()):
-            if not flow.host_closed:
-                flow.host_closed = True
-                self._act(TcpClose(flow, True))
-            flow.closed = True
-            flow.armed = None
-            flow.peer.tcp -= 1
+            self._drop(flow)
         self.flows.clear()
         self._dirty = []

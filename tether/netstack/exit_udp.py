@@ -6,7 +6,8 @@ endpoint-dependent NAT the peer can reason about: the host kernel filters replie
 destination the peer talked to (RFC 4787's "address and port-dependent filtering"), and an ICMP
 port unreachable from the destination surfaces on that socket as ECONNREFUSED, which we turn
 back into ICMP port unreachable for the peer. The cost is a file descriptor per flow, which is
-why flows are bounded per peer and overall, and expire when idle (see `ExitConfig`).
+why flows are bounded per peer and overall (`exit_limits`), and expire when idle (see
+`ExitConfig`).
 
 The per-datagram work is one dict lookup, one timestamp store and one action toward the host;
 replies cost one packet build (the UDP checksum over the payload is the only per-byte work).
@@ -48,6 +49,9 @@ def errno_to_icmp(err: int, default: IcmpError | None = None) -> IcmpError | Non
 
 class UdpFlow:
     """One UDP flow. `handle` belongs to the IO shell (its socket); the rest to the exit."""
+
+    reclaimable = False  # as `exit_limits` asks of any flow: only TCP connections can be
+    grant = 0  # ... and only they hold buffer grants
 
     __slots__ = (
         "key",
@@ -116,19 +120,16 @@ class UdpTable:
             ex.stats["drop_udp_bad_port_or_source"] += 1
             return None
         cfg = self.config
-        if ex.flow_count >= cfg.max_flows:
+        ps = ex.peer(peer_key)
+        if not ex.limits.admit(ps):
             ex.stats["refused_flow_limit"] += 1
             ex.error(peer_key, ip, IcmpError.ADMIN_PROHIBITED, now)
             return None
-        ps = ex.peer(peer_key)
-        if len(ps.udp_flows) >= cfg.max_udp_per_peer:
-            # Like a NAT whose table is full: the least recently used mapping goes.
-            self._close(min(ps.udp_flows.values(), key=lambda f: f.last))
-            ex.stats["udp_evicted"] += 1
         idle = cfg.udp_idle_dns if dport == DNS_PORT else cfg.udp_idle_unreplied
         flow = UdpFlow(key, ps, self, ip.src, sport, ip.dst, dport, now, idle)
         self.flows[key] = flow
         ps.udp_flows[key] = flow
+        ex.limits.added(ps, flow)
         self._act(UdpOpen(flow))
         ex.arm(now + idle, flow)
         ex.stats["udp_flows_opened"] += 1
@@ -197,8 +198,25 @@ class UdpTable:
         flow.closed = True
         flow.armed = None
         self.flows.pop(flow.key, None)
-        flow.peer.udp_flows.pop(flow.key, None)
+        ps = flow.peer
+        if ps.udp_flows.pop(flow.key, None) is not None:
+            self.exit.limits.removed(ps, flow)
         self._act(UdpClose(flow))
+
+    def evict(self, flow: UdpFlow) -> None:
+        """Make room (`exit_limits`): like a NAT whose table is full, the mapping just goes."""
+        self._close(flow)
+
+    def forget(self, ps, keep, gone: set) -> int:
+        """Close the peer's flows whose source `keep` rejects (all without `keep`); their
+        source addresses go into `gone`. See `Exit.forget_peer`."""
+        n = 0
+        for flow in list(ps.udp_flows.values()):
+            if keep is None or not keep(flow.src):
+                gone.add(flow.src)
+                self._close(flow)
+                n += 1
+        return n
 
     def close_all(self) -> None:
         for flow in list(self.flows.values()):

@@ -177,6 +177,47 @@ class TcpConnection:
     def closed(self) -> bool:
         return self.state is CLOSED
 
+    @property
+    def finished(self) -> bool:
+        """Everything was delivered both ways (the peer's data read, ours acknowledged); only
+        the FIN exchange or TIME-WAIT is left, so dropping the connection now loses no data."""
+        tx = self.tx
+        return (
+            self.peer_eof
+            and tx.fin_seq is not None
+            and tx.snd_una >= tx.fin_seq
+            and not self.rx.buf
+        )
+
+    # -- buffer sizes (the exit grants them and grows them while they limit the transfer) ------
+
+    @property
+    def buffer_sizes(self) -> tuple[int, int]:
+        """(receive buffer, send buffer) bounds in effect."""
+        return self.rx.bufsize, self.tx.buf.limit
+
+    def set_buffer_sizes(self, recv: int, send: int) -> None:
+        """Set the bounds before the handshake, or raise them later. The window scale was fixed
+        by the SYN for `config.recv_buffer`, the most a receive buffer may grow to."""
+        if not self._ws_ok:
+            recv = min(recv, 0xFFFF)
+        rx = self.rx
+        rx.bufsize = recv
+        rx.sws = min(recv // 2, rx.mss)
+        self.tx.buf.limit = send
+
+    def receive_window_used(self) -> bool:
+        """The peer sent all the window we offered: the receive buffer limits its rate (unless
+        the host is not reading, which the shell knows)."""
+        rx = self.rx
+        return rx.rcv_adv - rx.rcv_nxt < rx.sws
+
+    def send_buffer_in_flight(self) -> bool:
+        """Every byte the send buffer holds has been sent: if the host has more, the buffer,
+        not the congestion or peer window, is what holds it back."""
+        tx = self.tx
+        return tx.snd_max >= tx.buf.end
+
     def events(self) -> list[TcpEvent]:
         """Events since the last call, oldest first."""
         ev = self._events
@@ -540,8 +581,15 @@ class TcpConnection:
 
     def _finish(self, reason: str | None) -> None:
         self.state = CLOSED
+        # Nothing is sent any more: drop the sender's reference back to us, so a finished
+        # connection is freed as soon as the shell lets go of it, not by the cycle collector.
+        self.tx.emit = _closed_emit
         self.reset_reason = reason
         self.rx.ack_now = False
         self.rx.delack_deadline = None
         self.tx.rto_deadline = self.tx.persist_deadline = None
         self._events.append(ConnectionClosed())
+
+
+def _closed_emit(seq: int, n: int, fin: bool, now: float) -> None:
+    raise AssertionError("a closed connection sends nothing")

@@ -135,6 +135,21 @@ class AllowedIPs:
             length = network.prefixlen
             self._drop(family, length, family.by_length[length], family.key(network))
 
+    def owner_of(self, prefix: NetworkLike) -> object | None:
+        """Owner of the longest prefix, `prefix`'s own length or shorter, that contains all of
+        `prefix`: the peer whose addresses an insert of `prefix` would take over (longer
+        prefixes inside it keep theirs)."""
+        network = _as_network(prefix)
+        family = self._family(network)
+        address = int(network.network_address)
+        floor = family.width - network.prefixlen
+        for shift, table in family.probes:
+            if shift >= floor:
+                peer = table.get(address >> shift)
+                if peer is not None:
+                    return peer
+        return None
+
     def entries_for_peer(self, peer: object) -> list[Network]:
         """The peer's prefixes, most recently inserted last (wireguard-go's order)."""
         record = self._entries.get(id(peer))

@@ -154,6 +154,10 @@ class WireGuardCore(HandshakeLayer):
         self._ratelimiter = HandshakeRateLimiter()
         self.outgoing: list[tuple[bytes, tuple]] = []
         self.delivered: list[tuple[Peer, bytes]] = []
+        # Public keys of peers that lost inner addresses since the shell last emptied this set:
+        # removed, AllowedIPs replaced or removed, or a prefix taken over by another peer. State
+        # the inside keeps for such a peer (exit flows) would now be answered to someone else.
+        self.routes_lost: set[bytes] = set()
         self.stats = CoreStats()
         self.local: LocalIdentity | None = None
         self._private_key: bytes | None = None
@@ -261,13 +265,23 @@ class WireGuardCore(HandshakeLayer):
                 peer.persistent_keepalive_at = None
             elif not was:
                 peer.timers_fire_persistent_keepalive_now(now)
+        table = self.allowed_ips
+        had: set = set()  # prefixes the peer owned before a replace: re-inserting takes nothing
         if replace_allowed_ips:
-            self.allowed_ips.remove_by_peer(peer)
+            had = set(table.entries_for_peer(peer))
+            if not had <= set(allowed_ips if allowed_ips is not UNCHANGED else ()):
+                self.routes_lost.add(public_key)
+            table.remove_by_peer(peer)
         for network in removals:
-            self.allowed_ips.remove(network, peer)  # a no-op unless this peer owns it
+            if table.remove(network, peer):  # a no-op unless this peer owns it
+                self.routes_lost.add(public_key)
         if allowed_ips is not UNCHANGED:
             for network in allowed_ips:
-                self.allowed_ips.insert(network, peer)
+                if network not in had:
+                    owner = table.owner_of(network)
+                    if owner is not None and owner is not peer:
+                        self.routes_lost.add(owner.public_key)
+                table.insert(network, peer)
         return peer
 
     def remove_peer(self, public_key: bytes, now: float) -> bool:
@@ -282,6 +296,7 @@ class WireGuardCore(HandshakeLayer):
         self.allowed_ips.remove_by_peer(peer)
         peer.timers_stop()
         peer.removed = True
+        self.routes_lost.add(peer.public_key)
         return True
 
     def remove_all_peers(self, now: float) -> None:

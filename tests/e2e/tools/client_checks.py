@@ -6,7 +6,12 @@
     python client_checks.py refused HOST PORT               connect refused, and how fast
     python client_checks.py prohibited HOST PORT            TCP reset, UDP administratively
                                                             prohibited, and how fast
-Prints one JSON line; exits 1 on any failure.
+    python client_checks.py churn HOST PORT SECONDS COUNT   back-to-back short connections
+    python client_checks.py flood HOST TCPPORT UDPPORT SECONDS   open flows as fast as it can
+    python client_checks.py hold HOST TCPPORT UDPPORT NTCP NUDP SECONDS   hold flows open
+    python client_checks.py udp-stream HOST PORT LOCALPORT SECONDS   receive a server's stream
+    python client_checks.py sniff IFNAME SECONDS PORT...    count packets arriving on IFNAME
+Prints one JSON line; exits 1 on any failure. Every loop is bounded in time and count.
 """
 
 from __future__ import annotations
@@ -132,9 +137,148 @@ def prohibited(host: str, port: int) -> dict:
     return {"ok": tcp["ok"] and udp["ok"], "tcp": tcp, "udp": udp}
 
 
+def churn(host: str, port: int, seconds: float, count: int) -> dict:
+    """Sequential connections: connect, read the server's line until it closes, close. A
+    reset or refused connect is a refusal; the rate counts completed connections."""
+    ok = refused = errors = 0
+    start = time.monotonic()
+    while ok + refused + errors < count and time.monotonic() - start < seconds:
+        try:
+            with socket.create_connection((host, port), timeout=5) as s:
+                got = b""
+                while chunk := s.recv(64):
+                    got += chunk
+            if got == b"hello\n":
+                ok += 1
+            else:
+                errors += 1
+        except (ConnectionRefusedError, ConnectionResetError):
+            refused += 1
+        except OSError:
+            errors += 1
+    elapsed = time.monotonic() - start
+    return {"ok": refused == errors == 0, "connections": ok, "refused": refused,
+            "errors": errors, "seconds": elapsed, "rate": ok / elapsed}  # fmt: skip
+
+
+def flood(host: str, tcp_port: int, udp_port: int, seconds: float) -> dict:
+    """Open flows as fast as one loop can: each round a TCP connect (kept open, the oldest
+    closed beyond 2,000) and a UDP datagram from a fresh socket to one of 1,000 ports."""
+    held: list[socket.socket] = []
+    connects = refusals = udp = 0
+    start = time.monotonic()
+    fam = family(host)
+    for i in range(1_000_000):
+        if time.monotonic() - start > seconds:
+            break
+        with socket.socket(fam, socket.SOCK_DGRAM) as u:
+            try:
+                u.sendto(b"flood", (host, udp_port + i % 1000))
+                udp += 1
+            except OSError:
+                pass
+        t = socket.socket(fam, socket.SOCK_STREAM)
+        t.settimeout(1)
+        try:
+            t.connect((host, tcp_port))
+            connects += 1
+            held.append(t)
+        except OSError:
+            refusals += 1
+            t.close()
+        if len(held) > 2000:
+            held.pop(0).close()
+    for t in held:
+        t.close()
+    return {"ok": True, "connects": connects, "refused": refusals, "udp": udp,
+            "seconds": time.monotonic() - start}  # fmt: skip
+
+
+def hold(host: str, tcp_port: int, udp_port: int, ntcp: int, nudp: int, seconds: float) -> dict:
+    """Open `ntcp` connections and `nudp` UDP flows (one datagram each to `udp_port`, from its
+    own port), write 256 KiB into each connection (the sink never reads it), and hold
+    everything for `seconds` before closing."""
+    fam = family(host)
+    socks = []
+    for _ in range(nudp):
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            u.sendto(b"hold", (host, udp_port))
+        except OSError:
+            pass
+        socks.append(u)
+    tcp = 0
+    for _ in range(ntcp):
+        t = socket.socket(fam, socket.SOCK_STREAM)
+        t.settimeout(5)
+        try:
+            t.connect((host, tcp_port))
+            t.setblocking(False)
+            try:
+                t.send(bytes(256 * 1024))
+            except BlockingIOError:
+                pass
+            tcp += 1
+        except OSError:
+            pass
+        socks.append(t)
+    print(json.dumps({"holding": True, "tcp": tcp, "udp": nudp}), flush=True)
+    time.sleep(seconds)
+    for sock in socks:
+        sock.close()
+    return {"ok": True, "tcp": tcp, "udp": nudp}
+
+
+def udp_stream(host: str, port: int, local_port: int, seconds: float) -> dict:
+    """Start the server's stream from a fixed local port and count what arrives."""
+    sock = socket.socket(family(host), socket.SOCK_DGRAM)
+    sock.bind(("", local_port))
+    sock.settimeout(0.5)
+    sock.sendto(b"start", (host, port))
+    got = 0
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        try:
+            sock.recv(65535)
+            got += 1
+            if got == 1:
+                print(json.dumps({"streaming": True}), flush=True)
+        except TimeoutError:
+            continue
+    return {"ok": got > 0, "datagrams": got}
+
+
+def sniff(ifname: str, seconds: float, ports: list[int]) -> dict:
+    """Count IP packets arriving on a (layer 3) interface, and those to the given TCP/UDP
+    destination ports (AF_PACKET: sees what the tunnel delivers before any socket does)."""
+    eth_p_all = 0x0003
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(eth_p_all))
+    sock.bind((ifname, 0))
+    sock.settimeout(0.2)
+    packets = matched = matched_bytes = 0
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        try:
+            data, addr = sock.recvfrom(65535)
+        except TimeoutError:
+            continue
+        if addr[2] == socket.PACKET_OUTGOING or not data:
+            continue
+        packets += 1
+        if data[0] >> 4 == 4:
+            proto, off = data[9], (data[0] & 15) * 4
+        else:
+            proto, off = data[6], 40
+        dport = int.from_bytes(data[off + 2 : off + 4], "big") if len(data) >= off + 4 else 0
+        if proto in (6, 17) and dport in ports:
+            matched += 1
+            matched_bytes += len(data)
+    return {"ok": True, "packets": packets, "matched": matched, "matched_bytes": matched_bytes}
+
+
 def main() -> int:
     cmd, host, port, *rest = sys.argv[1:]
-    port = int(port)
+    port = float(port) if cmd == "sniff" else int(port)
     if cmd == "udp-echo":
         result = udp_echo(host, port, [int(x) for x in rest])
     elif cmd == "tcp-many":
@@ -145,6 +289,16 @@ def main() -> int:
         result = refused(host, port)
     elif cmd == "prohibited":
         result = prohibited(host, port)
+    elif cmd == "churn":
+        result = churn(host, port, float(rest[0]), int(rest[1]))
+    elif cmd == "flood":
+        result = flood(host, port, int(rest[0]), float(rest[1]))
+    elif cmd == "hold":
+        result = hold(host, port, int(rest[0]), int(rest[1]), int(rest[2]), float(rest[3]))
+    elif cmd == "udp-stream":
+        result = udp_stream(host, port, int(rest[0]), float(rest[1]))
+    elif cmd == "sniff":  # IFNAME SECONDS PORT...
+        result = sniff(host, float(port), [int(p) for p in rest])
     else:
         raise SystemExit(f"unknown check {cmd}")
     print(json.dumps(result))

@@ -7,6 +7,12 @@ Serves, on every address of the namespace (dual stack):
   tcp/7007  echo
   udp/7007  echo (any size up to 65507)
   udp/5353  a DNS-style responder: answers any A/AAAA query with 192.0.2.53 / 2001:db8::53
+  udp/7009  a stream: any datagram starts 100 datagrams a second back to its sender, for 60 s
+            whether anyone listens or not (at most 64 streams at once)
+  tcp/7010  a sink: accepts and holds connections (up to 30,000), never reads or writes, from
+            one thread (held connections cost no thread here)
+  tcp/7011  one line and close: accepts, writes "hello\n", closes (the server closes first,
+            as HTTP/1.0 servers do), from one thread, for connection churn
 Writes READY_FILE once everything listens. Stops on SIGTERM.
 """
 
@@ -14,12 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import resource
+import selectors
 import socket
 import socketserver
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
+
+STREAM_SECONDS, STREAM_RATE, MAX_STREAMS = 60, 100, 64
 
 
 class Dual(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -94,6 +105,69 @@ def dns_answer(query: bytes) -> bytes | None:
     return struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + answer
 
 
+def udp_stream(sock: socket.socket) -> None:
+    streams = threading.BoundedSemaphore(MAX_STREAMS)
+
+    def stream(addr) -> None:
+        try:
+            for seq in range(STREAM_SECONDS * STREAM_RATE):
+                sock.sendto(b"stream %d " % seq + bytes(200), addr)
+                time.sleep(1 / STREAM_RATE)
+        except OSError:
+            pass
+        finally:
+            streams.release()
+
+    while True:
+        _, addr = sock.recvfrom(65535)
+        if streams.acquire(blocking=False):
+            threading.Thread(target=stream, args=(addr,), daemon=True).start()
+
+
+def tcp_listener(port: int, backlog: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    s.listen(backlog)
+    return s
+
+
+def sink(listener: socket.socket) -> None:
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    held: list[socket.socket] = []
+    while True:
+        sel.select()
+        while len(held) < 30_000:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
+            except OSError:  # out of descriptors: the connection waits in the backlog
+                break
+            held.append(conn)
+
+
+def hello_and_close(listener: socket.socket) -> None:
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    while True:
+        sel.select()
+        for _ in range(256):
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
+            try:
+                conn.send(b"hello\n")
+            except OSError:
+                pass
+            conn.close()
+
+
 def udp_socket(port: int) -> socket.socket:
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -103,11 +177,17 @@ def udp_socket(port: int) -> socket.socket:
 
 def main() -> None:
     root, ready = Path(sys.argv[1]), Path(sys.argv[2])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 40_000)), hard))
     servers = [Dual(("::", 8080), http_handler(root)), Dual(("::", 7007), Echo)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     for port, answer in ((7007, lambda d: d), (5353, dns_answer)):
         threading.Thread(target=udp_loop, args=(udp_socket(port), answer), daemon=True).start()
+    threading.Thread(target=udp_stream, args=(udp_socket(7009),), daemon=True).start()
+    threading.Thread(target=sink, args=(tcp_listener(7010, 4096),), daemon=True).start()
+    churn = tcp_listener(7011, 4096)
+    threading.Thread(target=hello_and_close, args=(churn,), daemon=True).start()
     ready.write_text("ok\n")
     threading.Event().wait()
 
