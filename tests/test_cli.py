@@ -66,3 +66,16 @@ def test_usage_errors_exit_2():
 def test_python_dash_m_and_version():
     out = run("--version")
     assert out.returncode == 0 and out.stdout.startswith(b"tetherctl ")
+
+
+def test_check_duplicate_public_key_names_the_second_key_line():
+    """The line of the second `PublicKey` key (not its `[Peer]` header), the first one's line
+    in the message."""
+    path = CORPUS / "err-duplicate-key-late.conf"
+    out = run("check", str(path))
+    assert out.returncode == 1
+    assert out.stderr.decode() == (
+        f"{path}:14: PublicKey 10NguWHSLJ0tUOr4AkbTtOEYHoagq1KH/PJSIJ3SwFs= is given twice "
+        "(first on line 8); each peer needs its own\n"
+    )
+    assert path.read_text().splitlines()[13].lower().startswith("publickey = ")

@@ -8,12 +8,15 @@ by hand, line by line; they are fixed data now, so a change in parsing shows up 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tether import keys
 from tether.config import ConfigError, ConfigFile
+from tether.config.exit_settings import EXIT_KEYS
+from tether.config.model import INTERFACE_KEYS, PEER_KEYS
 
 CORPUS = Path(__file__).parent / "corpus"
 FILES = sorted(CORPUS.glob("*.conf"))
@@ -80,3 +83,31 @@ def test_corpus_file(path: Path):
     cfg = ConfigFile.parse_bytes(data, path.name)
     assert summary(cfg) == expected
     assert cfg.text().encode("utf-8") == data
+
+
+KEY_NAMES = {spec[0] for table in (INTERFACE_KEYS, PEER_KEYS, EXIT_KEYS) for spec in table.values()}
+# errors about a line that is no key at all (the line itself is the one to fix)
+LINE_ERRORS = ("is not a [Section]", "no key before '='", "NUL byte", "not valid UTF-8")
+
+
+@pytest.mark.parametrize(
+    "path", [f for f in FILES if f.name.startswith("err-")], ids=lambda p: p.stem
+)
+def test_an_error_about_a_key_points_at_that_keys_line(path: Path):
+    """`file:line: Key: message` is the contract (DESIGN §3): the line is the offending key's
+    own, never its section's header; only an error about a section (a missing required key,
+    which has no line of its own, a second [Interface]) names the header."""
+    message = json.loads(path.with_suffix(".json").read_text())["error"]
+    m = re.match(r"^[^:]+:(\d+): (.*)$", message)
+    if m is None:
+        assert message.endswith(": no [Interface] section"), message  # the one with no line
+        return
+    lineno, text = int(m.group(1)), m.group(2)
+    line = path.read_bytes().split(b"\n")[lineno - 1].decode("utf-8", "replace").strip()
+    first = text.split()[0].rstrip(":")
+    unknown = re.match(r"unknown key '([^']+)'", text)
+    key = first if first in KEY_NAMES else unknown.group(1) if unknown else None
+    if key is not None:
+        assert line.split("=")[0].strip().lower() == key.lower(), (message, line)
+    elif not any(s in text for s in LINE_ERRORS):
+        assert line.startswith("["), (message, line)  # an error about the section itself

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import tether.config.model as m
 from tether import keys
-from tether.config import model as m
 from tether.config.document import Document, Section
 from tether.config.errors import ConfigError
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tether.config import values as v
+import tether.config.values as v
 from tether.config.errors import ConfigError
 
 DEFAULT_MAX_FLOWS = 16384  # all peers together; also bounded by the descriptor limit

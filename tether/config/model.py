@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+import tether.config.values as v
 from tether import keys
-from tether.config import values as v
 from tether.config.document import PAIR, Document, Line, Section
 from tether.config.errors import ConfigError
 from tether.config.exit_settings import (
@@ -132,13 +132,13 @@ def parse_document(doc: Document) -> DeviceConfig:
     fn = doc.filename
     for line in doc.preamble.pairs():
         raise ConfigError(
-            fn, line.lineno, f"{line.key} is outside any [Interface] or [Peer] section"
+            fn, line.lineno, f"{line.key} is outside any [Interface], [Peer] or [Exit] section"
         )
     interface: Interface | None = None
     exit_settings = ExitSettings()
     first_line: dict[str, int] = {}  # sections that may appear once -> the line of the first
     peers: list[Peer] = []
-    seen: dict[bytes, int] = {}
+    key_lines: dict[bytes, int] = {}  # public key -> the line of its (first) PublicKey key
     for section in doc.sections:
         name = section.name
         if name in _ONCE:
@@ -151,19 +151,21 @@ def parse_document(doc: Document) -> DeviceConfig:
                 )
             first_line[name] = section.header.lineno
         if name == "interface":
-            interface = _build(section, "Interface", INTERFACE_KEYS, fn, _make_interface)
+            interface, _ = _build(section, "Interface", INTERFACE_KEYS, fn, _make_interface)
         elif name == "exit":
-            exit_settings = _build(section, "Exit", EXIT_KEYS, fn, make_exit)
+            exit_settings, _ = _build(section, "Exit", EXIT_KEYS, fn, make_exit)
         elif name == "peer":
-            peer = _build(section, "Peer", PEER_KEYS, fn, _make_peer)
-            first = seen.get(peer.public_key)
+            peer, where = _build(section, "Peer", PEER_KEYS, fn, _make_peer)
+            key_line = where["publickey"]  # the error points at the key, not at [Peer]
+            first = key_lines.get(peer.public_key)
             if first is not None:
                 raise ConfigError(
                     fn,
-                    peer.line,
-                    f"PublicKey {peer.public_key_b64} is already the peer on line {first}",
+                    key_line,
+                    f"PublicKey {peer.public_key_b64} is given twice (first on line {first}); "
+                    "each peer needs its own",
                 )
-            seen[peer.public_key] = peer.line
+            key_lines[peer.public_key] = key_line
             peers.append(peer)
         else:
             raise ConfigError(
@@ -178,11 +180,15 @@ def parse_document(doc: Document) -> DeviceConfig:
         if peer.public_key == own:
             # wg drops such a peer silently; a file that names the device as its own peer is a
             # mistake (usually a pasted key of the wrong side), so say so.
-            raise ConfigError(fn, peer.line, "PublicKey is this device's own public key")
+            raise ConfigError(
+                fn, key_lines[peer.public_key], "PublicKey is this device's own public key"
+            )
     return DeviceConfig(interface, peers, exit_settings)
 
 
 def _build(section: Section, kind: str, table: dict, fn: str, make):
+    """The section's model (from `make`) and the line of each single-valued key in it, so
+    that a check across sections can point at a key's own line."""
     fields: dict[str, object] = {}
     where: dict[str, int] = {}
     for line in section.pairs():
@@ -213,7 +219,7 @@ def _build(section: Section, kind: str, table: dict, fn: str, make):
                 )
             fields[low] = parsed
             where[low] = line.lineno
-    return make(fields, where, section.header.lineno, fn)
+    return make(fields, where, section.header.lineno, fn), where
 
 
 def _make_interface(f: dict, where: dict, lineno: int, fn: str) -> Interface:
