@@ -17,9 +17,10 @@ from tether.config.errors import ConfigError
 
 
 def register(sub) -> None:
+    """Add `tetherctl check` to the top-level parser."""
     p = sub.add_parser(
         "check",
-        help="validate device files and report errors as file:line",
+        help="validate device files; errors as file:line",
         description=__doc__.splitlines()[0],
     )
     p.add_argument("targets", nargs="*", metavar="FILE|DEVICE")
@@ -39,6 +40,7 @@ def _resolve(target: str, directory) -> str:
 
 
 def cmd_check(args) -> int:
+    """Parse every target as the daemon would; 1 if any is bad, with one error line each."""
     directory = store.config_dir(args.config_dir)
     targets = args.targets or [
         str(store.device_path(directory, n)) for n in store.list_devices(directory)

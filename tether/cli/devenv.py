@@ -5,6 +5,10 @@ The original tool kept a device's public addresses and log level in the CLI proc
 systemd unit `tetherctl@<device>`, which reads `EnvironmentFile=-/etc/tetherctl/%i.env`; so those
 settings are written there as TETHERCTL_ variables, where the unit, `tetherctl up` and the `peer`
 commands all find them. Lines we do not set are kept as they are.
+
+`lookup` is the one place an option's value is looked up outside argparse: the command line,
+then the process environment, then this file, so that every command (today's `peer` commands,
+the original's `up`, `start-api`, `default-builder`, ...) resolves an option the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
 from tether.config import store
@@ -19,11 +24,34 @@ from tether.config import store
 _ASSIGN = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
 
 
+def env_name(option: str) -> str:
+    """The variable behind an option, whatever its spelling: `--public-ipv4`, `public-ipv4` and
+    `public_ipv4` are all TETHERCTL_PUBLIC_IPV4 (and the original's `--api_url` is
+    TETHERCTL_API_URL), so a command never writes a variable's name by hand."""
+    return "TETHERCTL_" + option.lstrip("-").upper().replace("-", "_")
+
+
+def lookup(
+    option: str, given: str | None = None, device_env: Mapping[str, str] | None = None
+) -> str | None:
+    """An option's value from the first place that has one: the command line (`given`), the
+    process environment (what the shell or a unit's EnvironmentFile set), then the device's
+    `<dname>.env` (`device_env`, as `read` returns it). None when no place has one; an empty
+    value counts as none, as systemd's `VAR=` unsets an option."""
+    if given is not None and given != "":
+        return given
+    name = env_name(option)
+    return os.environ.get(name) or (device_env or {}).get(name) or None
+
+
 def path(config_dir: str | os.PathLike, name: str) -> Path:
+    """The device's variables file (`<config dir>/<name>.env`); ValueError on a bad name."""
     return Path(config_dir) / f"{store.check_device_name(name)}.env"
 
 
 def read(config_dir: str | os.PathLike, name: str) -> dict[str, str]:
+    """The file's assignments as systemd reads them (quotes removed, comments skipped); an
+    absent or unreadable file is empty, as `EnvironmentFile=-` treats it."""
     try:
         text = path(config_dir, name).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError, ValueError):

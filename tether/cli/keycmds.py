@@ -15,13 +15,14 @@ from tether import keys
 
 
 def register(sub) -> None:
+    """Add `genkey`, `genpsk` and `pubkey` to the top-level parser."""
     for name, func, help_text in (
         ("genkey", cmd_genkey, "print a new private key (as `wg genkey`)"),
         ("genpsk", cmd_genpsk, "print a new preshared key (as `wg genpsk`)"),
         (
             "pubkey",
             cmd_pubkey,
-            "read a private key on stdin, print its public key (as `wg pubkey`)",
+            "print the public key of the key on stdin (as `wg pubkey`)",
         ),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -42,18 +43,21 @@ def _warn_if_world_accessible() -> None:
 
 
 def cmd_genkey(args) -> int:
+    """A new private key on stdout, as `wg genkey` prints it."""
     _warn_if_world_accessible()
     print(keys.genkey())
     return 0
 
 
 def cmd_genpsk(args) -> int:
+    """A new preshared key on stdout, as `wg genpsk` prints it."""
     _warn_if_world_accessible()
     print(keys.genpsk())
     return 0
 
 
 def cmd_pubkey(args) -> int:
+    """The public key of the private key on stdin, with `wg pubkey`'s input rules and errors."""
     data = sys.stdin.buffer.read(4096)
     # Like wg: exactly 44 characters first, then only whitespace or NULs until end of input.
     head, tail = data[: keys.KEY_LEN_BASE64], data[keys.KEY_LEN_BASE64 :]

@@ -13,7 +13,6 @@ unit reads; `tetherctl add --ipv4=...` writes it), and else the default-route in
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -23,16 +22,13 @@ from tether.api.clientconf import ENDPOINT_TYPES, qr_terminal
 from tether.api.hub import ApplyError, FileOnlyHub
 from tether.api.peers import PeerError, PeerService, parse_public_key
 from tether.cli import devenv
+from tether.cli.parser import fail
 from tether.config import store
 from tether.device.uapi_server import run_dir as default_run_dir
 
 
-def fail(message: str) -> int:
-    print(f"tetherctl: {message}", file=sys.stderr)
-    return 1
-
-
 def add_dir_options(p) -> None:
+    """--config-dir and --run-dir: where a command finds the file and the running device."""
     p.add_env_option(
         "--config-dir",
         metavar="DIR",
@@ -42,15 +38,17 @@ def add_dir_options(p) -> None:
 
 
 def add_public_options(p) -> None:
+    """The public addresses a client config's Endpoint may name."""
     p.add_env_option("--public-ipv4", metavar="IP", help="public IPv4 address for Endpoint")
     p.add_env_option("--public-ipv6", metavar="IP", help="public IPv6 address for Endpoint")
     p.add_env_option("--public-domain", metavar="NAME", help="public DNS name for Endpoint")
 
 
 def register(sub) -> None:
+    """Add `tetherctl peer add|remove|config|list` to the top-level parser."""
     p = sub.add_parser(
         "peer",
-        help="add, remove, show or list a device's peers (edits its file)",
+        help="add, remove, show or list peers (edits the file)",
         description=__doc__.splitlines()[0],
     )
     psub = p.add_subparsers(dest="peer_command", metavar="ACTION", parser_class=type(p))
@@ -88,7 +86,7 @@ def register(sub) -> None:
     lst.set_defaults(func=cmd_list)
 
 
-# -- shared with the original's commands (compat.py) -------------------------------------------
+# -- shared with the original's commands (tether.cli.original.peers) ---------------------------
 
 
 def make_service(
@@ -102,26 +100,25 @@ def make_service(
     need_public: bool = True,
     source: str = "tetherctl",
 ) -> tuple[FileOnlyHub, PeerService]:
-    """A file-editing PeerService for one command; raises ValueError for bad options."""
+    """A file-editing PeerService for one command, the API's operations without the API (so
+    a shell edit and an HTTP add allocate and render alike); ValueError for bad options. The
+    public addresses come from the options, else the environment, else <device>.env."""
     env = devenv.read(config_dir, device) if device else {}
     endpoints = None
     if need_public:
         endpoints = public_mod.resolve(
-            ipv4 or _setting("TETHERCTL_PUBLIC_IPV4", env),
-            ipv6 or _setting("TETHERCTL_PUBLIC_IPV6", env),
-            domain or _setting("TETHERCTL_PUBLIC_DOMAIN", env),
+            devenv.lookup("public_ipv4", ipv4, env),
+            devenv.lookup("public_ipv6", ipv6, env),
+            devenv.lookup("public_domain", domain, env),
             warn=False,
         )
     hub = FileOnlyHub(config_dir, default_run_dir(run_dir))
     return hub, PeerService(hub, endpoints, include_psk=True, source=source)
 
 
-def _setting(name: str, device_env: dict[str, str]) -> str | None:
-    """The process environment first (what a unit or the shell set), then <device>.env."""
-    return os.environ.get(name) or device_env.get(name)
-
-
 def resolve_device(service: PeerService, name: str) -> str:
+    """The device's name, or a PeerError naming the file that is missing (the API's own
+    message, "no such device", would not tell a shell user where to look)."""
     try:
         return service.resolve_device(name)
     except PeerError:
@@ -140,6 +137,7 @@ def add_peer(
 
 
 def remove_peer(service: PeerService, device: str, pubkey: str) -> tuple[bool, str | None]:
+    """Remove and wait for the daemon; returns (whether it was there, warning or None)."""
     name = resolve_device(service, device)
     key = parse_public_key(pubkey)
     removed = service.remove(name, key, apply=False)
@@ -155,6 +153,7 @@ def _wait_applied(service: PeerService, name: str, key: bytes) -> str | None:
 
 
 def print_config(text: str, qr: bool) -> None:
+    """A client config as text, or as a QR code a phone's WireGuard app scans."""
     if qr:
         sys.stdout.write(qr_terminal(text))
     else:
@@ -188,6 +187,8 @@ def _service(args, *, need_public: bool = True, source: str = "tetherctl"):
 
 
 def cmd_add(args) -> int:
+    """`peer add DEVICE [PUBKEY]`: without a key the client's key pair is made here and the
+    printed config is complete."""
     _quiet_logging()
     try:
         _, service = _service(args, source="tetherctl peer add")
@@ -201,6 +202,7 @@ def cmd_add(args) -> int:
 
 
 def cmd_remove(args) -> int:
+    """`peer remove DEVICE PUBKEY`; a peer that is not there is no error (idempotent)."""
     _quiet_logging()
     try:
         _, service = _service(args, need_public=False)
@@ -214,6 +216,7 @@ def cmd_remove(args) -> int:
 
 
 def cmd_config(args) -> int:
+    """`peer config DEVICE PUBKEY`: the client config again (private key left to the client)."""
     _quiet_logging()
     try:
         _, service = _service(args)
@@ -226,6 +229,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_list(args) -> int:
+    """`peer list DEVICE`: the file's peers, with live figures when the device is running."""
     _quiet_logging()
     try:
         hub, service = _service(args, need_public=False)

@@ -1,10 +1,11 @@
 """`tetherctl cli`: the original's interactive prompt, line by line, scriptable through a pipe.
 
 Each line is one of the original's commands with its options (`add --dname=tbywg0 --log=v`);
-`help` lists them, `exit` or end of input leaves (stopping an API that `start-api` started
-here). `--dname` keeps the last value given, as in the original. The prompt `> ` is shown only
-on a terminal, so that a script's output is just the commands' output. The exit status at end
-of input is 0 when every command succeeded and 1 otherwise, so that a script can tell.
+`help` lists them (`help COMMAND`: one command's options), `exit` or end of input leaves
+(stopping an API that `start-api` started here). `--dname` keeps the last value given, as in
+the original. The prompt `> ` is shown only on a terminal, so that a script's output is just the
+commands' output. The exit status at end of input is 0 when every command succeeded and 1
+otherwise, so that a script can tell.
 """
 
 from __future__ import annotations
@@ -12,49 +13,47 @@ from __future__ import annotations
 import shlex
 import sys
 
-from tether.cli import compat
+from tether.cli import original
+from tether.cli.parser import PROG, Parser
 from tether.cli.peer import add_dir_options
 
 
 def register(sub) -> None:
+    """Add `tetherctl cli` to the top-level parser."""
     p = sub.add_parser(
         "cli",
-        help="the original's interactive prompt (reads commands from stdin)",
+        help="the original's interactive prompt (commands on stdin)",
         description=__doc__.splitlines()[0],
     )
     add_dir_options(p)
     p.add_env_option(
-        "--dname", metavar="DNAME", help=f"initial device (default {compat.INITIAL_DNAME})"
+        "--dname", metavar="DNAME", help=f"initial device (default {original.INITIAL_DNAME})"
     )
     p.set_defaults(func=cmd_cli)
 
 
-def _parser():
-    from tether.cli.main import Parser
-
+def _parser() -> Parser:
     parser = Parser(prog="", add_help=False, exit_on_error=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    compat.register(sub, in_repl=True)
+    original.register(sub, in_repl=True)
     return parser
 
 
 def _help(out) -> None:
     out.write("commands (options as in the original, e.g. --dname=bywg0):\n")
-    for name, (_, text) in compat.COMMANDS.items():
-        options = " ".join(
-            f"--{o.rstrip('!')}=..." if o.endswith("!") else f"[--{o}=...]"
-            for o in compat.OPTIONS[name]
-        )
-        out.write(f"  {name} {options}\n      {text}\n")
-    out.write("  help | exit\n")
+    for command in original.COMMANDS.values():
+        out.write(f"  {original.usage_line(command)}\n      {command.help}\n")
+    out.write("  help [COMMAND] | exit\n")
 
 
 def cmd_cli(args, stdin=None, out=None) -> int:
+    """Read commands until end of input or `exit`; see the module's docstring for the rules.
+    `stdin` and `out` are the terminal's unless a test hands in its own."""
     stdin = stdin or sys.stdin
     out = out or sys.stdout
     interactive = stdin.isatty()
-    session = compat.Session(
-        dname=args.dname or compat.INITIAL_DNAME,
+    session = original.Session(
+        dname=args.dname or original.INITIAL_DNAME,
         config_dir=args.config_dir,
         run_dir=args.run_dir,
         in_repl=True,
@@ -82,16 +81,18 @@ def cmd_cli(args, stdin=None, out=None) -> int:
             try:
                 words = shlex.split(line)
             except ValueError as e:
-                print(f"tetherctl: {e}", file=sys.stderr)
+                print(f"{PROG}: {e}", file=sys.stderr)
                 failed = True
                 continue
             if words[0] in ("exit", "quit"):
                 break
             if words[0] in ("help", "?"):
-                _help(out)
-                continue
-            if words[0] not in compat.COMMANDS:
-                print(f"tetherctl: unknown command {words[0]!r} (try help)", file=sys.stderr)
+                if len(words) == 1:
+                    _help(out)
+                    continue
+                words = [words[1], "--help"]  # `help add-peer`: that command's options
+            if words[0] not in original.COMMANDS:
+                print(f"{PROG}: unknown command {words[0]!r} (try help)", file=sys.stderr)
                 failed = True
                 continue
             try:
@@ -100,10 +101,10 @@ def cmd_cli(args, stdin=None, out=None) -> int:
                 failed = failed or bool(e.code)
                 continue
             except Exception as e:  # argparse.ArgumentError with exit_on_error=False
-                print(f"tetherctl: {e}", file=sys.stderr)
+                print(f"{PROG}: {e}", file=sys.stderr)
                 failed = True
                 continue
-            if compat.run_command(parsed, session):
+            if original.run_command(parsed, session):
                 failed = True
             out.flush()
     finally:

@@ -1,6 +1,14 @@
-"""`tetherctl run`: the foreground daemon (what systemd runs).
+"""`tetherctl run`, `up` and `down`: the appliance's daemon, in the foreground or detached.
 
-With no DEVICE, every `*.conf` in the config directory is brought up.
+`run` is what systemd runs: with no DEVICE, every `*.conf` in the config directory is brought
+up (and files appearing later too). `up DEVICE` is the same daemon for one device, detached, for
+a shell without systemd (wg-quick's habit). The options they share (directories, log level, the
+API's, the exit's) are defined here once, and the original's `default-builder`/`start-api`
+reuse `api_settings`.
+
+The daemon and the API's settings are imported inside the functions that need them: together
+they pull in bottle, waitress, prometheus_client and the whole protocol stack, about 0.2 s that
+`tetherctl genkey` or `check` should not pay (measured with `python -X importtime`).
 """
 
 from __future__ import annotations
@@ -9,8 +17,10 @@ import asyncio
 import logging
 import sys
 
+from tether.api import public
+from tether.appliance import detach
 from tether.config import filemode, store
-from tether.device.uapi_server import DEFAULT_RUN_DIR
+from tether.device.uapi_server import DEFAULT_RUN_DIR, run_dir
 
 # The original tool's levels (verbose, error, silent) beside Python's usual names.
 LOG_LEVELS = {
@@ -27,8 +37,11 @@ LOG_LEVELS = {
 
 
 def register(sub) -> None:
+    """Add `tetherctl run` to the top-level parser."""
     p = sub.add_parser(
-        "run", help="run devices in the foreground", description=__doc__.splitlines()[0]
+        "run",
+        help="run devices in the foreground (what systemd runs)",
+        description="The foreground daemon: no DEVICE = every *.conf in the config directory.",
     )
     p.add_argument("devices", nargs="*", metavar="DEVICE")
     add_common_options(p)
@@ -38,6 +51,7 @@ def register(sub) -> None:
 
 
 def add_exit_options(p) -> None:
+    """The exit's options (`run` and `up`): local destinations are refused unless asked."""
     p.add_env_option(
         "--allow-local-destinations",
         metavar="yes|no",
@@ -49,6 +63,7 @@ def add_exit_options(p) -> None:
 
 
 def allow_local(args) -> bool:
+    """--allow-local-destinations as a bool (it takes yes/no spellings, as the files do)."""
     return str(getattr(args, "allow_local_destinations", "no")).lower() in ("yes", "true", "1")
 
 
@@ -56,8 +71,6 @@ def public_addresses(args) -> tuple[str, ...]:
     """--public-ipv4/--public-ipv6 as the exit refuses them (the host's own public addresses,
     which behind NAT are on no interface); ValueError on a bad one. A --public-domain is not
     resolved for this: name the addresses."""
-    from tether.api import public
-
     named = public.resolve(
         getattr(args, "public_ipv4", None), getattr(args, "public_ipv6", None), auto=False
     )
@@ -65,6 +78,7 @@ def public_addresses(args) -> tuple[str, ...]:
 
 
 def add_api_options(p) -> None:
+    """The peer API's options and the public addresses its client configs name."""
     p.add_env_option("--api-listen", metavar="HOST:PORT", help="serve the peer API (default off)")
     p.add_env_option("--api-device", metavar="NAME", help="device of the bare API routes")
     p.add_env_option(
@@ -128,7 +142,7 @@ def api_settings(args):
     """The API's settings from the options (None: no API); ValueError on a bad option."""
     if not getattr(args, "api_listen", None):
         return None
-    from tether.api.settings import ApiSettings
+    from tether.api.settings import ApiSettings  # bottle & co.: see the module docstring
 
     return ApiSettings.from_options(
         args.api_listen,
@@ -149,13 +163,14 @@ def api_settings(args):
 
 def option_error(e: ValueError) -> int:
     """One line on stderr; status 2 for a usage error (an option value not offered), else 1."""
-    from tether.api.settings import UsageError
+    from tether.api.settings import UsageError  # bottle & co.: see the module docstring
 
     print(f"tetherctl: {e}", file=sys.stderr)
     return 2 if isinstance(e, UsageError) else 1
 
 
 def add_common_options(p) -> None:
+    """Where the daemon finds its files and sockets, and how much it logs."""
     p.add_env_option(
         "--config-dir",
         "--config",
@@ -177,6 +192,7 @@ def add_common_options(p) -> None:
 
 
 def setup_logging(level_name: str) -> None:
+    """Log lines to stderr, where journald (or the terminal) collects them."""
     logging.basicConfig(
         level=LOG_LEVELS[level_name],
         stream=sys.stderr,
@@ -185,8 +201,8 @@ def setup_logging(level_name: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from tether.appliance.daemon import Daemon
-    from tether.device.uapi_server import run_dir
+    """The foreground daemon until a signal; its exit status is the daemon's."""
+    from tether.appliance.daemon import Daemon  # the whole stack: see the module docstring
 
     setup_logging(args.log)
     try:
@@ -212,7 +228,12 @@ def cmd_run(args) -> int:
 
 
 def register_up_down(sub) -> None:
-    p = sub.add_parser("up", help="start a detached daemon for DEVICE; returns once it is up")
+    """Add `tetherctl up` and `down` (which also take the original's --dname)."""
+    p = sub.add_parser(
+        "up",
+        help="bring DEVICE up in a detached daemon (like wg-quick up)",
+        description="A detached daemon for DEVICE; returns once the device is up.",
+    )
     p.add_argument("device", nargs="?", metavar="DEVICE")
     p.add_argument("--dname", help="the device, in the original tool's spelling")
     add_common_options(p)
@@ -224,7 +245,11 @@ def register_up_down(sub) -> None:
         help="pidfile and log of detached daemons (default /run/tetherctl as root)",
     )
     p.set_defaults(func=cmd_up)
-    p = sub.add_parser("down", help="stop DEVICE's detached daemon (PreDown, SaveConfig, PostDown)")
+    p = sub.add_parser(
+        "down",
+        help="bring DEVICE down: PreDown, SaveConfig, PostDown",
+        description="Stop DEVICE's detached daemon: PreDown, SaveConfig, PostDown.",
+    )
     p.add_argument("device", nargs="?", metavar="DEVICE")
     p.add_argument("--dname", help="the device, in the original tool's spelling")
     p.add_env_option("--config-dir", "--config", metavar="DIR", help="where device files live")
@@ -241,9 +266,8 @@ def _device_arg(args) -> str:
 
 
 def cmd_up(args) -> int:
-    from tether.appliance import detach
-    from tether.appliance.daemon import Daemon
-    from tether.device.uapi_server import run_dir
+    """Detach a daemon for the device and wait until it is up (or report why not)."""
+    from tether.appliance.daemon import Daemon  # the whole stack: see the module docstring
 
     try:
         name = _device_arg(args)
@@ -281,8 +305,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from tether.appliance import detach
-
+    """Stop the device's detached daemon; --new_file then gets a copy of its file."""
     try:
         name = _device_arg(args)
     except ValueError as e:

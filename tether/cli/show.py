@@ -17,13 +17,12 @@ from tether.device.uapi_server import run_dir
 
 
 def register(sub) -> None:
-    p = sub.add_parser("show", help="show running devices (like `wg show`)")
+    """Add `show` and `showconf` to the top-level parser."""
+    p = sub.add_parser("show", help="show running devices (as `wg show`)")
     p.add_argument("device", nargs="?", metavar="DEVICE")
     p.add_env_option("--run-dir", metavar="DIR", help="where UAPI sockets are")
     p.set_defaults(func=cmd_show)
-    p = sub.add_parser(
-        "showconf", help="print a running device's configuration (like `wg showconf`)"
-    )
+    p = sub.add_parser("showconf", help="print a running device's config (as `wg showconf`)")
     p.add_argument("device", metavar="DEVICE")
     p.add_env_option("--run-dir", metavar="DIR", help="where UAPI sockets are")
     p.set_defaults(func=cmd_showconf)
@@ -64,6 +63,7 @@ def _bytes(n: int) -> str:
 
 
 def cmd_show(args) -> int:
+    """One device, or every socket in the run directory, in `wg show`'s layout (keys hidden)."""
     directory = run_dir(args.run_dir)
     names = [args.device] if args.device else _sockets(directory)
     for i, name in enumerate(names):
@@ -95,6 +95,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_showconf(args) -> int:
+    """The running configuration as `wg showconf` prints it, for `wg setconf` or a backup."""
     snap = _snapshot(run_dir(args.run_dir), args.device)
     out = ["[Interface]"]
     if snap.listen_port:
