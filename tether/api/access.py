@@ -47,6 +47,9 @@ ANONYMOUS = "anonymous"
 
 @dataclass(frozen=True)
 class Caller:
+    """What a request proved about its sender, decided once per request so that every route
+    applies the same rules (§5a)."""
+
     role: str
     secret: str | None = None  # the bearer value (BEARER only)
     trusted_without_token: bool = False  # ADMIN because no token is configured
@@ -117,6 +120,8 @@ def client_address(environ: dict, proxies: tuple[Network, ...]) -> Address | Non
 
 
 def client_key(addr: Address | None) -> str:
+    """The rate limiter's and connection cap's bucket: an IPv4 address or an IPv6 /64, what one
+    subscriber controls."""
     if addr is None:
         return "unknown"
     if addr.version == 6:
@@ -134,6 +139,8 @@ def bearer_value(environ: dict) -> str | None:
 
 
 def identify(environ: dict, token: bytes | None) -> Caller:
+    """Who the caller is: the admin (by token, compared in constant time, or everyone when no
+    token is configured), a bearer that may be a peer's owner, or anonymous."""
     if token is None:
         return Caller(ADMIN, trusted_without_token=True)
     value = bearer_value(environ)

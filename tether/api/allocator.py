@@ -29,6 +29,9 @@ class Exhausted(Exception):
 
 
 class SubnetPool:
+    """The free and taken addresses of one subnet, kept as merged intervals so that an add costs
+    O(log n) even on a device with thousands of peers."""
+
     def __init__(self, subnet: Network, own: ipaddress.IPv4Address | ipaddress.IPv6Address | None):
         self.subnet = subnet
         first, last = int(subnet.network_address), int(subnet.broadcast_address)
@@ -51,6 +54,8 @@ class SubnetPool:
     # -- coverage ------------------------------------------------------------------------------
 
     def cover(self, network: Network) -> None:
+        """Mark a network taken (a peer's AllowedIPs, a held address); counted, since peers may
+        overlap."""
         lo, hi = self._clip(network)
         if lo > hi:
             return
@@ -61,6 +66,7 @@ class SubnetPool:
         self._add_interval(lo, hi)
 
     def uncover(self, network: Network) -> None:
+        """Undo one `cover`; addresses no longer covered become candidates again."""
         lo, hi = self._clip(network)
         if lo > hi:
             return
@@ -116,6 +122,8 @@ class SubnetPool:
         self._dirty = False
 
     def is_free(self, addr: int) -> bool:
+        """Whether an address may go to a new peer (in range, not the device's own, not
+        covered)."""
         if not self.first <= addr <= self.last or addr == self.own:
             return False
         if self._dirty:
@@ -149,6 +157,8 @@ class SubnetPool:
         raise Exhausted(f"no free address left in {self.subnet}")
 
     def allocate(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """Take the lowest free address as a host route (the original tool's order, so configs
+        look alike)."""
         addr = self.next_free()
         host = ipaddress.ip_network((addr, self.subnet.max_prefixlen))
         self.cover(host)
@@ -182,12 +192,15 @@ class Allocator:
             self._held = wanted
 
     def add_peer(self, allowed_ips: Iterable[Network]) -> None:
+        """A peer's AllowedIPs become taken in every pool they overlap (also used for held
+        addresses)."""
         for net in allowed_ips:
             for pool in self.pools:
                 if pool.subnet.version == net.version and pool.subnet.overlaps(net):
                     pool.cover(net)
 
     def remove_peer(self, allowed_ips: Iterable[Network]) -> None:
+        """A removed peer's AllowedIPs are offered again (unless still covered by another peer)."""
         for net in allowed_ips:
             for pool in self.pools:
                 if pool.subnet.version == net.version and pool.subnet.overlaps(net):

@@ -23,10 +23,10 @@ Every request on a peer route that is not the admin's takes a token from its cli
 bucket first (429 with Retry-After when empty); the admin is never limited.
 
 `<pubkey>` is standard base64 and may contain `/`, so it is routed as a path. Configs come as
-text/plain, or with `?format=qr` as a PNG QR code and `?format=svg` as SVG. Every answer other
-than a config, a QR code, JSON or metrics is one line of text. No response or log line ever
-carries a private or preshared key or a secret other than the one just made; responses are
-marked `Cache-Control: no-store` because a config from `/peer/new` holds a private key.
+text/plain, or with `?format=png` (or `qr`) as a PNG QR code and `?format=svg` as SVG. Every
+answer other than a config, a QR code, JSON or metrics is one line of text. No response or log
+line ever carries a private or preshared key or a secret other than the one just made; responses
+are marked `Cache-Control: no-store` because a config from `/peer/new` holds a private key.
 """
 
 from __future__ import annotations

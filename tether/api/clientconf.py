@@ -27,11 +27,17 @@ class EndpointUnavailable(ValueError):
 
 @dataclass(frozen=True)
 class PublicEndpoints:
+    """The addresses clients are told to connect to, one per endpoint type, chosen once at
+    startup."""
+
     ipv4: str | None = None
     ipv6: str | None = None
     domain: str | None = None
 
     def host_for(self, endpoint_type: str) -> str:
+        """The host an endpoint type names (`any`: domain, else IPv4, else IPv6);
+        EndpointUnavailable when the operator configured none of that kind, so a client never
+        gets an Endpoint it cannot use."""
         kind = endpoint_type.lower()
         if kind not in ENDPOINT_TYPES:
             raise ValueError(f"unknown endpoint type {endpoint_type!r} (any, ipv4, ipv6, domain)")
@@ -46,6 +52,7 @@ class PublicEndpoints:
 
 
 def endpoint_text(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address bracketed as wg-quick requires."""
     try:
         if ipaddress.ip_address(host).version == 6:
             return f"[{host}]:{port}"
@@ -103,12 +110,14 @@ def _qr(text: str):
 
 
 def qr_png(text: str, scale: int = 4) -> bytes:
+    """The config as a PNG QR code, for `?format=png` (a phone scans it off a screen)."""
     buf = io.BytesIO()
     _qr(text).save(buf, kind="png", scale=scale, border=4)
     return buf.getvalue()
 
 
 def qr_svg(text: str, scale: int = 4) -> bytes:
+    """The config as an SVG QR code, for `?format=svg` (scales on any page)."""
     buf = io.BytesIO()
     _qr(text).save(buf, kind="svg", scale=scale, border=4, xmldecl=True)
     return buf.getvalue()

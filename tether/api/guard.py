@@ -38,6 +38,9 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 
 
 class GuardedChannel(HTTPChannel):
+    """waitress' connection, counted per client and timed per request, so that the server can
+    cap and evict connections that never finish a request."""
+
     def __init__(self, server, sock, addr, adj, map=None):
         self.client_key = server.key_of(addr)
         self._counted = False
@@ -47,6 +50,7 @@ class GuardedChannel(HTTPChannel):
         self._counted = True
 
     def service(self):
+        """Serve the request; the wait for the next one starts afresh afterwards."""
         self.waiting_since = time.time()  # a long request must not count against the next one
         try:
             super().service()
@@ -58,6 +62,7 @@ class GuardedChannel(HTTPChannel):
         return not self.requests
 
     def del_channel(self, map=None):
+        """Closing frees the connection's slot in its client's count."""
         super().del_channel(map)
         if self._counted:
             self._counted = False
@@ -68,6 +73,9 @@ class GuardedChannel(HTTPChannel):
 
 
 class GuardedServer(TcpWSGIServer):
+    """waitress' server with the slowloris defences: a per-client connection cap, a request
+    deadline and eviction of the longest-waiting connection when all slots are taken."""
+
     channel_class = GuardedChannel
 
     def __init__(
@@ -96,6 +104,8 @@ class GuardedServer(TcpWSGIServer):
         return access.client_key(parsed)
 
     def readable(self):
+        """Run maintenance on schedule, and keep accepting even when full: handle_accept makes
+        room instead of letting idle connections lock newcomers out."""
         now = time.time()
         if now >= self.next_channel_cleanup:
             self.next_channel_cleanup = now + self.adj.cleanup_interval
@@ -103,6 +113,8 @@ class GuardedServer(TcpWSGIServer):
         return self.accepting  # never stop accepting: handle_accept makes room instead
 
     def handle_accept(self):
+        """Accept, then refuse over the client's cap, or make room by evicting a waiting
+        connection."""
         try:
             pair = self.accept()
             if pair is None:
@@ -135,6 +147,8 @@ class GuardedServer(TcpWSGIServer):
         return True
 
     def maintenance(self, now):
+        """waitress' idle cleanup plus the request deadline: a connection that has not delivered
+        a complete request in time is closed, however slowly it trickles."""
         super().maintenance(now)
         cutoff = now - self.request_timeout
         for ch in self.active_channels.values():

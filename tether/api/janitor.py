@@ -30,6 +30,9 @@ log = logging.getLogger("tether.api")
 
 
 class Janitor:
+    """Removes self-service peers that never completed a handshake within their expiry, so that
+    strangers cannot fill the address pool with peers nobody uses."""
+
     def __init__(self, service: PeerService) -> None:
         self.service = service
         self._reported: dict[str, str] = {}  # device -> last problem logged (once each)
@@ -99,6 +102,8 @@ class JanitorThread:
         self._thread = threading.Thread(target=self._run, name="tetherctl-janitor", daemon=True)
 
     def start(self) -> JanitorThread:
+        """Start sweeping; returns self so that a caller can keep the started thread in one
+        line."""
         self._thread.start()
         return self
 
@@ -110,6 +115,8 @@ class JanitorThread:
                 log.exception("janitor pass failed")
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop sweeping and wait for a pass in progress (not when called from the janitor
+        itself)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)

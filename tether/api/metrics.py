@@ -26,17 +26,22 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "P
 
 
 class HubCollector:
+    """Reads the hub at scrape time, so that the packet path keeps no metric objects."""
+
     def __init__(self, hub: DeviceHub) -> None:
         self.hub = hub
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, status) -> count
         self._lock = threading.Lock()
 
     def count_request(self, method: str, status: int) -> None:
+        """Count one HTTP request by method (unknown ones as `other`, bounding the label set)
+        and status."""
         label = method if method in KNOWN_METHODS else "other"
         with self._lock:
             self.requests[(label, str(int(status)))] += 1
 
     def collect(self):
+        """prometheus_client's hook: the metric families, read from the hub now."""
         rx = CounterMetricFamily(
             "tetherctl_peer_receive_bytes",
             "Bytes received from the peer",
@@ -99,6 +104,7 @@ class HubCollector:
 
 
 def make_registry(hub: DeviceHub) -> tuple[CollectorRegistry, HubCollector]:
+    """A registry of the app's own, so that apps in one process (tests) never share metrics."""
     registry = CollectorRegistry(auto_describe=False)
     collector = HubCollector(hub)
     registry.register(collector)
@@ -106,4 +112,5 @@ def make_registry(hub: DeviceHub) -> tuple[CollectorRegistry, HubCollector]:
 
 
 def render(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus' text format, the body of `GET /metrics`."""
     return generate_latest(registry)

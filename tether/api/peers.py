@@ -68,22 +68,33 @@ class PeerError(Exception):
 
 
 class BadRequest(PeerError):
+    """The request itself is wrong (a bad key or endpoint type): 400."""
+
     status = 400
 
 
 class NotFound(PeerError):
+    """No such peer or device: 404."""
+
     status = 404
 
 
 class Conflict(PeerError):
+    """The peer exists already: 409."""
+
     status = 409
 
 
 class Unavailable(PeerError):
+    """The device cannot serve this now (no free address, a cap reached, a broken file or
+    state): 503."""
+
     status = 503
 
 
 class Forbidden(PeerError):
+    """The caller may not do this (not the admin, not the owner): 403."""
+
     status = 403
 
 
@@ -94,6 +105,9 @@ SELF_SERVICE_GRANT = "self-service"  # made by anyone: counted against the cap, 
 
 @dataclass
 class Added:
+    """The result of an add: what the route returns to the client, the owner secret included
+    once."""
+
     peer: Peer
     config: str  # the client config text (private key filled in only for server-made keys)
     secret: str | None = None  # the owner secret (shown once, stored only as a hash)
@@ -115,6 +129,8 @@ def owner_matches(owner: Owner | None, peer: Peer | None, secret_sha256: str) ->
 
 
 def parse_public_key(text: str) -> bytes:
+    """A public key from a URL; a BadRequest naming the expected form rather than a decoding
+    error."""
     try:
         return keys.decode(text)
     except keys.InvalidKey:
@@ -122,6 +138,7 @@ def parse_public_key(text: str) -> bytes:
 
 
 def check_endpoint_type(text: str) -> str:
+    """An endpoint type from a URL, case-insensitive as the original accepted it."""
     kind = text.lower()
     if kind not in ENDPOINT_TYPES:
         raise BadRequest(f"unknown endpoint type (expected one of {', '.join(ENDPOINT_TYPES)})")
@@ -244,6 +261,7 @@ class PeerService:
             return state
 
     def registry(self, name: str) -> Registry:
+        """The device's API state (owners, quarantine), for the janitor and the daemon."""
         return self._state(name).registry
 
     def _path(self, name: str):
@@ -509,6 +527,8 @@ class PeerService:
             raise self._state_problem(name, e) from None
 
     def config(self, name: str, public_key: bytes, endpoint_type: str) -> str:
+        """A peer's client config as the file says now; the live port wins over the file's, so a
+        config for a device on port 0 names the port it really uses."""
         host = self._host(endpoint_type)
         live_port = self.hub.listen_port(name)
         state = self._state(name)
@@ -521,6 +541,7 @@ class PeerService:
             return render_client_config(cfg.config, peer, host, port, include_psk=self.include_psk)
 
     def peers(self, name: str) -> list[Peer]:
+        """The file's peers now (a snapshot the caller may keep)."""
         state = self._state(name)
         with state.lock:
             return list(self._read(name, state).config.peers)

@@ -135,6 +135,8 @@ def detect(proc: str = "/proc") -> tuple[str | None, str | None]:
 
 
 def check_domain(name: str) -> str:
+    """A `--public-domain` that is a host name and not an address in disguise, so that an
+    Endpoint built from it is one a client can resolve."""
     if not _HOSTNAME.fullmatch(name) or name.replace(".", "").isdigit():
         raise ValueError(f"{name!r} is not a valid domain name")
     return name.rstrip(".")

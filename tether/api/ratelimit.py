@@ -48,6 +48,9 @@ def parse_rate_limit(text: str) -> RateLimit | None:
 
 
 class RateLimiter:
+    """A token bucket per client key, bounded in memory (the least recently seen clients are
+    forgotten first), so that a stranger cannot take every address with a loop."""
+
     def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self._clock = clock

@@ -36,6 +36,9 @@ DEFAULT_QUARANTINE = 600.0  # seconds a freed address stays out of the allocator
 
 
 class Registry(Protocol):
+    """Where the API keeps a device's state; an interface so that the service can be tested with
+    state in memory and the file can be swapped for a shared store."""
+
     def read(self) -> DeviceState:
         """The current state (shared: do not change it). Raises StateError."""
 
@@ -46,10 +49,14 @@ class Registry(Protocol):
 
 
 def state_path(config_dir: str | os.PathLike, name: str) -> Path:
+    """The state file beside the device file: `<config-dir>/<device>.state.json`."""
     return Path(config_dir) / f"{store.check_device_name(name)}.state.json"
 
 
 class FileRegistry:
+    """The state in its file: cached by stat, re-read when another process changed it, written
+    under the device directory's lock like the device files."""
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()  # guards the cache (threads of one process)
@@ -83,10 +90,13 @@ class FileRegistry:
         return state
 
     def read(self) -> DeviceState:
+        """The current state, re-read only when the file changed."""
         with self._lock:
             return self._load()
 
     def update(self, change: Callable[[DeviceState], T], *, locked: bool = False) -> T:
+        """Change the state atomically with respect to every other writer, in this and other
+        processes."""
         if locked:
             return self._update(change)
         with store.locked(self.path):
@@ -163,6 +173,8 @@ def record_file_change(
 
 
 def apply_releases(state: DeviceState, changes, now: float, quarantine: float) -> None:
+    """Record the addresses an edit freed (quarantined from now), forgetting the owners of peers
+    that are gone."""
     for key, freed, gone in changes:
         owner = state.forget(key) if gone else state.owners.get(key)
         state.release(freed, now, quarantine, bool(owner and owner.self_service))

@@ -87,6 +87,9 @@ def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
 
 @dataclass
 class ApiHandle:
+    """A running API server: its address, and the way to stop it from another thread (which
+    `waitress.serve()` lacks)."""
+
     host: str
     port: int
     _servers: list = field(repr=False)
@@ -101,10 +104,12 @@ class ApiHandle:
 
     @property
     def servers(self) -> list[GuardedServer]:
+        """The listening servers, for tests and metrics that look at their counters."""
         return list(self._servers)
 
     @property
     def url(self) -> str:
+        """The address the server really listens on (the port chosen for `:0` included)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 

@@ -52,6 +52,9 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class ApiSettings:
+    """The API's settings, checked once at startup (so that a typo is an error then, not later)
+    and then handed to the daemon, which starts the API when its devices are up."""
+
     host: str
     port: int
     public: PublicEndpoints
@@ -120,6 +123,7 @@ class ApiSettings:
         )
 
     def make_app(self, hub: DeviceHub):
+        """The Bottle app for a hub, configured from these settings."""
         return make_app(
             hub,
             public=self.public,
@@ -158,6 +162,7 @@ class ApiSettings:
 
 
 def parse_self_service(text: str | None) -> str:
+    """--api-self-service; a mode this version does not offer is a usage error (status 2)."""
     mode = (text or "open").strip().lower()
     if mode == "invite":
         raise UsageError(
@@ -184,6 +189,7 @@ def parse_duration(text: str | float | None, option: str, default: float) -> flo
 
 
 def parse_count(text: str | int | None, option: str, default: int) -> int:
+    """A whole-number option such as --api-self-service-max; 0 means no cap."""
     if text is None:
         return default
     try:

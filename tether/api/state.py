@@ -45,11 +45,14 @@ class StateError(ValueError):
 
 
 def secret_hash(secret: str) -> str:
+    """What is stored of an owner secret: its SHA-256 (why no salt: the module docstring)."""
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)
 class Owner:
+    """The owner entry of a peer the API added (see the module docstring)."""
+
     secret_sha256: str
     added: int  # Unix time
     self_service: bool
@@ -57,6 +60,7 @@ class Owner:
     addresses: tuple[str, ...]  # the AllowedIPs the peer was given, as text
 
     def to_json(self) -> dict:
+        """The entry as its file writes it."""
         return {
             "secret_sha256": self.secret_sha256,
             "added": self.added,
@@ -68,11 +72,14 @@ class Owner:
 
 @dataclass(frozen=True)
 class Release:
+    """A freed address in quarantine, so that no new peer gets it while old traffic may arrive."""
+
     released: int  # Unix time the address left its peer
     until: int  # end of its quarantine
     self_service: bool  # it belonged to a self-service peer (counts against the pool cap)
 
     def to_json(self) -> dict:
+        """The entry as its file writes it."""
         return {"released": self.released, "until": self.until, "self_service": self.self_service}
 
 
@@ -88,16 +95,19 @@ class DeviceState:
     touched: set[str] = field(default_factory=set, compare=False)  # owner keys set or dropped
 
     def copy(self) -> DeviceState:
+        """A copy a writer may change (the entries are frozen, so this is cheap)."""
         return DeviceState(dict(self.owners), dict(self.released), dict(self.invites))
 
     # -- owners --------------------------------------------------------------------------------
 
     def set_owner(self, key: str, owner: Owner) -> None:
+        """Record (or replace) a peer's owner entry, marking the state changed."""
         self.owners[key] = owner
         self.changed = True
         self.touched.add(key)
 
     def forget(self, key: str) -> Owner | None:
+        """Drop a peer's owner entry (the peer left the file); returns it, or None."""
         owner = self.owners.pop(key, None)
         if owner is not None:
             self.changed = True
@@ -105,6 +115,7 @@ class DeviceState:
         return owner
 
     def clear_expiry(self, key: str) -> None:
+        """The peer has completed a handshake: it is used and never expires now."""
         owner = self.owners.get(key)
         if owner is not None and owner.expires is not None:
             self.set_owner(key, dataclasses.replace(owner, expires=None))
@@ -134,6 +145,7 @@ class DeviceState:
         self.prune(now)
 
     def prune(self, now: float) -> None:
+        """Drop quarantines that have ended, so that the file does not grow forever."""
         ended = [text for text, r in self.released.items() if r.until <= now]
         for text in ended:
             del self.released[text]
@@ -141,6 +153,7 @@ class DeviceState:
             self.changed = True
 
     def quarantined(self, now: float) -> set[str]:
+        """The addresses still in quarantine, which the allocator holds back."""
         return {text for text, r in self.released.items() if r.until > now}
 
 
@@ -148,6 +161,8 @@ class DeviceState:
 
 
 def owner_line(key: str, owner: Owner) -> bytes:
+    """One owner's line of the file; the registry keeps these between writes so that a write of
+    10,000 owners does not encode every one again."""
     return f"{json.dumps(key)}: {_compact(owner.to_json())}".encode("ascii")
 
 
