@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tether.cli import devenv
 from tether.cli.main import build_parser
 
@@ -116,3 +118,18 @@ def test_the_original_up_reads_its_settings_through_the_lookup(tmp_path, monkeyp
     assert (args.public_ipv4, args.log) == ("198.51.100.3", "verbose")
     monkeypatch.setenv("TETHERCTL_PUBLIC_IPV4", "198.51.100.2")
     assert daemon_args(tmp_path / "tb0.conf", "tb0", Session()).public_ipv4 == "198.51.100.2"
+
+
+def test_a_value_one_env_line_cannot_hold_is_refused_before_writing(tmp_path):
+    """`<dname>.env` is read line by line by systemd: a value with a line break would smuggle
+    in a second variable, so it is refused and the file stays as it was."""
+    devenv.update(tmp_path, "tb0", {"TETHERCTL_LOG": "verbose"})
+    before = (tmp_path / "tb0.env").read_bytes()
+    for bad in ("1.2.3.4\nTETHERCTL_API_LISTEN=0.0.0.0:80", "x\r", "a\0b"):
+        with pytest.raises(ValueError, match="one line"):
+            devenv.update(tmp_path, "tb0", {"TETHERCTL_PUBLIC_IPV4": bad})
+    with pytest.raises(ValueError, match="not an environment variable name"):
+        devenv.update(tmp_path, "tb0", {"TETHERCTL_X=1\nY": "2"})
+    assert (tmp_path / "tb0.env").read_bytes() == before
+    devenv.update(tmp_path, "tb0", {"TETHERCTL_PUBLIC_DOMAIN": "a\x0cb c"})  # one line still
+    assert devenv.read(tmp_path, "tb0")["TETHERCTL_PUBLIC_DOMAIN"] == "a\x0cb c"

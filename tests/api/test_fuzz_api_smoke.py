@@ -80,3 +80,25 @@ def test_state_fuzz_target_smoke():
             elif base:
                 del base[rnd.randrange(len(base))]
         target.TestOneInput(bytes(base))
+
+
+def test_fuzz_options_smoke():
+    """fuzz/fuzz_options.py: `--api-listen` texts and `<device>.env` files (read, update)."""
+    target = load_target("fuzz_options")
+    rnd = random.Random(2024)
+    seeds = [
+        b"127.0.0.1:9090\0TETHERCTL_LOG=verbose\n\0PUBLIC_IPV4\x00198.51.100.7",
+        b":9090\0# comment\nexport TETHERCTL_PUBLIC_IPV6='2001:db8::1'\n\0LOG\0e",
+        b'[::1]:0\0A=1\r\nB="two words"\n\0PUBLIC_DOMAIN\0vpn.example.org',
+        b"localhost\0\0X\0a value with 'quotes' and \x0c form feed",
+        b"[::1\0broken line\n=\n\0LOG\0two\nlines",
+        b"http://10.0.0.1:99999/\0\xff\xfe\0BAD-NAME\0v",
+    ]
+    for data in seeds:
+        target.TestOneInput(data)
+    for _ in range(300):
+        data = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randrange(1, 5)):
+            at = rnd.randrange(len(data) + 1)
+            data[at:at] = bytes([rnd.choice(b":[]\0\n\r'\"= \\#x9\x0c\x85")])
+        target.TestOneInput(bytes(data))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tether.config import store
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASSIGN = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
 
 
@@ -57,7 +58,7 @@ def read(config_dir: str | os.PathLike, name: str) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     out: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in _lines(text):
         if line.lstrip().startswith(("#", ";")):
             continue
         m = _ASSIGN.fullmatch(line)
@@ -73,13 +74,27 @@ def read(config_dir: str | os.PathLike, name: str) -> dict[str, str]:
     return out
 
 
+def _lines(text: str) -> list[str]:
+    """The file's lines as systemd splits them: at line feeds only (str.splitlines would also
+    split at form feeds and Unicode separators, which a quoted value may hold)."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def update(config_dir: str | os.PathLike, name: str, values: dict[str, str | None]) -> None:
     """Set (or, with None, delete) variables, keeping every other line; written atomically
-    under the config directory's lock, mode 0600 for a new file."""
+    under the config directory's lock, mode 0600 for a new file. A name or value that one
+    `NAME=value` line cannot hold (a line break, a NUL, a name that is no variable name) is a
+    ValueError before anything is written."""
+    for key, value in values.items():
+        if not _NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not an environment variable name")
+        if value is not None and ("\n" in value or "\r" in value or "\0" in value):
+            raise ValueError(f"{key}: a value must be one line without NUL bytes")
     target = path(config_dir, name)
     with store.locked(target):
         try:
-            lines = target.read_text(encoding="utf-8").splitlines()
+            lines = _lines(target.read_text(encoding="utf-8"))
         except FileNotFoundError:
             lines = []
         pending = dict(values)
