@@ -266,6 +266,8 @@ class TcpOverLossyLink(RuleBasedStateMachine):
                 assert bytes(h.peer.received) == bytes(h.host_sent)
 
 
+# Soak: TCP_STATEFUL_EXAMPLES=5000 pytest ... --hypothesis-seed=N, *without* CI set: with CI
+# set, hypothesis loads its "ci" profile (derandomize): every run and seed draws the same examples.
 TcpOverLossyLink.TestCase.settings = settings(
     max_examples=int(os.environ.get("TCP_STATEFUL_EXAMPLES", "300")),  # raise for soak runs
     stateful_step_count=60,
