@@ -228,14 +228,16 @@ class SimPeer:
         if self.state == "SYN_SENT":
             self.out.append(self._syn(now))
         elif self.snd_nxt != self.snd_una:
-            self.snd_nxt = self.snd_una  # go-back-N
-            if self.fin_seq is not None and le(self.snd_una, self.fin_seq):
-                self.fin_seq = None  # the FIN goes again after the data
+            self.snd_nxt = self.snd_una  # go-back-N; the FIN goes again after the data
             self.output(now)
         elif self.send_q and self.snd_wnd == 0:
-            # RFC 9293 §3.8.6.1: probe a zero window with one byte beyond it.
+            # RFC 9293 §3.8.6.1: probe a zero window with one byte beyond it. After a go-back-N
+            # that byte may have been sent before, with more behind it: SND.MAX never goes back,
+            # or the receiver's ACK of those later bytes would look like an ACK of unsent data.
             self.out.append(self._seg(self.snd_nxt, ACK, bytes(self.send_q[:1])))
-            self.snd_nxt = self.snd_max = (self.snd_nxt + 1) & M
+            self.snd_nxt = (self.snd_nxt + 1) & M
+            if lt(self.snd_max, self.snd_nxt):
+                self.snd_max = self.snd_nxt
         else:
             self.rto_at = None
 
@@ -256,7 +258,13 @@ class SimPeer:
                 payload = bytes(self.send_q[off : off + n])
                 self.out.append(self._seg(self.snd_nxt, ACK | PSH, payload))
                 self.snd_nxt = (self.snd_nxt + n) & M
-            elif self.fin_queued and self.fin_seq is None and off == len(self.send_q):
+            elif (
+                self.fin_queued
+                and off == len(self.send_q)
+                and (self.fin_seq is None or self.fin_seq == self.snd_nxt)
+            ):
+                # The FIN's place is fixed once sent: an ACK beyond it (even one that arrives
+                # after a go-back-N) acknowledges it, and it never goes out anywhere else.
                 self.fin_seq = self.snd_nxt
                 self.out.append(self._seg(self.snd_nxt, ACK | FIN))
                 self.snd_nxt = (self.snd_nxt + 1) & M

@@ -266,6 +266,8 @@ class TcpOverLossyLink(RuleBasedStateMachine):
                 assert bytes(h.peer.received) == bytes(h.host_sent)
 
 
+# Soak: TCP_STATEFUL_EXAMPLES=5000 pytest ... --hypothesis-seed=N, *without* CI set: with CI
+# set, hypothesis loads its "ci" profile (derandomize): every run and seed draws the same examples.
 TcpOverLossyLink.TestCase.settings = settings(
     max_examples=int(os.environ.get("TCP_STATEFUL_EXAMPLES", "300")),  # raise for soak runs
     stateful_step_count=60,
@@ -348,3 +350,65 @@ def test_bulk_with_random_loss_recovers_mostly_without_timeouts(sack, congestion
     assert tx.recoveries >= 5
     assert tx.timeouts <= tx.recoveries // 2 + 2, (tx.timeouts, tx.recoveries)
     assert h.now - start < 60.0
+
+
+def _hold_next_ack(h) -> bytes:
+    """Take the connection's next segment off the link before it arrives (the link delays it)."""
+    for _ in range(10_000):
+        h.advance(0.001)
+        for i, packet in enumerate(h.link.packets):
+            if packet[2] == "peer":
+                return h.link.packets.pop(i)[3]
+    raise AssertionError("the connection sent nothing")
+
+
+@pytest.mark.parametrize("peer_fin", [False, True])
+def test_stale_zero_window_then_probe_fills_the_hole(peer_fin) -> None:
+    """Regression: the simulated peer's books, not the connection, were wrong.
+
+    The peer probes a closed window with byte X (refused), the window opens and it sends X+1..
+    (and its FIN) at once, leaving X as a hole; a stale zero-window ACK, reordered behind the
+    window update (same SEQ and ACK, so RFC 9293's SND.WL1/WL2 test takes it), closes the peer's
+    window again. Its RTO goes back to SND.UNA, sends nothing into the zero window, then probes
+    with X: the connection fills the hole from its out-of-order queue and acknowledges everything
+    up to the peer's highest octet sent (and the FIN), as RFC 9293 §3.10.7.4 requires.
+    The peer used to lower SND.MAX to X+1 for the probe ("ACK of data never sent"), and to forget
+    where its FIN was on the go-back-N, so it sent a second FIN after the first was acknowledged
+    and reset the connection when that one was never acknowledged.
+    """
+    h = Harness(
+        config=TcpConfig(recv_buffer=8192, delayed_ack=0.0),
+        peer_kw={"wscale": None, "sack": False, "ts": False, "rcv_buf": 65535},
+        isns=(0, 0),
+    )
+    h.advance(0.1)
+    c, p = h.conn, h.peer
+    data = random.Random(1).randbytes(10000 if peer_fin else 20000)
+    p.write(data)
+    h.peer_sent += data
+    if peer_fin:
+        p.close()
+    h.pump()
+    h.advance(3.0)  # the host reads nothing: the window closes, a probe byte is refused
+    assert c.rx.rcv_adv == c.rx.rcv_nxt == 8193
+    assert (p.snd_una, p.snd_max, p.snd_wnd) == (8193, 8194, 0)
+    stale = _hold_next_ack(h)  # the answer to the next probe: ACK 8193, window 0
+    h.host_received += c.read_for_host()
+    h.pump()
+    h.advance(0.1)  # the window update went out; the peer sent 8194.. past the hole at 8193
+    high = 10002 if peer_fin else 16385
+    assert c.rx.ooo and p.snd_max == high
+    h.link.send(h.now, "peer", stale)
+    h.advance(0.1)
+    assert p.snd_wnd == 0 and p.snd_max == high
+    h.settle(lambda: h.host_received == h.peer_sent and p.snd_una == p.snd_max, 100.0)
+    assert bytes(h.host_received) == bytes(h.peer_sent)
+    assert p.snd_una == p.snd_max == 1 + len(data) + peer_fin  # all acked, the FIN once
+    assert c.peer_eof is peer_fin and p.state == ("FIN_WAIT_2" if peer_fin else "ESTABLISHED")
+    h.host_eof_sent = True
+    c.host_eof(h.now)
+    p.close()
+    h.pump()
+    h.settle(lambda: c.state is State.CLOSED and p.state == "CLOSED", 400.0)
+    assert c.state is State.CLOSED and p.state == "CLOSED"
+    assert not h.reset_seen
