@@ -15,8 +15,8 @@ import struct
 import sys
 import time
 
-from tether.netstack.tcp import ACK, SYN, addresses_sum, build_segment, parse_segment
-from tether.netstack.tcpconn import TcpConfig, TcpConnection
+from tether.netstack.tcp import TcpConfig, TcpConnection
+from tether.netstack.wire import ACK, SYN, addresses_sum, build_segment, parse_segment
 
 PEER, EXIT = bytes([192, 168, 90, 2]), bytes([203, 0, 113, 9])
 ASUM = addresses_sum(PEER, EXIT)  # a shell computes this once per flow

@@ -25,9 +25,8 @@ import errno
 import struct
 import sys
 
-from tether.netstack.exit import Exit, ExitConfig
-from tether.netstack.exit_actions import EchoSend, TcpConnect, UdpOpen
-from tether.netstack.ip import build_ipv4, build_ipv6, parse_ip
+from tether.netstack.exit import EchoSend, Exit, ExitConfig, TcpConnect, UdpOpen
+from tether.netstack.wire import build_ipv4, build_ipv6, parse_ip
 
 MTU = 1280
 _CFG = ExitConfig(

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from tether.netstack.tcp import ACK, TcpError, build_segment, parse_segment
-from tether.netstack.tcpconn import State, TcpConfig, TcpConnection
+from tether.netstack.tcp import State, TcpConfig, TcpConnection
+from tether.netstack.wire import ACK, TcpError, build_segment, parse_segment
 
 _PEER, _LOCAL = bytes([192, 168, 90, 2]), bytes([203, 0, 113, 9])
 _PEER6, _LOCAL6 = bytes(15) + b"\x02", b"\x20\x01" + bytes(13) + b"\x09"

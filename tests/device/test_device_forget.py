@@ -17,8 +17,7 @@ from tether.config import ConfigFile
 from tether.device.device import Device
 from tether.device.exit_shell import ExitShell
 from tether.device.uapi import AllowedIPChange, PeerOp, SetRequest
-from tether.netstack.tcp import build_segment
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.wire import build_segment, build_udp_packet
 
 from ..netstack.test_exit_support import ip_packet
 

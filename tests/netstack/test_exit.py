@@ -7,23 +7,28 @@ import errno
 
 import pytest
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import EchoSend, TcpConnect, UdpClose, UdpOpen, UdpSend
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import build_echo, parse_icmp
-from tether.netstack.ip import (
+from tether.netstack.exit import EchoSend, ExitConfig, TcpConnect, UdpClose, UdpOpen, UdpSend
+from tether.netstack.wire import (
+    ACK,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
+    RST,
+    SYN,
+    Reassembler,
+    build_echo,
     build_ipv4,
     build_ipv6,
+    build_segment,
+    build_udp_packet,
     fragment_ipv4,
     fragment_ipv6,
+    parse_icmp,
     parse_ip,
+    parse_segment,
+    parse_udp,
 )
-from tether.netstack.tcp import ACK, RST, SYN, build_segment, parse_segment
-from tether.netstack.udp import build_udp_packet, parse_udp
 
 from .test_exit_support import (
     NET4,

@@ -3,11 +3,15 @@ closed, and nothing more goes toward the tunnel for them (issue 9, item 3)."""
 
 from __future__ import annotations
 
-from tether.netstack.exit_actions import EchoSend, TcpClose, UdpClose
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import build_echo
-from tether.netstack.ip import PROTO_UDP, build_ipv4, fragment_ipv4
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.exit import EchoSend, TcpClose, UdpClose
+from tether.netstack.wire import (
+    PROTO_UDP,
+    Reassembler,
+    build_echo,
+    build_ipv4,
+    build_udp_packet,
+    fragment_ipv4,
+)
 
 from .test_exit_support import (
     NET4,

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import TcpClose, UdpClose
-from tether.netstack.exit_limits import START_BUFFER
-from tether.netstack.ip import parse_ip
-from tether.netstack.tcp import RST, parse_segment
-from tether.netstack.tcp_events import TcpConfig
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.exit import START_BUFFER, ExitConfig, TcpClose, UdpClose
+from tether.netstack.tcp import TcpConfig
+from tether.netstack.wire import RST, build_udp_packet, parse_ip, parse_segment
 
 from .test_exit_support import (
     NET4,

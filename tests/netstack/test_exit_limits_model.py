@@ -4,7 +4,7 @@ Four peers open UDP flows and TCP connections (real packets through the sans-IO 
 host that connects at once), finish connections (they become reclaimable: TIME-WAIT) and reset
 them, with small limits so the table is full most of the time. The model knows every flow's
 peer, kind, last activity and whether it is reclaimable. For each new flow it replays the rules
-of `exit_limits` step by step: every flow the exit dropped to make room must be one the rules
+of `exit.limits` step by step: every flow the exit dropped to make room must be one the rules
 allow at that step (the oldest reclaimable connection, the least recently used UDP flow or live
 connection of the right peer), and the exit must admit or refuse exactly when the rules do.
 Invariants after every step: the model's flows are exactly the exit's, `Limits.audit()` holds,
@@ -19,9 +19,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import TcpConnect, UdpOpen
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.exit import ExitConfig, TcpConnect, UdpOpen
+from tether.netstack.wire import build_udp_packet
 
 from .test_exit_support import NET4, FakeHost, Harness, PeerTcp
 

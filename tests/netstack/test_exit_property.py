@@ -10,9 +10,9 @@ import random
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, given, settings
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import (
+from tether.netstack.exit import (
     EchoSend,
+    ExitConfig,
     TcpClose,
     TcpConnect,
     TcpShutdown,
@@ -21,18 +21,18 @@ from tether.netstack.exit_actions import (
     UdpOpen,
     UdpSend,
 )
-from tether.netstack.icmp import build_echo
-from tether.netstack.ip import (
+from tether.netstack.tcp import TcpConfig
+from tether.netstack.wire import (
     PROTO_TCP,
     PROTO_UDP,
     PacketError,
+    build_echo,
+    build_segment,
+    build_udp_packet,
     fragment_ipv4,
     fragment_ipv6,
     parse_ip,
 )
-from tether.netstack.tcp import build_segment
-from tether.netstack.tcp_events import TcpConfig
-from tether.netstack.udp import build_udp_packet
 
 from .test_exit_support import (
     NET4,
@@ -239,7 +239,7 @@ def test_garbage_never_raises(blob, peer):
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=20, max_size=200), st.booleans())
 def test_garbage_after_a_valid_ip_header_never_raises(body, v6):
-    from tether.netstack.ip import build_ipv4, build_ipv6
+    from tether.netstack.wire import build_ipv4, build_ipv6
 
     h = Harness(mtu=MTU, config=CFG)
     for proto in (PROTO_TCP, PROTO_UDP, 1, 58, 44, 0):

@@ -1,14 +1,14 @@
 """Helpers for the exit tests: a minimal phone-side TCP endpoint and packet shortcuts.
 
-`PeerTcp` is deliberately independent of `tcpconn.TcpConnection` (it shares only the wire
-format functions of `tcp.py`): an active opener with 32-bit modular arithmetic, no SACK and no
+`PeerTcp` is deliberately independent of `tcp.TcpConnection` (it shares only the wire
+format functions of `wire`): an active opener with 32-bit modular arithmetic, no SACK and no
 timestamps, an ACK for every data segment, in-order delivery only (anything else is dropped and
 re-ACKed), and go-back-N retransmission when asked to. It verifies every checksum the exit sends.
 """
 
 from __future__ import annotations
 
-from tether.netstack.exit_actions import (
+from tether.netstack.exit import (
     TcpClose,
     TcpConnect,
     TcpPauseReading,
@@ -16,8 +16,19 @@ from tether.netstack.exit_actions import (
     TcpShutdown,
     TcpWrite,
 )
-from tether.netstack.ip import PROTO_TCP, build_ipv4, build_ipv6, parse_ip
-from tether.netstack.tcp import ACK, FIN, PSH, RST, SYN, build_segment, parse_segment
+from tether.netstack.wire import (
+    ACK,
+    FIN,
+    PROTO_TCP,
+    PSH,
+    RST,
+    SYN,
+    build_ipv4,
+    build_ipv6,
+    build_segment,
+    parse_ip,
+    parse_segment,
+)
 
 M = 0xFFFFFFFF
 

@@ -8,16 +8,24 @@ import errno
 
 import pytest
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import (
+from tether.netstack.exit import (
+    ExitConfig,
     TcpClose,
     TcpShutdown,
     TcpWrite,
 )
-from tether.netstack.exit_tcp import ip_wrapper
-from tether.netstack.icmp import parse_icmp
-from tether.netstack.ip import PROTO_TCP, ipv4_header, parse_ip
-from tether.netstack.tcp import ACK, RST, SYN, build_segment, parse_segment
+from tether.netstack.wire import (
+    ACK,
+    PROTO_TCP,
+    RST,
+    SYN,
+    build_segment,
+    ip_wrapper,
+    ipv4_header,
+    parse_icmp,
+    parse_ip,
+    parse_segment,
+)
 
 from .test_exit_support import (
     NET4,

@@ -16,7 +16,8 @@ import random
 
 import pytest
 
-from tether.netstack.tcp import (
+from tether.netstack.tcp import ConnectionReset, State, TcpConfig, TcpConnection
+from tether.netstack.wire import (
     ACK,
     FIN,
     PSH,
@@ -26,7 +27,6 @@ from tether.netstack.tcp import (
     build_segment,
     parse_segment,
 )
-from tether.netstack.tcpconn import ConnectionReset, State, TcpConfig, TcpConnection
 
 M = 0xFFFFFFFF
 PEER_ADDR = bytes([192, 168, 90, 2])

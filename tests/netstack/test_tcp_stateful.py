@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from tether.netstack.tcpconn import ConnectionClosed, State, TcpConfig
+from tether.netstack.tcp import ConnectionClosed, State, TcpConfig
 
 
 def _load_sim():

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.netstack.tcp import ACK, FIN, PSH, RST, SYN, build_segment, parse_segment
-from tether.netstack.tcpconn import (
+from tether.netstack.tcp import (
     ConnectionClosed,
     ConnectionReset,
     DataReadable,
@@ -15,6 +14,7 @@ from tether.netstack.tcpconn import (
     TcpConfig,
     TcpConnection,
 )
+from tether.netstack.wire import ACK, FIN, PSH, RST, SYN, build_segment, parse_segment
 
 LOCAL4, PEER4 = bytes([203, 0, 113, 9]), bytes([192, 168, 90, 2])
 LOCAL6 = bytes.fromhex("20010db8000000000000000000000009")

@@ -36,9 +36,11 @@ from dataclasses import replace
 
 from tether import keys
 from tether.device.exit_shell_host import Pinger, discover_host_addresses, raise_nofile_limit
-from tether.netstack.exit import Exit, ExitConfig
-from tether.netstack.exit_actions import (
+from tether.netstack.exit import (
+    READ_CHUNK,
     EchoSend,
+    Exit,
+    ExitConfig,
     TcpClose,
     TcpConnect,
     TcpPauseReading,
@@ -49,7 +51,6 @@ from tether.netstack.exit_actions import (
     UdpOpen,
     UdpSend,
 )
-from tether.netstack.exit_tcp import READ_CHUNK
 
 log = logging.getLogger("tether.exit")
 

@@ -13,7 +13,7 @@ import socket
 import struct
 import time
 
-from tether.netstack.icmp import (
+from tether.netstack.wire import (
     ICMPV4_ECHO_REPLY,
     ICMPV4_ECHO_REQUEST,
     ICMPV6_ECHO_REPLY,

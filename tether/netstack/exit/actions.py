@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from tether.netstack.exit_tcp import TcpFlow
-    from tether.netstack.exit_udp import UdpFlow
+    from tether.netstack.exit.tcp_table import TcpFlow
+    from tether.netstack.exit.udp_table import UdpFlow
 
 
 class UdpOpen(NamedTuple):

@@ -19,7 +19,7 @@ Life of a flow:
    FIN. Once both directions are finished the host socket is closed; the connection itself
    lingers in TIME-WAIT to re-ACK a lost FIN. A reset either way resets the other side
    (`TcpClose(abort=True)` / RST).
-4. Limits (`exit_limits`): a SYN is admitted only if the peer and the device have room for
+4. Limits (`limits`): a SYN is admitted only if the peer and the device have room for
    another flow and its buffers; the connection starts with small buffers that grow while
    they are what limits the transfer; once it has delivered everything both ways it releases
    its buffers and may be reclaimed for a new connection.
@@ -35,9 +35,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import random
-import struct
 
-from tether.netstack.exit_actions import (
+from tether.netstack.exit.actions import (
     TcpClose,
     TcpConnect,
     TcpPauseReading,
@@ -45,48 +44,26 @@ from tether.netstack.exit_actions import (
     TcpShutdown,
     TcpWrite,
 )
-from tether.netstack.exit_udp import errno_to_icmp
-from tether.netstack.icmp import IcmpError
-from tether.netstack.ip import IPPacket, PacketError, parse_ip
-from tether.netstack.tcp import ACK, RST, SYN, build_reset_reply, parse_segment
-from tether.netstack.tcp_events import Established, State
-from tether.netstack.tcpconn import TcpConnection
+from tether.netstack.tcp import Established, State, TcpConnection
+from tether.netstack.wire import (
+    ACK,
+    RST,
+    SYN,
+    IcmpError,
+    IPPacket,
+    PacketError,
+    build_reset_reply,
+    errno_to_icmp,
+    ip_wrapper,
+    parse_ip,
+    parse_segment,
+)
 
-__all__ = ["TcpFlow", "TcpTable", "ip_wrapper"]
+__all__ = ["READ_CHUNK", "TcpFlow", "TcpTable"]
 
-PROTO_TCP = 6
 READ_CHUNK = 256 * 1024  # largest single host read handed to a connection
 MAX_BACKLOG = 1 << 20  # host bytes a connection refused (the shell read too much): abort beyond
 _CLOSED = State.CLOSED
-_V4 = struct.Struct("!BBHHHBBH4s4s")
-
-
-def ip_wrapper(src: bytes, dst: bytes, proto: int = PROTO_TCP, ttl: int = 64):
-    """A function wrapping a transport segment in an IP header from `src` to `dst`.
-
-    Per flow, everything in the header but the length is fixed, so it is summed (IPv4) or packed
-    (IPv6) once here and each segment costs one pack and one join. IPv4 headers carry DF and
-    identification 0, as RFC 6864 §4.1 allows for atomic datagrams: MSS keeps every segment
-    within the MTU. The checksum is computed as `ip.ipv4_header` does (see `checksum.ones_sum`).
-    """
-    if len(src) == 4:
-        base = 0x4500 + 0x4000 + (ttl << 8 | proto) + int.from_bytes(src, "big")
-        base += int.from_bytes(dst, "big")
-        pack = _V4.pack
-
-        def wrap4(segment: bytes) -> bytes:
-            total = 20 + len(segment)
-            s = (base + total) % 0xFFFF or 0xFFFF
-            return pack(0x45, 0, total, 0, 0x4000, ttl, proto, 0xFFFF - s, src, dst) + segment
-
-        return wrap4
-    head = b"\x60\x00\x00\x00"
-    tail = bytes((proto, ttl)) + src + dst
-
-    def wrap6(segment: bytes) -> bytes:
-        return b"".join((head, len(segment).to_bytes(2, "big"), tail, segment))
-
-    return wrap6
 
 
 class TcpFlow:
@@ -148,7 +125,7 @@ class TcpFlow:
         self.closed = False  # gone from the table
         self.backlog: bytearray | None = None
         self.last = now  # the peer's last segment: eviction picks the least recently active
-        self.reclaimable = False  # delivered everything; droppable to make room (exit_limits)
+        self.reclaimable = False  # delivered everything; droppable to make room (`limits`)
         self.grant = 0  # buffer bytes reserved for it; the sizes are the configured ones
         self.recv_level = 0  # shifted right by these levels
         self.send_level = 0
@@ -456,7 +433,7 @@ class TcpTable:
         self._forget(flow)
 
     def evict(self, flow: TcpFlow, reset: bool) -> None:
-        """Make room (`exit_limits`): a reclaimable connection is dropped silently (it has
+        """Make room (`limits`): a reclaimable connection is dropped silently (it has
         delivered everything); a live one is reset both ways."""
         if flow.closed:
             return

@@ -17,10 +17,10 @@ clock and no network. The path of a packet:
    the device itself (ping answered, TCP reset, UDP port unreachable), refused (RST or ICMP
    administratively prohibited, counted per peer: `refusals()`), dropped (multicast/broadcast),
    or to the host;
-3. for the host: fragments through a per-peer `Reassembler`, then TCP (`exit_tcp`), UDP
-   (`exit_udp`), ICMP echo (`exit_icmp`), anything else ICMP protocol unreachable.
+3. for the host: fragments through a per-peer `Reassembler`, then TCP (`tcp_table`), UDP
+   (`udp_table`), ICMP echo (`echo_table`), anything else ICMP protocol unreachable.
 
-New flows are admitted, and room made for them, by `exit_limits.Limits` (fair per-peer and
+New flows are admitted, and room made for them, by `limits.Limits` (fair per-peer and
 total limits on flows and TCP buffers). When a peer is removed or loses addresses, the device
 calls `forget_peer`: its flows end at once and nothing more goes toward those addresses, which
 the next owner must not receive.
@@ -43,31 +43,29 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from tether.netstack.exit_icmp import EchoTable
-from tether.netstack.exit_limits import Limits, PeerState
-from tether.netstack.exit_policy import DROP, HOST, OWN, PEER, ExitPolicy, decrement_ttl
-from tether.netstack.exit_tcp import TcpTable
-from tether.netstack.exit_udp import UdpTable
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import (
-    IcmpError,
-    build_error,
-    may_send_error,
-)
-from tether.netstack.ip import (
+from tether.netstack.exit.echo_table import EchoTable
+from tether.netstack.exit.limits import Limits, PeerState
+from tether.netstack.exit.policy import DROP, HOST, OWN, PEER, ExitPolicy, decrement_ttl
+from tether.netstack.exit.tcp_table import TcpTable
+from tether.netstack.exit.udp_table import UdpTable
+from tether.netstack.tcp import TcpConfig
+from tether.netstack.wire import (
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_IPV6_NONXT,
     PROTO_TCP,
     PROTO_UDP,
+    IcmpError,
     IPPacket,
     PacketError,
+    Reassembler,
+    TcpError,
+    build_error,
     fragment_ipv4,
     fragment_ipv6,
+    may_send_error,
     parse_ip,
 )
-from tether.netstack.tcp import TcpError
-from tether.netstack.tcp_events import TcpConfig
 
 __all__ = ["Exit", "ExitConfig", "PeerState"]
 
@@ -88,7 +86,7 @@ class ExitConfig:
     udp_idle: float = 120.0
     udp_idle_unreplied: float = 30.0
     udp_idle_dns: float = 10.0
-    # Limits (see `exit_limits` for how they are shared fairly). Flows are TCP and UDP together:
+    # Limits (see `limits` for how they are shared fairly). Flows are TCP and UDP together:
     # each is a host socket. Buffers are the TCP connections' worst-case memory, granted and
     # grown within these budgets.
     max_flows: int = 16384  # all peers
@@ -419,7 +417,7 @@ class Exit:
         self._heap = [e for e in self._heap if e[2].armed == e[0]]
         heapq.heapify(self._heap)
 
-    # -- host events (see the action classes in `exit_actions`) ----------------------------
+    # -- host events (see the action classes in `actions`) ----------------------------
 
     def udp_received(self, flow, payload, now: float) -> None:
         """A datagram arrived on a flow's socket. `payload` is copied before this returns."""

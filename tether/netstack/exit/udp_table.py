@@ -6,7 +6,7 @@ endpoint-dependent NAT the peer can reason about: the host kernel filters replie
 destination the peer talked to (RFC 4787's "address and port-dependent filtering"), and an ICMP
 port unreachable from the destination surfaces on that socket as ECONNREFUSED, which we turn
 back into ICMP port unreachable for the peer. The cost is a file descriptor per flow, which is
-why flows are bounded per peer and overall (`exit_limits`), and expire when idle (see
+why flows are bounded per peer and overall (`limits`), and expire when idle (see
 `ExitConfig`).
 
 The per-datagram work is one dict lookup, one timestamp store and one action toward the host;
@@ -15,42 +15,27 @@ replies cost one packet build (the UDP checksum over the payload is the only per
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 
-from tether.netstack.exit_actions import UdpClose, UdpOpen, UdpSend
-from tether.netstack.icmp import IcmpError
-from tether.netstack.ip import IPPacket, parse_ip
-from tether.netstack.udp import build_udp_packet, parse_udp
+from tether.netstack.exit.actions import UdpClose, UdpOpen, UdpSend
+from tether.netstack.wire import (
+    IcmpError,
+    IPPacket,
+    build_udp_packet,
+    errno_to_icmp,
+    parse_ip,
+    parse_udp,
+)
 
-__all__ = ["UdpFlow", "UdpTable", "errno_to_icmp"]
+__all__ = ["UdpFlow", "UdpTable"]
 
 DNS_PORT = 53
-
-_ERRNO_ICMP = {
-    errno.ECONNREFUSED: IcmpError.PORT_UNREACHABLE,
-    errno.EHOSTUNREACH: IcmpError.HOST_UNREACHABLE,
-    errno.EHOSTDOWN: IcmpError.HOST_UNREACHABLE,
-    errno.ETIMEDOUT: IcmpError.HOST_UNREACHABLE,
-    errno.ENETUNREACH: IcmpError.NET_UNREACHABLE,
-    errno.ENETDOWN: IcmpError.NET_UNREACHABLE,
-    errno.EADDRNOTAVAIL: IcmpError.NET_UNREACHABLE,  # e.g. no IPv6 address on the host
-    errno.EAFNOSUPPORT: IcmpError.NET_UNREACHABLE,
-    errno.EACCES: IcmpError.ADMIN_PROHIBITED,  # broadcast, or a host firewall said so
-    errno.EPERM: IcmpError.ADMIN_PROHIBITED,
-    errno.EMSGSIZE: IcmpError.TOO_BIG,
-}
-
-
-def errno_to_icmp(err: int, default: IcmpError | None = None) -> IcmpError | None:
-    """The ICMP error that tells a peer what a host socket error means."""
-    return _ERRNO_ICMP.get(err, default)
 
 
 class UdpFlow:
     """One UDP flow. `handle` belongs to the IO shell (its socket); the rest to the exit."""
 
-    reclaimable = False  # as `exit_limits` asks of any flow: only TCP connections can be
+    reclaimable = False  # as `limits` asks of any flow: only TCP connections can be
     grant = 0  # ... and only they hold buffer grants
 
     __slots__ = (
@@ -204,7 +189,7 @@ class UdpTable:
         self._act(UdpClose(flow))
 
     def evict(self, flow: UdpFlow) -> None:
-        """Make room (`exit_limits`): like a NAT whose table is full, the mapping just goes."""
+        """Make room (`limits`): like a NAT whose table is full, the mapping just goes."""
         self._close(flow)
 
     def forget(self, ps, keep, gone: set) -> int:

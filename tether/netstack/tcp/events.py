@@ -1,4 +1,4 @@
-"""States, tunables and events of the TCP terminator (`tcpconn`), kept apart so the shell can
+"""States, tunables and events of the TCP terminator (`connection`), kept apart so the shell can
 import them without the machinery."""
 
 from __future__ import annotations

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import ipaddress
 
-from tether.netstack.exit_actions import EchoSend
-from tether.netstack.icmp import (
+from tether.netstack.exit.actions import EchoSend
+from tether.netstack.wire import (
     ICMPV4_ECHO_REPLY,
     ICMPV4_ECHO_REQUEST,
     ICMPV6_ECHO_REPLY,
     ICMPV6_ECHO_REQUEST,
+    IPPacket,
     build_icmp_packet,
     parse_icmp,
 )
-from tether.netstack.ip import IPPacket
 
 __all__ = ["EchoTable"]
 

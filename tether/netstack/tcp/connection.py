@@ -31,8 +31,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from tether.netstack.tcp import ACK, FIN, PSH, RST, SYN, Segment, addresses_sum, build_segment
-from tether.netstack.tcp_events import (
+from tether.netstack.tcp.events import (
     ConnectionClosed,
     ConnectionReset,
     DataReadable,
@@ -42,20 +41,11 @@ from tether.netstack.tcp_events import (
     TcpConfig,
     TcpEvent,
 )
-from tether.netstack.tcp_receiver import ReceiveSide
-from tether.netstack.tcp_sender import SendSide
+from tether.netstack.tcp.receiver import ReceiveSide
+from tether.netstack.tcp.sender import SendSide
+from tether.netstack.wire import ACK, FIN, PSH, RST, SYN, Segment, addresses_sum, build_segment
 
-__all__ = [
-    "ConnectionClosed",
-    "ConnectionReset",
-    "DataReadable",
-    "Established",
-    "PeerEof",
-    "State",
-    "TcpConfig",
-    "TcpConnection",
-    "TcpEvent",
-]
+__all__ = ["TcpConnection"]
 
 _M32 = 0xFFFFFFFF
 _HALF = 0x80000000

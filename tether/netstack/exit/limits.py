@@ -55,8 +55,7 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import ErrorRateLimiter
+from tether.netstack.wire import ErrorRateLimiter, Reassembler
 
 __all__ = ["START_BUFFER", "Limits", "PeerState"]
 
