@@ -1,9 +1,9 @@
 """Fuzz target for the sans-IO exit: arbitrary peer packets and host events, no sockets.
 
 Run: `python fuzz/fuzz_exit.py [corpus_dir] [-max_total_time=60]` (needs atheris).
-The contract under test: `Exit.deliver` and the host-event methods never raise, whatever the
+The contract under test: `Exit.receive_packet` and the host-event methods never raise, whatever
 bytes and whatever order events come in; every packet the exit emits parses and fits the MTU;
-flow counts and buffer grants stay within their limits and match a recount (`Limits.audit`).
+flow counts and buffer grants stay within their limits and match a recount (`Exit.audit`).
 
 The input is a list of records, each starting with an opcode byte:
   0 raw packet: 2-byte length, then that many bytes, delivered as they are;
@@ -75,10 +75,10 @@ def _collect() -> None:
             _ECHOES.append(a)
     del _FLOWS[:-64]
     del _ECHOES[:-16]
-    for p in _EXIT.take_outbound():
+    for p in _EXIT.take_packets():
         assert len(p) <= MTU, len(p)
         parse_ip(p)
-    _EXIT.limits.audit()
+    _EXIT.audit()
 
 
 def _host_event(kind: int, index: int, arg: bytes) -> None:
@@ -86,7 +86,7 @@ def _host_event(kind: int, index: int, arg: bytes) -> None:
     if kind % 8 == 7 and _ECHOES:
         e = _ECHOES[index % len(_ECHOES)]
         src = _DST4[0] if e.version == 4 else _DST6[0]
-        _EXIT.echo_reply(e.version, src, e.seq, arg, now)
+        _EXIT.receive_echo_reply(e.version, src, e.seq, arg, now)
         return
     if not _FLOWS:
         return
@@ -95,29 +95,29 @@ def _host_event(kind: int, index: int, arg: bytes) -> None:
     if not hasattr(flow, "conn"):
         k = kind % 3
         if k == 0:
-            _EXIT.udp_received(flow, arg * (1 + kind // 3), now)
+            _EXIT.receive_udp_datagram(flow, arg * (1 + kind // 3), now)
         elif k == 1:
-            _EXIT.udp_error(flow, err, now, len(arg) * 64)
+            _EXIT.receive_udp_error(flow, err, now, len(arg) * 64)
         else:
-            _EXIT.udp_open_failed(flow, err, now)
+            _EXIT.receive_udp_open_failed(flow, err, now)
         return
     k = kind % 8
     if k == 0:
-        _EXIT.tcp_connected(flow, now)
+        _EXIT.receive_tcp_connected(flow, now)
     elif k == 1:
-        _EXIT.tcp_connect_failed(flow, err, now)
+        _EXIT.receive_tcp_connect_failed(flow, err, now)
     elif k == 2:
         n = _EXIT.tcp_read_budget(flow)
         if n:
-            _EXIT.tcp_data(flow, (arg or b"d") * (1 + kind), now)
+            _EXIT.receive_tcp_data(flow, (arg or b"d") * (1 + kind), now)
     elif k == 3:
-        _EXIT.tcp_eof(flow, now)
+        _EXIT.receive_tcp_eof(flow, now)
     elif k == 4:
-        _EXIT.tcp_reset(flow, now)
+        _EXIT.receive_tcp_reset(flow, now)
     elif k == 5:
-        _EXIT.tcp_write_blocked(flow)
+        _EXIT.receive_tcp_write_blocked(flow, now)
     else:
-        _EXIT.tcp_writable(flow, now)
+        _EXIT.receive_tcp_writable(flow, now)
 
 
 def _structured(sel: bytes, payload: bytes) -> bytes:
@@ -149,7 +149,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
                 break
             (length,) = struct.unpack_from("!H", data, pos)
             pos += 2
-            _EXIT.deliver(peer, data[pos : pos + length], _CLOCK[0])
+            _EXIT.receive_packet(peer, data[pos : pos + length], _CLOCK[0])
             pos += length
         elif kind == 1:
             sel = data[pos : pos + 7]
@@ -158,7 +158,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
             pos += 1
             if len(sel) < 3:
                 break
-            _EXIT.deliver(peer, _structured(sel, data[pos : pos + length]), _CLOCK[0])
+            _EXIT.receive_packet(peer, _structured(sel, data[pos : pos + length]), _CLOCK[0])
             pos += length
         elif kind == 2:
             arg = data[pos + 2 : pos + 2 + (data[pos + 1] & 31 if pos + 1 < n else 0)]
@@ -178,7 +178,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
             step = data[pos] if pos < n else 1
             pos += 1
             _CLOCK[0] += step * (0.01 if op & 0x80 else 1.0)
-            _EXIT.on_timer(_CLOCK[0])
+            _EXIT.handle_timer(_CLOCK[0])
         _collect()
 
 

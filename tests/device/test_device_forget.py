@@ -178,7 +178,7 @@ def test_real_exit_sockets_are_closed_on_removal():
             assert live == {A, B} and len(dev.inside._live) == 4
             dev.remove_peer(A)
             assert {f.peer.key for f in dev.inside._live} == {B}
-            assert dev.inside.exit.stats["flows_forgotten"] == 2
+            assert dev.inside.exit.counters()["flows_forgotten"] == 2
         finally:
             dev.close()
             server.close()

@@ -54,5 +54,5 @@ def test_fuzz_exit_smoke():
             data = bytes(rnd.choice([1, 2, 3, 5, 6, 7]) for _ in range(rnd.randrange(1, 30)))
             data += rnd.randbytes(rnd.randrange(300))
         target.TestOneInput(bytes(data))
-    assert target._EXIT.stats["tcp_flows_opened"] > 0
-    assert target._EXIT.stats["udp_flows_opened"] > 0
+    assert target._EXIT.counters()["tcp_flows_opened"] > 0
+    assert target._EXIT.counters()["udp_flows_opened"] > 0

@@ -166,7 +166,7 @@ class LimitsModel(RuleBasedStateMachine):
             assert below >= expected_share, "a peer below its fair share was refused"
             return
         (flow,) = opened
-        self.h.x.tcp_connected(flow, now)  # the fake host connects at once
+        self.h.x.receive_tcp_connected(flow, now)  # the fake host connects at once
         self.flows[flow] = Entry(peer, "tcp", now, client=client)
         self._exchange(flow, [])
         assert client.state == "ESTABLISHED"
@@ -199,7 +199,8 @@ class LimitsModel(RuleBasedStateMachine):
         flow = data.draw(st.sampled_from(self.live_tcp()))
         entry = self.flows[flow]
         entry.last = self.tick()
-        self.h.x.tcp_eof(flow, self.h.now)  # the server closes first: the exit ends in TIME-WAIT
+        # The server closes first: the exit ends in TIME-WAIT.
+        self.h.x.receive_tcp_eof(flow, self.h.now)
         self._exchange(flow, [])
         entry.client.close()
         self._exchange(flow, entry.client.output())
@@ -223,7 +224,7 @@ class LimitsModel(RuleBasedStateMachine):
         assert table == set(self.flows)
         for flow, entry in self.flows.items():
             assert flow.reclaimable == (entry.reclaimable_at is not None)
-        self.h.x.limits.audit()
+        self.h.x.audit()
 
 
 LimitsModel.TestCase.settings = settings(

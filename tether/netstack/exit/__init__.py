@@ -2,8 +2,12 @@
 answers back into packets for the peers. `Exit` (in `core`) dispatches each packet by the
 destination `policy`'s verdict to the flow tables (TCP through a `TcpConnection` per flow, UDP
 through a connected socket per flow, ICMP echo through ping sockets), all within the fair
-`limits`; the IO shell executes the `actions` it takes from the exit and reports what the host
-did back. Builds on `wire` (formats) and `tcp` (the endpoint); sans-IO like both.
+`limits`; the tables keep their `flows` and write into the exit's `output`. The IO shell
+executes the `actions` it takes from the exit and reports what the host did back. Builds on
+`wire` (formats) and `tcp` (the endpoint); sans-IO like both.
+
+Inside the package the modules stack as: config, output, flows → actions, limits, policy →
+the tables → core; none imports one above it.
 """
 
 from tether.netstack.exit.actions import (
@@ -19,7 +23,9 @@ from tether.netstack.exit.actions import (
     UdpOpen,
     UdpSend,
 )
-from tether.netstack.exit.core import Exit, ExitConfig
+from tether.netstack.exit.config import ExitConfig
+from tether.netstack.exit.core import Exit
+from tether.netstack.exit.flows import TcpFlow, UdpFlow
 from tether.netstack.exit.limits import START_BUFFER, PeerState
 from tether.netstack.exit.policy import (
     DROP,
@@ -31,8 +37,7 @@ from tether.netstack.exit.policy import (
     ExitPolicy,
     decrement_ttl,
 )
-from tether.netstack.exit.tcp_table import READ_CHUNK, TcpFlow
-from tether.netstack.exit.udp_table import UdpFlow
+from tether.netstack.exit.tcp_table import READ_CHUNK
 
 __all__ = [
     "ACTION_TYPES",
