@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_tcp_core.py [MB]
 
 Counted as "core" is what the shell would call per segment: `parse_segment` on what the peer
-sent, `receive_segment`, `segments_to_send` (which builds and checksums our segments),
-`send_from_host` / `read_for_host`. The simulated peer's work (building its ACKs or data) is
+sent, `receive_segment`, `take_segments` (which builds and checksums our segments),
+`receive_host_data` / `take_peer_data`. The simulated peer's work (building its ACKs or data) is
 done outside the timed sections. Segments carry 1368 payload bytes (MSS 1380 minus timestamps),
 the shape a 1420-MTU WireGuard path gives.
 """

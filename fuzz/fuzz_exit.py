@@ -63,7 +63,8 @@ _DST6 = (bytes.fromhex("20010db8000000000000000000000007"),
          bytes.fromhex("2002c63364070000000000000000000a"),  # 6to4 of 198.51.100.7
          bytes.fromhex("200100000000000000000000f5fffffe"),  # Teredo client 10.0.0.1
          bytes.fromhex("0064ff9b000100000000000000000001"))  # local-use NAT64  # fmt: skip
-_ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EMSGSIZE, errno.EIO)
+_ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EMSGSIZE, errno.EIO,
+           errno.EAGAIN)  # fmt: skip
 
 
 def _collect() -> None:
@@ -85,6 +86,9 @@ def _host_event(kind: int, index: int, arg: bytes) -> None:
     now = _CLOCK[0]
     if kind % 8 == 7 and _ECHOES:
         e = _ECHOES[index % len(_ECHOES)]
+        if kind & 8:  # the shell could not send it: no ping socket, or the send failed
+            _EXIT.receive_echo_failed(e.version, None if kind & 16 else errno.EPERM, now)
+            return
         src = _DST4[0] if e.version == 4 else _DST6[0]
         _EXIT.receive_echo_reply(e.version, src, e.seq, arg, now)
         return

@@ -493,3 +493,44 @@ def test_tcp_mismatched_ack_to_refused_gets_plain_rst():
     ip = parse_ip(h.out()[0])
     rst = parse_segment(ip.src, ip.dst, ip.payload)
     assert (rst.flags, rst.seq) == (RST, 999)
+
+
+# -- what the exit reports (read-only views) -------------------------------------------------
+
+
+def test_counters_are_a_copy_with_flow_gauges():
+    h = Harness()
+    udp_flow(h)
+    c = h.x.counters()
+    assert (c["udp_flows"], c["tcp_flows"], c["udp_flows_opened"]) == (1, 0, 1)
+    assert c["timer_entries"] == 1  # the flow's idle timer
+    assert c["never_counted"] == 0
+    c["udp_flows_opened"] = 99
+    assert h.x.counters()["udp_flows_opened"] == 1  # the caller's copy changed nothing
+
+
+def test_peer_states_is_a_read_only_view():
+    h = Harness()
+    assert PEER_KEY not in h.x.peer_states()
+    udp_flow(h)
+    view = h.x.peer_states()
+    assert list(view) == [PEER_KEY] and view[PEER_KEY].flows == 1
+    with pytest.raises(TypeError):
+        view[OTHER_KEY] = view[PEER_KEY]  # type: ignore[index]
+
+
+def test_what_only_the_shell_sees_is_counted_by_the_exit():
+    """A datagram dropped on a full host socket buffer, and echo requests the shell could not
+    send, reach the exit as host events and show in its counters; the peer is told nothing."""
+    h = Harness()
+    (o, _) = udp_flow(h)
+    h.x.receive_udp_error(o.flow, errno.EAGAIN, h.now)
+    h.x.receive_udp_error(o.flow, errno.EINTR, h.now)
+    h.deliver(build_echo(PEER4, NET4, 1, 1, b"x", reply=False))
+    (send,) = h.actions()
+    h.x.receive_echo_failed(send.version, None, h.now)  # no ping socket
+    h.x.receive_echo_failed(send.version, errno.EPERM, h.now)  # the send failed
+    c = h.x.counters()
+    assert c["drop_udp_host_buffer_full"] == 2 and c["udp_host_error_unmapped"] == 0
+    assert (c["echo_unavailable"], c["echo_send_failed"], c["icmp_errors"]) == (1, 1, 0)
+    assert h.out() == []
