@@ -156,7 +156,11 @@ class Document:
         # one flat comprehension: this runs on every write of a 10,000-peer file
         out = [BOM] if self.bom else []
         out += [line.raw for line in self.preamble.body]
-        out += [line.raw for section in self.sections for line in (section.header, *section.body)]
+        out += [
+            line.raw
+            for section in self.sections
+            for line in (section.header, *section.body)
+        ]
         return "".join(out)
 
     # -- line-level edits ---------------------------------------------------------------------
