@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_tcp_core.py [MB]
 
 Counted as "core" is what the shell would call per segment: `parse_segment` on what the peer
-sent, `receive_segment`, `segments_to_send` (which builds and checksums our segments),
-`send_from_host` / `read_for_host`. The simulated peer's work (building its ACKs or data) is
+sent, `receive_segment`, `take_segments` (which builds and checksums our segments),
+`receive_host_data` / `take_peer_data`. The simulated peer's work (building its ACKs or data) is
 done outside the timed sections. Segments carry 1368 payload bytes (MSS 1380 minus timestamps),
 the shape a 1420-MTU WireGuard path gives.
 """
@@ -15,8 +15,8 @@ import struct
 import sys
 import time
 
-from tether.netstack.tcp import ACK, SYN, addresses_sum, build_segment, parse_segment
-from tether.netstack.tcpconn import TcpConfig, TcpConnection
+from tether.netstack.tcp import TcpConfig, TcpConnection
+from tether.netstack.wire import ACK, SYN, addresses_sum, build_segment, parse_segment
 
 PEER, EXIT = bytes([192, 168, 90, 2]), bytes([203, 0, 113, 9])
 ASUM = addresses_sum(PEER, EXIT)  # a shell computes this once per flow
@@ -32,13 +32,13 @@ def handshake() -> tuple[TcpConnection, int, int]:
         parse_segment(PEER, EXIT, syn), local_addr=EXIT, remote_addr=PEER, now=0.0, isn=5000,
         config=TcpConfig(recv_buffer=1 << 20, send_buffer=1 << 20),
     )  # fmt: skip
-    conn.host_connected(0.0)
-    sa = parse_segment(EXIT, PEER, conn.segments_to_send(0.0)[0])
+    conn.receive_host_connected(0.0)
+    sa = parse_segment(EXIT, PEER, conn.take_segments(0.0)[0])
     ack = build_segment(
         PEER, EXIT, 40000, 443, 1001, sa.seq + 1, ACK, 8192, timestamps=(2, sa.tsval)
     )
     conn.receive_segment(parse_segment(PEER, EXIT, ack), 0.001)
-    conn.events()
+    conn.take_events()
     return conn, 1001, sa.seq + 1
 
 
@@ -55,11 +55,11 @@ def bench_send(total: int) -> tuple[float, int]:
     while acked_total < total:
         t0 = time.perf_counter()
         while sent < total:
-            n = conn.send_from_host(chunk[: min(len(chunk), total - sent)])
+            n = conn.receive_host_data(chunk[: min(len(chunk), total - sent)], now)
             if not n:
                 break
             sent += n
-        out = conn.segments_to_send(now)
+        out = conn.take_segments(now)
         core += time.perf_counter() - t0
         segments += len(out)
         # The peer: ACK every second segment (cumulative, from the raw header).
@@ -120,11 +120,11 @@ def bench_receive(total: int) -> tuple[float, int]:
     for i, raw in enumerate(segs):
         conn.receive_segment(parse_segment(PEER, EXIT, raw, addr_sum=ASUM), now)
         if i % 8 == 7:
-            got += len(conn.read_for_host())
-            conn.segments_to_send(now)
+            got += len(conn.take_peer_data())
+            conn.take_segments(now)
             now += 0.0001
-    got += len(conn.read_for_host())
-    conn.segments_to_send(now)
+    got += len(conn.take_peer_data())
+    conn.take_segments(now)
     core = time.perf_counter() - t0
     assert got == n * len(payload), (got, n * len(payload))
     return core, n

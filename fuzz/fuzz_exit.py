@@ -1,9 +1,9 @@
 """Fuzz target for the sans-IO exit: arbitrary peer packets and host events, no sockets.
 
 Run: `python fuzz/fuzz_exit.py [corpus_dir] [-max_total_time=60]` (needs atheris).
-The contract under test: `Exit.deliver` and the host-event methods never raise, whatever the
+The contract under test: `Exit.receive_packet` and the host-event methods never raise, whatever
 bytes and whatever order events come in; every packet the exit emits parses and fits the MTU;
-flow counts and buffer grants stay within their limits and match a recount (`Limits.audit`).
+flow counts and buffer grants stay within their limits and match a recount (`Exit.audit`).
 
 The input is a list of records, each starting with an opcode byte:
   0 raw packet: 2-byte length, then that many bytes, delivered as they are;
@@ -25,9 +25,8 @@ import errno
 import struct
 import sys
 
-from tether.netstack.exit import Exit, ExitConfig
-from tether.netstack.exit_actions import EchoSend, TcpConnect, UdpOpen
-from tether.netstack.ip import build_ipv4, build_ipv6, parse_ip
+from tether.netstack.exit import EchoSend, Exit, ExitConfig, TcpConnect, UdpOpen
+from tether.netstack.wire import build_ipv4, build_ipv6, parse_ip
 
 MTU = 1280
 _CFG = ExitConfig(
@@ -64,7 +63,8 @@ _DST6 = (bytes.fromhex("20010db8000000000000000000000007"),
          bytes.fromhex("2002c63364070000000000000000000a"),  # 6to4 of 198.51.100.7
          bytes.fromhex("200100000000000000000000f5fffffe"),  # Teredo client 10.0.0.1
          bytes.fromhex("0064ff9b000100000000000000000001"))  # local-use NAT64  # fmt: skip
-_ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EMSGSIZE, errno.EIO)
+_ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EMSGSIZE, errno.EIO,
+           errno.EAGAIN)  # fmt: skip
 
 
 def _collect() -> None:
@@ -76,18 +76,21 @@ def _collect() -> None:
             _ECHOES.append(a)
     del _FLOWS[:-64]
     del _ECHOES[:-16]
-    for p in _EXIT.take_outbound():
+    for p in _EXIT.take_packets():
         assert len(p) <= MTU, len(p)
         parse_ip(p)
-    _EXIT.limits.audit()
+    _EXIT.audit()
 
 
 def _host_event(kind: int, index: int, arg: bytes) -> None:
     now = _CLOCK[0]
     if kind % 8 == 7 and _ECHOES:
         e = _ECHOES[index % len(_ECHOES)]
+        if kind & 8:  # the shell could not send it: no ping socket, or the send failed
+            _EXIT.receive_echo_failed(e.version, None if kind & 16 else errno.EPERM, now)
+            return
         src = _DST4[0] if e.version == 4 else _DST6[0]
-        _EXIT.echo_reply(e.version, src, e.seq, arg, now)
+        _EXIT.receive_echo_reply(e.version, src, e.seq, arg, now)
         return
     if not _FLOWS:
         return
@@ -96,29 +99,29 @@ def _host_event(kind: int, index: int, arg: bytes) -> None:
     if not hasattr(flow, "conn"):
         k = kind % 3
         if k == 0:
-            _EXIT.udp_received(flow, arg * (1 + kind // 3), now)
+            _EXIT.receive_udp_datagram(flow, arg * (1 + kind // 3), now)
         elif k == 1:
-            _EXIT.udp_error(flow, err, now, len(arg) * 64)
+            _EXIT.receive_udp_error(flow, err, now, len(arg) * 64)
         else:
-            _EXIT.udp_open_failed(flow, err, now)
+            _EXIT.receive_udp_open_failed(flow, err, now)
         return
     k = kind % 8
     if k == 0:
-        _EXIT.tcp_connected(flow, now)
+        _EXIT.receive_tcp_connected(flow, now)
     elif k == 1:
-        _EXIT.tcp_connect_failed(flow, err, now)
+        _EXIT.receive_tcp_connect_failed(flow, err, now)
     elif k == 2:
         n = _EXIT.tcp_read_budget(flow)
         if n:
-            _EXIT.tcp_data(flow, (arg or b"d") * (1 + kind), now)
+            _EXIT.receive_tcp_data(flow, (arg or b"d") * (1 + kind), now)
     elif k == 3:
-        _EXIT.tcp_eof(flow, now)
+        _EXIT.receive_tcp_eof(flow, now)
     elif k == 4:
-        _EXIT.tcp_reset(flow, now)
+        _EXIT.receive_tcp_reset(flow, now)
     elif k == 5:
-        _EXIT.tcp_write_blocked(flow)
+        _EXIT.receive_tcp_write_blocked(flow, now)
     else:
-        _EXIT.tcp_writable(flow, now)
+        _EXIT.receive_tcp_writable(flow, now)
 
 
 def _structured(sel: bytes, payload: bytes) -> bytes:
@@ -150,7 +153,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
                 break
             (length,) = struct.unpack_from("!H", data, pos)
             pos += 2
-            _EXIT.deliver(peer, data[pos : pos + length], _CLOCK[0])
+            _EXIT.receive_packet(peer, data[pos : pos + length], _CLOCK[0])
             pos += length
         elif kind == 1:
             sel = data[pos : pos + 7]
@@ -159,7 +162,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
             pos += 1
             if len(sel) < 3:
                 break
-            _EXIT.deliver(peer, _structured(sel, data[pos : pos + length]), _CLOCK[0])
+            _EXIT.receive_packet(peer, _structured(sel, data[pos : pos + length]), _CLOCK[0])
             pos += length
         elif kind == 2:
             arg = data[pos + 2 : pos + 2 + (data[pos + 1] & 31 if pos + 1 < n else 0)]
@@ -179,7 +182,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
             step = data[pos] if pos < n else 1
             pos += 1
             _CLOCK[0] += step * (0.01 if op & 0x80 else 1.0)
-            _EXIT.on_timer(_CLOCK[0])
+            _EXIT.handle_timer(_CLOCK[0])
         _collect()
 
 

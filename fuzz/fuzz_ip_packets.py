@@ -14,27 +14,25 @@ from __future__ import annotations
 import struct
 import sys
 
-from tether.netstack.checksum import checksum
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import (
-    ErrorRateLimiter,
-    IcmpError,
-    build_error,
-    may_send_error,
-    parse_icmp,
-)
-from tether.netstack.ip import (
+from tether.netstack.wire import (
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_UDP,
+    ErrorRateLimiter,
+    IcmpError,
     IPPacket,
     PacketError,
+    Reassembler,
+    build_error,
     build_ipv6,
+    checksum,
     fragment_ipv4,
     fragment_ipv6,
+    may_send_error,
+    parse_icmp,
     parse_ip,
+    parse_udp,
 )
-from tether.netstack.udp import parse_udp
 
 # Small bounds so eviction and limits are reached; the clock comes from the input.
 _REASSEMBLER = Reassembler(max_bytes=1 << 16, max_datagrams=8, max_fragments=32)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from tether.netstack.tcp import ACK, TcpError, build_segment, parse_segment
-from tether.netstack.tcpconn import State, TcpConfig, TcpConnection
+from tether.netstack.tcp import State, TcpConfig, TcpConnection
+from tether.netstack.wire import ACK, TcpError, build_segment, parse_segment
 
 _PEER, _LOCAL = bytes([192, 168, 90, 2]), bytes([203, 0, 113, 9])
 _PEER6, _LOCAL6 = bytes(15) + b"\x02", b"\x20\x01" + bytes(13) + b"\x09"
@@ -80,7 +80,7 @@ def _check(conn: TcpConnection, local: bytes, remote: bytes, out: list[bytes]) -
     assert len(conn.tx.buf.data) <= cfg.send_buffer
     assert len(conn.tx.scoreboard.starts) <= cfg.max_sack_ranges
     if conn.state is State.CLOSED:
-        assert conn.timer_deadline() is None
+        assert conn.next_timer() is None
     else:
         tx = conn.tx
         assert tx.snd_una <= tx.snd_nxt <= tx.snd_max <= tx.data_end
@@ -126,7 +126,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
         config=_CONFIGS[(head >> 1) % len(_CONFIGS)],
     )
     if not head & 0x80:
-        conn.host_connected(now)
+        conn.receive_host_connected(now)
     peer_seq = (peer_isn + 1) & _M32
     tsval = 1
     for _ in range(300):
@@ -173,37 +173,37 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
                 continue
             conn.receive_segment(seg, now)
         elif op == 5:
-            assert conn.send_from_host(bytes(r.int(2))) <= conn.config.send_buffer
+            assert conn.receive_host_data(bytes(r.int(2)), now) <= conn.config.send_buffer
         elif op == 6:
-            conn.read_for_host(r.int(2))
+            conn.take_peer_data(r.int(2))
         elif op == 7:
             which = r.int(1)
             if which < 8:
-                conn.host_eof(now)
+                conn.receive_host_eof(now)
             elif which < 10:
-                conn.host_reset(now)
+                conn.receive_host_reset(now)
             elif which < 12:
-                conn.host_connected(now)
+                conn.receive_host_connected(now)
             elif which < 13:
-                conn.host_refused(now)
+                conn.receive_host_refused(now)
             elif which < 14:
-                conn.host_unreachable(now)
+                conn.receive_host_unreachable(now)
         elif op <= 9:
             now += _DT[r.int(1) % len(_DT)]
-            deadline = conn.timer_deadline()
+            deadline = conn.next_timer()
             if deadline is not None and deadline <= now:
-                conn.on_timer(now)
+                conn.handle_timer(now)
         else:
-            conn.events()
-        _check(conn, local, remote, conn.segments_to_send(now))
+            conn.take_events()
+        _check(conn, local, remote, conn.take_segments(now))
     # Let every timer run out: a connection must always end up closed with no timer.
     for _ in range(1000):
-        deadline = conn.timer_deadline()
+        deadline = conn.next_timer()
         if deadline is None:
             break
         now = max(now, deadline)
-        conn.on_timer(now)
-        _check(conn, local, remote, conn.segments_to_send(now))
+        conn.handle_timer(now)
+        _check(conn, local, remote, conn.take_segments(now))
     assert conn.state is State.CLOSED, "with a silent peer every connection must time out"
 
 

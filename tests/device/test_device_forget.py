@@ -17,8 +17,7 @@ from tether.config import ConfigFile
 from tether.device.device import Device
 from tether.device.exit_shell import ExitShell
 from tether.device.uapi import AllowedIPChange, PeerOp, SetRequest
-from tether.netstack.tcp import build_segment
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.wire import build_segment, build_udp_packet
 
 from ..netstack.test_exit_support import ip_packet
 
@@ -179,7 +178,7 @@ def test_real_exit_sockets_are_closed_on_removal():
             assert live == {A, B} and len(dev.inside._live) == 4
             dev.remove_peer(A)
             assert {f.peer.key for f in dev.inside._live} == {B}
-            assert dev.inside.exit.stats["flows_forgotten"] == 2
+            assert dev.inside.exit.counters()["flows_forgotten"] == 2
         finally:
             dev.close()
             server.close()

@@ -25,11 +25,19 @@ from types import SimpleNamespace
 import pytest
 
 from tether.device.exit_shell import ExitShell, discover_host_addresses
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import build_echo, parse_icmp
-from tether.netstack.ip import PROTO_TCP, parse_ip
-from tether.netstack.tcp import RST, SYN, build_segment, parse_segment
-from tether.netstack.udp import build_udp_packet, parse_udp
+from tether.netstack.wire import (
+    PROTO_TCP,
+    RST,
+    SYN,
+    Reassembler,
+    build_echo,
+    build_segment,
+    build_udp_packet,
+    parse_icmp,
+    parse_ip,
+    parse_segment,
+    parse_udp,
+)
 
 from ..netstack.test_exit_support import PeerTcp, ip_packet
 
@@ -417,8 +425,7 @@ def test_selectable_on_a_real_device_via_inside_factory():
 
     from tether.config.exit_settings import ExitSettings
     from tether.device.device import Device
-    from tether.netstack.exit import ExitConfig
-    from tether.netstack.exit_policy import HOST, PEER, REFUSE
+    from tether.netstack.exit import HOST, PEER, REFUSE, ExitConfig
 
     net = ipaddress.ip_network
     settings = ExitSettings(peer_to_peer=True, max_flows=100, max_buffer_per_peer=1 << 20)

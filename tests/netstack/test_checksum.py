@@ -5,7 +5,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.netstack.checksum import checksum, ones_sum, pseudo_header_sum, transport_checksum
+from tether.netstack.wire import checksum, ones_sum, pseudo_header_sum, transport_checksum
 
 
 def ref_ones_sum(data: bytes, initial: int = 0) -> int:

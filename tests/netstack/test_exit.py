@@ -7,23 +7,28 @@ import errno
 
 import pytest
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import EchoSend, TcpConnect, UdpClose, UdpOpen, UdpSend
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import build_echo, parse_icmp
-from tether.netstack.ip import (
+from tether.netstack.exit import EchoSend, ExitConfig, TcpConnect, UdpClose, UdpOpen, UdpSend
+from tether.netstack.wire import (
+    ACK,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
+    RST,
+    SYN,
+    Reassembler,
+    build_echo,
     build_ipv4,
     build_ipv6,
+    build_segment,
+    build_udp_packet,
     fragment_ipv4,
     fragment_ipv6,
+    parse_icmp,
     parse_ip,
+    parse_segment,
+    parse_udp,
 )
-from tether.netstack.tcp import ACK, RST, SYN, build_segment, parse_segment
-from tether.netstack.udp import build_udp_packet, parse_udp
 
 from .test_exit_support import (
     NET4,
@@ -125,7 +130,7 @@ def test_multicast_is_dropped_silently():
     h.deliver(build_udp_packet(PEER6, bytes.fromhex("ff0200000000000000000000000000fb"), 5353,
                                5353, b"mdns"))  # fmt: skip
     assert h.actions() == [] and h.out() == []
-    assert h.x.stats["drop_not_unicast"] == 2
+    assert h.x.counters()["drop_not_unicast"] == 2
 
 
 # -- peer to peer --------------------------------------------------------------------------------
@@ -219,14 +224,14 @@ def test_echo_is_proxied_and_only_real_replies_return(src, dst, v):
     assert h.out() == []  # nothing faked
     (send,) = h.actions()
     assert isinstance(send, EchoSend) and send.version == v and bytes(send.payload) == b"payload"
-    h.x.echo_reply(v, dst, (send.seq + 1) & 0xFFFF, b"payload", h.now)  # not ours
-    h.x.echo_reply(v, NET4 if v == 6 else NET6, send.seq, b"payload", h.now)  # wrong host
+    h.x.receive_echo_reply(v, dst, (send.seq + 1) & 0xFFFF, b"payload", h.now)  # not ours
+    h.x.receive_echo_reply(v, NET4 if v == 6 else NET6, send.seq, b"payload", h.now)  # wrong host
     assert h.out() == []
-    h.x.echo_reply(v, dst, send.seq, b"payload", h.now)
+    h.x.receive_echo_reply(v, dst, send.seq, b"payload", h.now)
     (reply,) = h.out()
     ip, m = icmp_of(reply)
     assert (ip.src, ip.dst, m.ident, m.seq, bytes(m.body)) == (dst, src, 0xBEEF, 42, b"payload")
-    h.x.echo_reply(v, dst, send.seq, b"payload", h.now)  # a duplicate reply is not forwarded
+    h.x.receive_echo_reply(v, dst, send.seq, b"payload", h.now)  # a duplicate is not forwarded
     assert h.out() == []
 
 
@@ -236,10 +241,10 @@ def test_echo_sequence_numbers_are_unique_per_destination_and_expire():
         h.deliver(build_echo(src, NET4, 1, 1, b"", reply=False), peer=peer_key)
     s1, s2 = h.actions()
     assert s1.seq != s2.seq
-    assert h.x.next_deadline() == pytest.approx(h.now + 10.0)
+    assert h.x.next_timer() == pytest.approx(h.now + 10.0)
     h.run_until(h.now + 11)
-    h.x.echo_reply(4, NET4, s1.seq, b"", h.now)
-    assert h.out() == [] and h.x.next_deadline() is None
+    h.x.receive_echo_reply(4, NET4, s1.seq, b"", h.now)
+    assert h.out() == [] and h.x.next_timer() is None
 
 
 def test_echo_per_peer_limit():
@@ -297,7 +302,7 @@ def test_udp_flow_round_trip(src, dst):
     h.deliver(build_udp_packet(src, dst, 40000, 9000, b"again"))
     (send2,) = h.actions()  # same flow: no second open
     assert send2.flow is flow
-    h.x.udp_received(flow, memoryview(b"pong"), h.now)
+    h.x.receive_udp_datagram(flow, memoryview(b"pong"), h.now)
     (reply,) = h.out()
     ip = parse_ip(reply)
     d = parse_udp(ip)  # checksum verified
@@ -311,7 +316,7 @@ def test_udp_reply_larger_than_mtu_is_fragmented(src, dst):
     h = Harness(mtu=1280)
     (open_, _) = udp_flow(h, src, dst)
     payload = bytes(range(256)) * 20
-    h.x.udp_received(open_.flow, payload, h.now)
+    h.x.receive_udp_datagram(open_.flow, payload, h.now)
     out = h.out()
     assert len(out) > 1 and all(len(p) <= 1280 for p in out)
     r = Reassembler()
@@ -346,7 +351,7 @@ def test_udp_idle_expiry_unreplied_replied_dns():
     (o1, _) = udp_flow(h, dport=9000)
     (o2, _) = udp_flow(h, dport=53, sport=40001)
     (o3, _) = udp_flow(h, dport=9001, sport=40002)
-    h.x.udp_received(o3.flow, b"r", h.now)
+    h.x.receive_udp_datagram(o3.flow, b"r", h.now)
     h.out()
     t0 = h.now
     h.run_until(t0 + 9.9)
@@ -364,7 +369,7 @@ def test_udp_idle_expiry_unreplied_replied_dns():
     assert h.actions() == []
     h.run_until(t0 + 30.1 + 120.1)
     assert h.actions() == [UdpClose(o3.flow)]
-    assert h.x.flow_count == 0 and h.x.next_deadline() is None
+    assert h.x.flow_count == 0 and h.x.next_timer() is None
 
 
 def test_udp_per_peer_limit_evicts_least_recently_used():
@@ -408,7 +413,7 @@ def test_udp_global_limit_refuses_when_the_peer_holds_only_live_tcp():
     assert udp_flow(h, sport=3) == []
     (err,) = h.out()
     assert icmp_of(err)[1].code == 13
-    assert h.x.stats["refused_flow_limit"] == 1
+    assert h.x.counters()["refused_flow_limit"] == 1
 
 
 @pytest.mark.parametrize(
@@ -418,7 +423,7 @@ def test_udp_global_limit_refuses_when_the_peer_holds_only_live_tcp():
 def test_udp_host_errors_become_icmp(err, icmp):
     h = Harness()
     (o, _) = udp_flow(h)
-    h.x.udp_error(o.flow, err, h.now)
+    h.x.receive_udp_error(o.flow, err, h.now)
     (pkt,) = h.out()
     ip, m = icmp_of(pkt)
     q = m.quoted()
@@ -433,17 +438,17 @@ def test_udp_host_errors_become_icmp(err, icmp):
 def test_udp_emsgsize_becomes_fragmentation_needed_with_mtu():
     h = Harness()
     (o, _) = udp_flow(h)
-    h.x.udp_error(o.flow, errno.EMSGSIZE, h.now, mtu=1400)
+    h.x.receive_udp_error(o.flow, errno.EMSGSIZE, h.now, mtu=1400)
     _, m = icmp_of(h.out()[0])
     assert (m.type, m.code, m.mtu) == (3, 4, 1400)
-    h.x.udp_error(o.flow, errno.EMSGSIZE, h.now)  # no MTU known: nothing useful to say
+    h.x.receive_udp_error(o.flow, errno.EMSGSIZE, h.now)  # no MTU known: nothing useful to say
     assert h.out() == []
 
 
 def test_udp_open_failed_forgets_flow_and_next_datagram_retries():
     h = Harness()
     (o, _) = udp_flow(h, src=PEER6, dst=NET6)
-    h.x.udp_open_failed(o.flow, errno.ENETUNREACH, h.now)
+    h.x.receive_udp_open_failed(o.flow, errno.ENETUNREACH, h.now)
     assert h.actions() == [UdpClose(o.flow)]
     _, m = icmp_of(h.out()[0])
     assert (m.type, m.code) == (1, 0)
@@ -463,8 +468,8 @@ def test_events_for_closed_flows_are_ignored():
     h = Harness(config=ExitConfig(max_flows_per_peer=1))
     (o, _) = udp_flow(h, sport=1)
     udp_flow(h, sport=2)
-    h.x.udp_received(o.flow, b"late", h.now)
-    h.x.udp_error(o.flow, errno.ECONNREFUSED, h.now)
+    h.x.receive_udp_datagram(o.flow, b"late", h.now)
+    h.x.receive_udp_error(o.flow, errno.ECONNREFUSED, h.now)
     assert h.out() == []
 
 
@@ -475,7 +480,8 @@ def test_close_releases_everything():
     h.deliver(ip_packet(PEER4, NET4, PROTO_TCP, syn))
     (c,) = h.actions()
     assert isinstance(c, TcpConnect)
-    acts = h.x.close()
+    h.x.close()
+    acts = h.actions()
     assert {type(a).__name__ for a in acts} == {"UdpClose", "TcpClose"}
     assert h.x.flow_count == 0
 
@@ -487,3 +493,44 @@ def test_tcp_mismatched_ack_to_refused_gets_plain_rst():
     ip = parse_ip(h.out()[0])
     rst = parse_segment(ip.src, ip.dst, ip.payload)
     assert (rst.flags, rst.seq) == (RST, 999)
+
+
+# -- what the exit reports (read-only views) -------------------------------------------------
+
+
+def test_counters_are_a_copy_with_flow_gauges():
+    h = Harness()
+    udp_flow(h)
+    c = h.x.counters()
+    assert (c["udp_flows"], c["tcp_flows"], c["udp_flows_opened"]) == (1, 0, 1)
+    assert c["timer_entries"] == 1  # the flow's idle timer
+    assert c["never_counted"] == 0
+    c["udp_flows_opened"] = 99
+    assert h.x.counters()["udp_flows_opened"] == 1  # the caller's copy changed nothing
+
+
+def test_peer_states_is_a_read_only_view():
+    h = Harness()
+    assert PEER_KEY not in h.x.peer_states()
+    udp_flow(h)
+    view = h.x.peer_states()
+    assert list(view) == [PEER_KEY] and view[PEER_KEY].flows == 1
+    with pytest.raises(TypeError):
+        view[OTHER_KEY] = view[PEER_KEY]  # type: ignore[index]
+
+
+def test_what_only_the_shell_sees_is_counted_by_the_exit():
+    """A datagram dropped on a full host socket buffer, and echo requests the shell could not
+    send, reach the exit as host events and show in its counters; the peer is told nothing."""
+    h = Harness()
+    (o, _) = udp_flow(h)
+    h.x.receive_udp_error(o.flow, errno.EAGAIN, h.now)
+    h.x.receive_udp_error(o.flow, errno.EINTR, h.now)
+    h.deliver(build_echo(PEER4, NET4, 1, 1, b"x", reply=False))
+    (send,) = h.actions()
+    h.x.receive_echo_failed(send.version, None, h.now)  # no ping socket
+    h.x.receive_echo_failed(send.version, errno.EPERM, h.now)  # the send failed
+    c = h.x.counters()
+    assert c["drop_udp_host_buffer_full"] == 2 and c["udp_host_error_unmapped"] == 0
+    assert (c["echo_unavailable"], c["echo_send_failed"], c["icmp_errors"]) == (1, 1, 0)
+    assert h.out() == []

@@ -3,11 +3,15 @@ closed, and nothing more goes toward the tunnel for them (issue 9, item 3)."""
 
 from __future__ import annotations
 
-from tether.netstack.exit_actions import EchoSend, TcpClose, UdpClose
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import build_echo
-from tether.netstack.ip import PROTO_UDP, build_ipv4, fragment_ipv4
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.exit import EchoSend, TcpClose, UdpClose
+from tether.netstack.wire import (
+    PROTO_UDP,
+    Reassembler,
+    build_echo,
+    build_ipv4,
+    build_udp_packet,
+    fragment_ipv4,
+)
 
 from .test_exit_support import (
     NET4,
@@ -42,22 +46,22 @@ def test_removed_peer_loses_every_flow_and_nothing_reaches_the_tunnel():
     (echo,) = h.actions()
     assert isinstance(echo, EchoSend)
     # The servers keep sending: a UDP reply and host data are waiting when the peer goes.
-    h.x.udp_received(down, b"stream", h.now)
-    h.x.tcp_data(tcp, b"download" * 100, h.now)
+    h.x.receive_udp_datagram(down, b"stream", h.now)
+    h.x.receive_tcp_data(tcp, b"download" * 100, h.now)
     assert h.x.forget_peer(PEER_KEY, h.now) == 2
     acts = h.actions()
     assert TcpClose(tcp, True) in acts and UdpClose(down) in acts
     assert h.out() == []  # the queued reply and the TCP data are gone with the flows
     # Late host events and the echo reply are ignored; timers send nothing either.
-    h.x.udp_received(down, b"late", h.now)
-    h.x.tcp_data(tcp, b"late", h.now)
-    h.x.tcp_eof(tcp, h.now)
-    h.x.echo_reply(4, NET4, echo.seq, b"x", h.now)
+    h.x.receive_udp_datagram(down, b"late", h.now)
+    h.x.receive_tcp_data(tcp, b"late", h.now)
+    h.x.receive_tcp_eof(tcp, h.now)
+    h.x.receive_echo_reply(4, NET4, echo.seq, b"x", h.now)
     h.run_until(h.now + 20)  # within the other peer's UDP flow's idle time
     assert h.out() == [] and h.actions() == []
     assert h.x.flow_count == 1 and not other.closed  # the other peer is untouched
-    assert PEER_KEY not in h.x._peers
-    h.x.limits.audit()
+    assert PEER_KEY not in h.x.peer_states()
+    h.x.audit()
 
 
 def test_the_next_owner_of_the_address_gets_fresh_flows_only():
@@ -67,7 +71,7 @@ def test_the_next_owner_of_the_address_gets_fresh_flows_only():
     h.actions()
     fresh = udp(h, peer=OTHER_KEY)  # same address and port, another peer
     assert fresh.peer.key == OTHER_KEY and not fresh.closed
-    h.x.udp_received(fresh, b"yours", h.now)
+    h.x.receive_udp_datagram(fresh, b"yours", h.now)
     assert len(h.out()) == 1
 
 
@@ -78,14 +82,14 @@ def test_keep_ends_only_the_lost_addresses():
     kept_tcp = open_connection(h, host, PeerTcp(PEER6, NET6, 45002, 80))
     lost = udp(h)
     kept = udp(h, src=PEER6, dst=NET6)
-    h.x.udp_received(lost, b"a", h.now)
-    h.x.udp_received(kept, b"b", h.now)
+    h.x.receive_udp_datagram(lost, b"a", h.now)
+    h.x.receive_udp_datagram(kept, b"b", h.now)
     assert h.x.forget_peer(PEER_KEY, h.now, keep=lambda src: src != PEER4) == 2
     assert lost.closed and lost_tcp.closed and not kept.closed and not kept_tcp.closed
     (pkt,) = h.out()  # only the reply toward the kept address is still sent
     assert pkt[24:40] == PEER6
-    assert PEER_KEY in h.x._peers
-    h.x.limits.audit()
+    assert PEER_KEY in h.x.peer_states()
+    h.x.audit()
 
 
 def test_a_draining_clean_close_is_aborted():
@@ -93,7 +97,7 @@ def test_a_draining_clean_close_is_aborted():
     host = FakeHost(h)
     client = PeerTcp(PEER4, NET4, 45003, 80)
     flow = open_connection(h, host, client)
-    h.x.tcp_eof(flow, h.now)  # the server closes first; the exit ends in TIME-WAIT
+    h.x.receive_tcp_eof(flow, h.now)  # the server closes first; the exit ends in TIME-WAIT
     exchange(h, host, client, [])
     client.send(b"last words")
     client.close()
@@ -110,10 +114,10 @@ def test_fragments_being_reassembled_are_dropped():
     big = build_ipv4(PEER4, NET4, PROTO_UDP, build_udp_packet(PEER4, NET4, 1, 2, bytes(3000))[20:])
     first, *_ = fragment_ipv4(big, 600)
     h.deliver(first)
-    ps = h.x._peers[PEER_KEY]
+    ps = h.x.peer_states()[PEER_KEY]
     assert isinstance(ps.reassembler, Reassembler) and len(ps.reassembler)
     h.x.forget_peer(PEER_KEY, h.now)
-    assert h.x.next_deadline() is None  # no reassembly timeout will answer the old owner
+    assert h.x.next_timer() is None  # no reassembly timeout will answer the old owner
     h.run_until(h.now + 120)
     assert h.out() == []
 

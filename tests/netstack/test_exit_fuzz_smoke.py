@@ -5,9 +5,7 @@ import random
 import struct
 from pathlib import Path
 
-from tether.netstack.icmp import build_echo
-from tether.netstack.tcp import SYN, build_segment
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.wire import SYN, build_echo, build_segment, build_udp_packet
 
 TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_exit.py"
 
@@ -24,7 +22,7 @@ def raw(packet: bytes, peer: int = 0) -> bytes:
 
 
 def seeds() -> list[bytes]:
-    from tether.netstack.ip import build_ipv4
+    from tether.netstack.wire import build_ipv4
 
     p4, d4 = bytes([10, 9, 0, 2]), bytes([198, 51, 100, 7])
     syn = build_ipv4(p4, d4, 6, build_segment(p4, d4, 1000, 80, 5, 0, SYN, 65535, mss=1400))
@@ -56,5 +54,5 @@ def test_fuzz_exit_smoke():
             data = bytes(rnd.choice([1, 2, 3, 5, 6, 7]) for _ in range(rnd.randrange(1, 30)))
             data += rnd.randbytes(rnd.randrange(300))
         target.TestOneInput(bytes(data))
-    assert target._EXIT.stats["tcp_flows_opened"] > 0
-    assert target._EXIT.stats["udp_flows_opened"] > 0
+    assert target._EXIT.counters()["tcp_flows_opened"] > 0
+    assert target._EXIT.counters()["udp_flows_opened"] > 0

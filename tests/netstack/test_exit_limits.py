@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import TcpClose, UdpClose
-from tether.netstack.exit_limits import START_BUFFER
-from tether.netstack.ip import parse_ip
-from tether.netstack.tcp import RST, parse_segment
-from tether.netstack.tcp_events import TcpConfig
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.exit import START_BUFFER, ExitConfig, TcpClose, UdpClose
+from tether.netstack.tcp import TcpConfig
+from tether.netstack.wire import RST, build_udp_packet, parse_ip, parse_segment
 
 from .test_exit_support import (
     NET4,
@@ -40,16 +36,16 @@ def short_connection(h: Harness, host: FakeHost, port: int, server_first: bool) 
     flow = host.connects[-1]
     client.send(b"GET / HTTP/1.0\r\n\r\n")
     exchange(h, host, client, client.output())
-    h.x.tcp_data(flow, b"HTTP/1.0 200 OK\r\n\r\nhello", h.now)
+    h.x.receive_tcp_data(flow, b"HTTP/1.0 200 OK\r\n\r\nhello", h.now)
     if server_first:
-        h.x.tcp_eof(flow, h.now)
+        h.x.receive_tcp_eof(flow, h.now)
         exchange(h, host, client, [])
         client.close()
         exchange(h, host, client, client.output())
     else:
         client.close()
         exchange(h, host, client, client.output())
-        h.x.tcp_eof(flow, h.now)
+        h.x.receive_tcp_eof(flow, h.now)
         exchange(h, host, client, [])
     return client
 
@@ -68,8 +64,8 @@ def test_back_to_back_connections_are_never_refused(server_first):
         assert client.received.endswith(b"hello")
         assert h.x.flow_count <= 1024
         if i % 500 == 0:
-            h.x.limits.audit()
-    stats = h.x.stats
+            h.x.audit()
+    stats = h.x.counters()
     assert stats["refused_flow_limit"] == 0 and stats["refused_buffer_limit"] == 0
     assert stats["tcp_flows_opened"] == 3000
     if server_first:
@@ -87,10 +83,10 @@ def test_live_connections_at_the_peer_limit_are_refused_with_rst_but_reclaimable
     live = [open_connection(h, host, PeerTcp(PEER4, NET4, 2000 + i, 80)) for i in range(2)]
     third = PeerTcp(PEER4, NET4, 3000, 80)
     exchange(h, host, third, [third.syn()])  # takes the finished connection's place
-    assert third.state == "ESTABLISHED" and h.x.stats["tcp_reclaimed"] == 1
+    assert third.state == "ESTABLISHED" and h.x.counters()["tcp_reclaimed"] == 1
     fourth = PeerTcp(PEER4, NET4, 4000, 80)
     exchange(h, host, fourth, [fourth.syn()])
-    assert fourth.reset and h.x.stats["refused_flow_limit"] == 1
+    assert fourth.reset and h.x.counters()["refused_flow_limit"] == 1
     assert not any(f.closed for f in live)
 
 
@@ -139,8 +135,8 @@ def test_peer_below_its_fair_share_takes_from_the_peer_holding_the_most():
     h.deliver(build_udp_packet(OTHER4, NET4, 400, 9, b"z"), OTHER_KEY)
     acts = h.actions()
     assert acts[0] == UdpClose(mine[0].flow)
-    assert h.x.stats["flows_evicted_fair_share"] == 4
-    h.x.limits.audit()
+    assert h.x.counters()["flows_evicted_fair_share"] == 4
+    h.x.audit()
 
 
 def transfer(h, host, client, flow, up: int, down: int) -> None:
@@ -153,7 +149,7 @@ def transfer(h, host, client, flow, up: int, down: int) -> None:
         if sent < down:
             n = min(h.x.tcp_read_budget(flow), down - sent)
             if n:
-                h.x.tcp_data(flow, b"d" * n, h.now)
+                h.x.receive_tcp_data(flow, b"d" * n, h.now)
                 sent += n
         exchange(h, host, client, [])
         if sent == down and len(client.received) == down:
@@ -175,7 +171,7 @@ def test_buffers_start_small_and_grow_to_full_size_while_they_limit_the_transfer
     transfer(h, host, client, flow, up=0, down=10_000_000)
     assert flow.conn.buffer_sizes == (FULL, FULL)
     assert h.x.limits.buffer == flow.grant == 3 * FULL
-    h.x.limits.audit()
+    h.x.audit()
 
 
 def test_idle_connections_keep_their_small_grants():
@@ -186,7 +182,7 @@ def test_idle_connections_keep_their_small_grants():
         flow = open_connection(h, host, client)
         transfer(h, host, client, flow, up=500, down=20_000)
     assert h.x.limits.buffer == 100 * 3 * START_BUFFER  # 19 MiB, not 100 x 1.5 MiB
-    assert h.x.stats["tcp_buffer_grown"] == 0
+    assert h.x.counters()["tcp_buffer_grown"] == 0
 
 
 def test_the_peer_budget_keeps_floor_grants_for_every_flow_it_may_open():
@@ -198,11 +194,11 @@ def test_the_peer_budget_keeps_floor_grants_for_every_flow_it_may_open():
     lim = h.x.limits
     assert lim.floor * 64 <= cfg.max_buffer_per_peer // 2
     flows = [open_connection(h, host, PeerTcp(PEER4, NET4, 1000 + i, 80)) for i in range(64)]
-    assert h.x.stats["refused_buffer_limit"] == 0
+    assert h.x.counters()["refused_buffer_limit"] == 0
     sizes = {f.conn.buffer_sizes for f in flows}
     assert (START_BUFFER, START_BUFFER) in sizes and len(sizes) == 2  # start, then floors
     assert lim.buffer <= cfg.max_buffer_per_peer
-    lim.audit()
+    h.x.audit()
 
 
 def test_the_device_budget_is_shared_fairly():
@@ -231,8 +227,8 @@ def test_the_device_budget_is_shared_fairly():
         h.now += 1
         client = PeerTcp(OTHER4, NET4, 2000 + i, 80)
         others.append(open_connection(h, host, client, peer=OTHER_KEY))
-    assert h.x.stats["refused_buffer_limit"] == 0
-    assert h.x.stats["tcp_evicted_fair_share"] >= 1
+    assert h.x.counters()["refused_buffer_limit"] == 0
+    assert h.x.counters()["tcp_evicted_fair_share"] >= 1
     evicted = [f for f, _ in hog if f.closed]
     assert evicted == [f for f, _ in hog][: len(evicted)]  # least recently active first
     resets = [parse_segment(NET4, PEER4, parse_ip(p).payload) for p in host.elsewhere]
@@ -242,7 +238,7 @@ def test_the_device_budget_is_shared_fairly():
     flow, client = next((f, c) for f, c in hog if not f.closed)
     transfer(h, host, client, flow, up=1_000_000, down=1_000_000)
     assert hog_ps.buffer == before  # above its share: no growth
-    lim.audit()
+    h.x.audit()
 
 
 def test_finished_connections_release_their_buffers():
@@ -264,7 +260,7 @@ def test_udp_eviction_follows_activity_not_opening_order():
     for i in range(0, 50, 2):  # every even flow is used again, in order
         h.now += 1
         h.deliver(build_udp_packet(PEER4, NET4, 1000 + i, 9, b"x"))
-    h.x.udp_received(flows[1], b"reply", h.now)  # a reply counts as use too
+    h.x.receive_udp_datagram(flows[1], b"reply", h.now)  # a reply counts as use too
     h.actions()
     evicted = []
     for i in range(27):
@@ -285,8 +281,8 @@ def test_resets_for_syns_over_the_limit_share_the_peers_error_budget():
     for i in range(200):
         h.deliver(PeerTcp(PEER4, NET4, 1000 + i, 80).syn())
     resets = h.out()
-    assert len(resets) == 50 and h.x.stats["refused_silently"] == 150
-    assert h.x.stats["refused_flow_limit"] == 200
+    assert len(resets) == 50 and h.x.counters()["refused_silently"] == 150
+    assert h.x.counters()["refused_flow_limit"] == 200
     h.now += 0.1  # the budget refills: 10 more after 100 ms
     for i in range(20):
         h.deliver(PeerTcp(PEER4, NET4, 2000 + i, 80).syn())
@@ -304,12 +300,12 @@ def test_bookkeeping_stays_bounded_under_flow_churn():
             short_connection(h, host, 40000 + i, server_first=False)
         h.run_until(h.now)
     h.actions()
-    ps = h.x._peers[PEER_KEY]
+    ps = h.x.peer_states()[PEER_KEY]
     lim = h.x.limits
     assert len(ps.udp_lru) <= 2 * len(ps.udp_flows) + 17
     assert len(ps.tcp_lru) <= 2 * ps.live_tcp + 17
-    assert len(lim._by_flows) <= 2 * len(lim.holders) + 65
-    assert len(h.x._heap) <= 4 * h.x.flow_count + 1025
+    assert len(lim.by_flows) <= 2 * len(lim.holders) + 65
+    assert h.x.counters()["timer_entries"] <= 4 * h.x.flow_count + 1025
 
 
 def test_limits_change_live_raised_at_once_lowered_as_flows_end():
@@ -326,10 +322,10 @@ def test_limits_change_live_raised_at_once_lowered_as_flows_end():
     h.x.set_limits(max_flows_per_peer=4)
     more = [open_connection(h, host, PeerTcp(PEER4, NET4, 4000 + i, 80)) for i in range(2)]
     assert not any(f.closed for f in more) and len(h.x.tcp.flows) == 4
-    h.x.limits.audit()
+    h.x.audit()
 
     h.x.set_limits(max_flows_per_peer=1)  # four live connections stay open
-    h.x.limits.audit()
+    h.x.audit()
     assert not any(f.closed for f in live) and h.x.limits.per_peer == 1
     late = PeerTcp(PEER4, NET4, 5000, 80)
     exchange(h, host, late, [late.syn()])

@@ -4,7 +4,7 @@ Four peers open UDP flows and TCP connections (real packets through the sans-IO 
 host that connects at once), finish connections (they become reclaimable: TIME-WAIT) and reset
 them, with small limits so the table is full most of the time. The model knows every flow's
 peer, kind, last activity and whether it is reclaimable. For each new flow it replays the rules
-of `exit_limits` step by step: every flow the exit dropped to make room must be one the rules
+of `exit.limits` step by step: every flow the exit dropped to make room must be one the rules
 allow at that step (the oldest reclaimable connection, the least recently used UDP flow or live
 connection of the right peer), and the exit must admit or refuse exactly when the rules do.
 Invariants after every step: the model's flows are exactly the exit's, `Limits.audit()` holds,
@@ -19,9 +19,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import TcpConnect, UdpOpen
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.exit import ExitConfig, TcpConnect, UdpOpen
+from tether.netstack.wire import build_udp_packet
 
 from .test_exit_support import NET4, FakeHost, Harness, PeerTcp
 
@@ -167,7 +166,7 @@ class LimitsModel(RuleBasedStateMachine):
             assert below >= expected_share, "a peer below its fair share was refused"
             return
         (flow,) = opened
-        self.h.x.tcp_connected(flow, now)  # the fake host connects at once
+        self.h.x.receive_tcp_connected(flow, now)  # the fake host connects at once
         self.flows[flow] = Entry(peer, "tcp", now, client=client)
         self._exchange(flow, [])
         assert client.state == "ESTABLISHED"
@@ -200,7 +199,8 @@ class LimitsModel(RuleBasedStateMachine):
         flow = data.draw(st.sampled_from(self.live_tcp()))
         entry = self.flows[flow]
         entry.last = self.tick()
-        self.h.x.tcp_eof(flow, self.h.now)  # the server closes first: the exit ends in TIME-WAIT
+        # The server closes first: the exit ends in TIME-WAIT.
+        self.h.x.receive_tcp_eof(flow, self.h.now)
         self._exchange(flow, [])
         entry.client.close()
         self._exchange(flow, entry.client.output())
@@ -224,7 +224,7 @@ class LimitsModel(RuleBasedStateMachine):
         assert table == set(self.flows)
         for flow, entry in self.flows.items():
             assert flow.reclaimable == (entry.reclaimable_at is not None)
-        self.h.x.limits.audit()
+        self.h.x.audit()
 
 
 LimitsModel.TestCase.settings = settings(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.netstack.exit_policy import DROP, HOST, OWN, PEER, REFUSE, ExitPolicy
+from tether.netstack.exit import DROP, HOST, OWN, PEER, REFUSE, ExitPolicy
 
 ADDRESSES = ["10.9.0.1/24", "fd00:9::1/64"]
 HOST_ADDRESSES = ["93.184.216.34", "2606:2800:220:1::1"]  # the host's own, public ones

@@ -10,9 +10,9 @@ import random
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, given, settings
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import (
+from tether.netstack.exit import (
     EchoSend,
+    ExitConfig,
     TcpClose,
     TcpConnect,
     TcpShutdown,
@@ -21,18 +21,18 @@ from tether.netstack.exit_actions import (
     UdpOpen,
     UdpSend,
 )
-from tether.netstack.icmp import build_echo
-from tether.netstack.ip import (
+from tether.netstack.tcp import TcpConfig
+from tether.netstack.wire import (
     PROTO_TCP,
     PROTO_UDP,
     PacketError,
+    build_echo,
+    build_segment,
+    build_udp_packet,
     fragment_ipv4,
     fragment_ipv6,
     parse_ip,
 )
-from tether.netstack.tcp import build_segment
-from tether.netstack.tcp_events import TcpConfig
-from tether.netstack.udp import build_udp_packet
 
 from .test_exit_support import (
     NET4,
@@ -149,8 +149,8 @@ class Checker:
         for p in self.h.out():
             assert len(p) <= MTU
             parse_ip(p)  # well-formed (IPv4 header checksum included)
-        self.h.x.limits.audit()
-        for ps in self.h.x._peers.values():
+        self.h.x.audit()
+        for ps in self.h.x.peer_states().values():
             assert 0 <= ps.echo <= CFG.max_echo_per_peer
 
 
@@ -160,7 +160,7 @@ def host_event(draw, h: Harness, c: Checker) -> None:
     if c.echoes and draw(st.booleans()):
         e = draw(st.sampled_from(c.echoes))
         src = draw(st.sampled_from([NET4, NET6]))
-        x.echo_reply(e.version, src, e.seq, draw(st.binary(max_size=100)), h.now)
+        x.receive_echo_reply(e.version, src, e.seq, draw(st.binary(max_size=100)), h.now)
         return
     if not flows:
         return
@@ -168,30 +168,30 @@ def host_event(draw, h: Harness, c: Checker) -> None:
     if c.open.get(f, "tcp" if hasattr(f, "conn") else "udp") == "udp" and not hasattr(f, "conn"):
         ev = draw(st.sampled_from(["recv", "err", "open_failed"]))
         if ev == "recv":
-            x.udp_received(f, bytes(draw(st.sampled_from([0, 5, 1400, 5000]))), h.now)
+            x.receive_udp_datagram(f, bytes(draw(st.sampled_from([0, 5, 1400, 5000]))), h.now)
         elif ev == "err":
             err = draw(st.sampled_from([errno.ECONNREFUSED, errno.EMSGSIZE, errno.EIO]))
-            x.udp_error(f, err, h.now, draw(st.sampled_from([0, 1200])))
+            x.receive_udp_error(f, err, h.now, draw(st.sampled_from([0, 1200])))
         else:
-            x.udp_open_failed(f, errno.ENETUNREACH, h.now)
+            x.receive_udp_open_failed(f, errno.ENETUNREACH, h.now)
         return
     ev = draw(st.sampled_from(["conn", "fail", "data", "eof", "reset", "blocked", "writable"]))
     if ev == "conn":
-        x.tcp_connected(f, h.now)
+        x.receive_tcp_connected(f, h.now)
     elif ev == "fail":
-        x.tcp_connect_failed(f, draw(st.sampled_from([111, 110, 113, 101, 24])), h.now)
+        x.receive_tcp_connect_failed(f, draw(st.sampled_from([111, 110, 113, 101, 24])), h.now)
     elif ev == "data":
         n = x.tcp_read_budget(f)
         if n:
-            x.tcp_data(f, bytes(min(n, draw(st.integers(1, 70000)))), h.now)
+            x.receive_tcp_data(f, bytes(min(n, draw(st.integers(1, 70000)))), h.now)
     elif ev == "eof":
-        x.tcp_eof(f, h.now)
+        x.receive_tcp_eof(f, h.now)
     elif ev == "reset":
-        x.tcp_reset(f, h.now)
+        x.receive_tcp_reset(f, h.now)
     elif ev == "blocked":
-        x.tcp_write_blocked(f)
+        x.receive_tcp_write_blocked(f, h.now)
     else:
-        x.tcp_writable(f, h.now)
+        x.receive_tcp_writable(f, h.now)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -215,8 +215,9 @@ def test_random_traffic_and_host_events(data):
         else:
             h.run_until(h.now + data.draw(st.sampled_from([0.01, 0.5, 5.0, 31.0, 200.0])))
         c.check()
-    for key in h.x.stats:
-        event(key)
+    for key, n in h.x.counters().items():
+        if n:
+            event(key)
     h.run_until(h.now + 10_000)  # every timer runs out: nothing may be left but idle TCP
     c.check()
     for f in c.open:
@@ -239,7 +240,7 @@ def test_garbage_never_raises(blob, peer):
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=20, max_size=200), st.booleans())
 def test_garbage_after_a_valid_ip_header_never_raises(body, v6):
-    from tether.netstack.ip import build_ipv4, build_ipv6
+    from tether.netstack.wire import build_ipv4, build_ipv6
 
     h = Harness(mtu=MTU, config=CFG)
     for proto in (PROTO_TCP, PROTO_UDP, 1, 58, 44, 0):
@@ -290,14 +291,14 @@ class StreamHost:
     def block(self) -> None:
         if not self.blocked and self.flow is not None:
             self.blocked = True
-            self.h.x.tcp_write_blocked(self.flow)
+            self.h.x.receive_tcp_write_blocked(self.flow, self.h.now)
 
     def unblock(self) -> None:
         if self.blocked:
             self.blocked = False
             self.written += self.pending
             self.pending.clear()
-            self.h.x.tcp_writable(self.flow, self.h.now)
+            self.h.x.receive_tcp_writable(self.flow, self.h.now)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -324,7 +325,7 @@ def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
         to_exit = []
         host.run()
         if host.flow is not None and not host.flow.connected and not host.flow.closed:
-            h.x.tcp_connected(host.flow, h.now)
+            h.x.receive_tcp_connected(host.flow, h.now)
             host.run()
         for p in h.out():
             if not lossy or rnd.random() >= loss:
@@ -340,7 +341,7 @@ def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
             n = h.x.tcp_read_budget(host.flow)
             chunk = down[down_pos : down_pos + min(n, data.draw(st.integers(1, 50000)))]
             if chunk:
-                h.x.tcp_data(host.flow, chunk, h.now)
+                h.x.receive_tcp_data(host.flow, chunk, h.now)
                 down_pos += len(chunk)
         elif op == "block":
             host.block()
@@ -362,7 +363,7 @@ def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
             n = h.x.tcp_read_budget(host.flow)
             chunk = down[down_pos : down_pos + n]
             if chunk:
-                h.x.tcp_data(host.flow, chunk, h.now)
+                h.x.receive_tcp_data(host.flow, chunk, h.now)
                 down_pos += len(chunk)
         step(lossy=False)
         if bytes(host.written) == up and len(client.received) == len(down):

@@ -1,14 +1,14 @@
 """Helpers for the exit tests: a minimal phone-side TCP endpoint and packet shortcuts.
 
-`PeerTcp` is deliberately independent of `tcpconn.TcpConnection` (it shares only the wire
-format functions of `tcp.py`): an active opener with 32-bit modular arithmetic, no SACK and no
+`PeerTcp` is deliberately independent of `tcp.TcpConnection` (it shares only the wire
+format functions of `wire`): an active opener with 32-bit modular arithmetic, no SACK and no
 timestamps, an ACK for every data segment, in-order delivery only (anything else is dropped and
 re-ACKed), and go-back-N retransmission when asked to. It verifies every checksum the exit sends.
 """
 
 from __future__ import annotations
 
-from tether.netstack.exit_actions import (
+from tether.netstack.exit import (
     TcpClose,
     TcpConnect,
     TcpPauseReading,
@@ -16,8 +16,19 @@ from tether.netstack.exit_actions import (
     TcpShutdown,
     TcpWrite,
 )
-from tether.netstack.ip import PROTO_TCP, build_ipv4, build_ipv6, parse_ip
-from tether.netstack.tcp import ACK, FIN, PSH, RST, SYN, build_segment, parse_segment
+from tether.netstack.wire import (
+    ACK,
+    FIN,
+    PROTO_TCP,
+    PSH,
+    RST,
+    SYN,
+    build_ipv4,
+    build_ipv6,
+    build_segment,
+    parse_ip,
+    parse_segment,
+)
 
 M = 0xFFFFFFFF
 
@@ -213,24 +224,24 @@ class Harness:
         self.now = 1000.0
 
     def deliver(self, packet: bytes, peer: bytes = PEER_KEY) -> None:
-        self.x.deliver(peer, packet, self.now)
+        self.x.receive_packet(peer, packet, self.now)
 
     def actions(self) -> list:
         return self.x.take_actions()
 
     def out(self) -> list[bytes]:
-        return self.x.take_outbound()
+        return self.x.take_packets()
 
     def run_until(self, t: float) -> None:
         """Fire every timer due up to `t`, in order, then set the clock to `t`."""
         for _ in range(100000):
-            d = self.x.next_deadline()
+            d = self.x.next_timer()
             if d is None or d > t:
                 break
             self.now = max(self.now, d)
-            self.x.on_timer(self.now)
+            self.x.handle_timer(self.now)
         self.now = t
-        self.x.on_timer(t)
+        self.x.handle_timer(t)
 
 
 # -- a fake host for TCP flows ---------------------------------------------------------------
@@ -258,7 +269,7 @@ class FakeHost:
             if t is TcpConnect:
                 self.connects.append(a.flow)
                 if self.auto_connect:
-                    self.h.x.tcp_connected(a.flow, self.h.now)
+                    self.h.x.receive_tcp_connected(a.flow, self.h.now)
             elif t is TcpWrite:
                 assert a.flow not in self.shutdown and a.flow not in self.closed
                 self.written.setdefault(a.flow, bytearray()).extend(a.data)
@@ -303,7 +314,7 @@ def open_connection(h, host, client, peer=PEER_KEY):
     (flow,) = host.connects[before:]
     if not host.auto_connect:
         assert client.state == "SYN_SENT"  # no SYN-ACK before the host connected
-        h.x.tcp_connected(flow, h.now)
+        h.x.receive_tcp_connected(flow, h.now)
         exchange(h, host, client, [], peer=peer)
     assert client.state == "ESTABLISHED"
     return flow

@@ -8,16 +8,24 @@ import errno
 
 import pytest
 
-from tether.netstack.exit import ExitConfig
-from tether.netstack.exit_actions import (
+from tether.netstack.exit import (
+    ExitConfig,
     TcpClose,
     TcpShutdown,
     TcpWrite,
 )
-from tether.netstack.exit_tcp import ip_wrapper
-from tether.netstack.icmp import parse_icmp
-from tether.netstack.ip import PROTO_TCP, ipv4_header, parse_ip
-from tether.netstack.tcp import ACK, RST, SYN, build_segment, parse_segment
+from tether.netstack.wire import (
+    ACK,
+    PROTO_TCP,
+    RST,
+    SYN,
+    build_segment,
+    ip_wrapper,
+    ipv4_header,
+    parse_icmp,
+    parse_ip,
+    parse_segment,
+)
 
 from .test_exit_support import (
     NET4,
@@ -52,7 +60,7 @@ def test_connect_then_data_both_ways_then_close(src, dst):
             n = h.x.tcp_read_budget(flow)
             if n:
                 chunk = down[pos : pos + n]
-                h.x.tcp_data(flow, chunk, h.now)
+                h.x.receive_tcp_data(flow, chunk, h.now)
                 pos += len(chunk)
         exchange(h, host, client, [])
         if pos == len(down) and len(client.received) == len(down):
@@ -63,12 +71,12 @@ def test_connect_then_data_both_ways_then_close(src, dst):
     client.close()
     exchange(h, host, client, client.output())
     assert flow in host.shutdown and flow not in host.closed
-    h.x.tcp_eof(flow, h.now)
+    h.x.receive_tcp_eof(flow, h.now)
     exchange(h, host, client, [])
     assert client.fin_received
     assert host.closed[flow] is False  # graceful
     h.run_until(h.now + 10)  # the connection leaves TIME-WAIT/LAST-ACK
-    assert h.x.flow_count == 0 and h.x.next_deadline() is None
+    assert h.x.flow_count == 0 and h.x.next_timer() is None
 
 
 def test_refused_connect_answers_syn_with_rst():
@@ -77,7 +85,7 @@ def test_refused_connect_answers_syn_with_rst():
     client = PeerTcp(PEER4, NET4, 45001, 81)
     exchange(h, host, client, [client.syn()])
     (flow,) = host.connects
-    h.x.tcp_refused(flow, h.now)
+    h.x.receive_tcp_connect_failed(flow, errno.ECONNREFUSED, h.now)
     exchange(h, host, client, [])
     assert client.reset and client.segments_in == 1
     assert host.closed == {flow: True}
@@ -94,7 +102,7 @@ def test_failed_connect_answers_syn_with_icmp_unreachable(err, code):
     client = PeerTcp(PEER4, NET4, 45002, 82)
     exchange(h, host, client, [client.syn()])
     (flow,) = host.connects
-    h.x.tcp_connect_failed(flow, err, h.now)
+    h.x.receive_tcp_connect_failed(flow, err, h.now)
     host.run()
     (pkt,) = h.out()
     m = parse_icmp(parse_ip(pkt))
@@ -120,7 +128,7 @@ def test_connect_timeout_is_the_connections_and_sends_icmp():
     m = parse_icmp(parse_ip(pkt))
     assert (m.type, m.code) == (1, 3)  # ICMPv6 address unreachable
     assert host.closed == {flow: True}
-    h.x.tcp_connected(flow, h.now)  # too late: ignored
+    h.x.receive_tcp_connected(flow, h.now)  # too late: ignored
     assert h.out() == [] and h.actions() == []
 
 
@@ -164,7 +172,7 @@ def test_mss_is_clamped_to_the_device_mtu():
     client = PeerTcp(PEER4, NET4, 45007, 87, mss=8960)
     flow = open_connection(h, host, client)
     assert client.peer_mss <= 1280 - 40
-    h.x.tcp_data(flow, b"x" * 100_000, h.now)
+    h.x.receive_tcp_data(flow, b"x" * 100_000, h.now)
     for _ in range(200):
         out = h.out()
         assert all(len(p) <= 1280 for p in out)
@@ -186,14 +194,14 @@ def test_host_write_backpressure_closes_the_peer_window():
     client.send(b"a" * 1000)
     exchange(h, host, client, client.output())
     assert bytes(host.written[flow]) == b"a" * 1000
-    h.x.tcp_write_blocked(flow)  # the shell could not write everything
+    h.x.receive_tcp_write_blocked(flow, h.now)  # the shell could not write everything
     client.send(b"b" * 2_000_000)
     exchange(h, host, client, client.output())
     assert bytes(host.written[flow]) == b"a" * 1000  # nothing more while blocked
     assert client.snd_wnd == 0  # the exit's buffer filled and its window closed
     held = (client.snd_una - (client.iss + 1) - 1000) & 0xFFFFFFFF
     assert 0 < held <= h.x.config.tcp.recv_buffer + (1 << 7)
-    h.x.tcp_writable(flow, h.now)
+    h.x.receive_tcp_writable(flow, h.now)
     for _ in range(1000):
         exchange(h, host, client, client.output())
         if len(host.written[flow]) == 2_001_000:
@@ -210,7 +218,7 @@ def test_host_reading_pauses_when_the_send_buffer_is_full_and_resumes():
     flow = open_connection(h, host, client)
     total = 0
     while (n := h.x.tcp_read_budget(flow)) > 0:
-        h.x.tcp_data(flow, b"z" * n, h.now)
+        h.x.receive_tcp_data(flow, b"z" * n, h.now)
         total += n
     host.run()
     assert flow in host.paused and total == flow.conn.buffer_sizes[1] == 64 * 1024  # granted
@@ -232,7 +240,7 @@ def test_peer_reset_aborts_the_host_socket():
     flow = open_connection(h, host, client)
     exchange(h, host, client, [client.rst()])
     assert host.closed == {flow: True} and h.x.flow_count == 0
-    h.x.tcp_data(flow, b"late", h.now)  # ignored
+    h.x.receive_tcp_data(flow, b"late", h.now)  # ignored
     assert h.out() == []
 
 
@@ -241,7 +249,7 @@ def test_host_reset_resets_the_peer():
     host = FakeHost(h)
     client = PeerTcp(PEER6, NET6, 45011, 91)
     flow = open_connection(h, host, client)
-    h.x.tcp_reset(flow, h.now)
+    h.x.receive_tcp_reset(flow, h.now)
     exchange(h, host, client, [])
     assert client.reset and host.closed == {flow: True}
 
@@ -251,8 +259,8 @@ def test_host_closes_first():
     host = FakeHost(h)
     client = PeerTcp(PEER4, NET4, 45012, 92)
     flow = open_connection(h, host, client)
-    h.x.tcp_data(flow, b"bye", h.now)
-    h.x.tcp_eof(flow, h.now)
+    h.x.receive_tcp_data(flow, b"bye", h.now)
+    h.x.receive_tcp_eof(flow, h.now)
     exchange(h, host, client, [])
     assert client.fin_received and bytes(client.received) == b"bye"
     assert flow not in host.closed  # the peer may still send
@@ -269,7 +277,7 @@ def test_new_syn_during_time_wait_opens_a_new_connection():
     host = FakeHost(h)
     client = PeerTcp(PEER4, NET4, 45013, 93)
     flow = open_connection(h, host, client)
-    h.x.tcp_eof(flow, h.now)
+    h.x.receive_tcp_eof(flow, h.now)
     exchange(h, host, client, [])
     client.close()
     exchange(h, host, client, client.output())

@@ -7,17 +7,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.netstack.checksum import checksum
-from tether.netstack.fragments import PIECE_OVERHEAD, Reassembler
-from tether.netstack.ip import (
+from tether.netstack.wire import (
+    PIECE_OVERHEAD,
     PacketError,
+    Reassembler,
     build_ipv4,
     build_ipv6,
+    build_udp_packet,
+    checksum,
     fragment_ipv4,
     fragment_ipv6,
     parse_ip,
+    parse_udp,
 )
-from tether.netstack.udp import build_udp_packet, parse_udp
 
 A4, B4 = bytes([10, 0, 0, 1]), bytes([93, 184, 216, 34])
 A6, B6 = bytes(15) + b"\x01", b"\x20\x01\x0d\xb8" + bytes(11) + b"\x02"

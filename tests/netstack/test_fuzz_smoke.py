@@ -4,9 +4,7 @@ import importlib.util
 import random
 from pathlib import Path
 
-from tether.netstack.icmp import build_echo
-from tether.netstack.ip import build_ipv4, build_ipv6
-from tether.netstack.udp import build_udp_packet
+from tether.netstack.wire import build_echo, build_ipv4, build_ipv6, build_udp_packet
 
 TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_ip_packets.py"
 

@@ -4,20 +4,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.netstack.checksum import checksum
-from tether.netstack.icmp import (
+from tether.netstack.wire import (
     ErrorRateLimiter,
     IcmpError,
+    PacketError,
     build_echo,
     build_error,
     build_icmp,
+    build_ipv4,
+    build_ipv6,
+    build_udp_packet,
+    checksum,
     may_send_error,
     parse_icmp,
     parse_icmpv4,
     parse_icmpv6,
+    parse_ip,
 )
-from tether.netstack.ip import PacketError, build_ipv4, build_ipv6, parse_ip
-from tether.netstack.udp import build_udp_packet
 
 A4, B4 = bytes([10, 0, 0, 1]), bytes([93, 184, 216, 34])
 A6, B6 = bytes(15) + b"\x01", b"\x20\x01\x0d\xb8" + bytes(11) + b"\x02"

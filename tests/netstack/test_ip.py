@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.netstack.checksum import checksum
-from tether.netstack.ip import (
+from tether.netstack.wire import (
     PROTO_UDP,
     FragmentationNeeded,
     PacketError,
     build_ipv4,
     build_ipv6,
+    checksum,
     fragment_ipv4,
     parse_ip,
     parse_ipv4,

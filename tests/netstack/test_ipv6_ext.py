@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.netstack.ip import (
+from tether.netstack.wire import (
     PROTO_AH,
     PROTO_ESP,
     PROTO_IPV6_NONXT,

@@ -11,20 +11,25 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import IcmpError, build_echo, build_error, parse_icmp
-from tether.netstack.ip import (
+from tether.netstack.wire import (
     PROTO_AH,
     PROTO_UDP,
+    IcmpError,
+    Reassembler,
+    build_echo,
+    build_error,
     build_ipv4,
     build_ipv6,
+    build_udp,
+    build_udp_packet,
     fragment_ipv4,
     fragment_ipv6,
+    parse_icmp,
     parse_ip,
     parse_ipv4,
     parse_ipv6,
+    parse_udp,
 )
-from tether.netstack.udp import build_udp, build_udp_packet, parse_udp
 
 pytest.importorskip("scapy")
 from scapy.layers.inet import (  # noqa: E402
@@ -195,7 +200,7 @@ def test_udp_matches_scapy(v6, sport, dport, payload):
 
 @pytest.mark.parametrize("v6", [False, True])
 def test_udp_zero_checksum_sent_as_ffff_like_scapy(v6):
-    from tether.netstack.checksum import pseudo_header_sum
+    from tether.netstack.wire import pseudo_header_sum
 
     src, dst = (A6, B6) if v6 else (A4, B4)
     x = -(pseudo_header_sum(src, dst, 17, 10) + 1 + 2 + 10) % 0xFFFF

@@ -6,8 +6,15 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from tether.netstack.tcp_buffers import ReassemblyQueue, SackScoreboard, SendBuffer
-from tether.netstack.tcp_congestion import Cubic, NewReno, RttEstimator, make_congestion_control
+from tether.netstack.tcp import (
+    Cubic,
+    NewReno,
+    ReassemblyQueue,
+    RttEstimator,
+    SackScoreboard,
+    SendBuffer,
+    make_congestion_control,
+)
 
 BASE = 10**9  # absolute sequence numbers need not be small
 

@@ -16,7 +16,8 @@ import random
 
 import pytest
 
-from tether.netstack.tcp import (
+from tether.netstack.tcp import ConnectionReset, State, TcpConfig, TcpConnection
+from tether.netstack.wire import (
     ACK,
     FIN,
     PSH,
@@ -26,7 +27,6 @@ from tether.netstack.tcp import (
     build_segment,
     parse_segment,
 )
-from tether.netstack.tcpconn import ConnectionReset, State, TcpConfig, TcpConnection
 
 M = 0xFFFFFFFF
 PEER_ADDR = bytes([192, 168, 90, 2])
@@ -523,11 +523,11 @@ class Harness:
         for _ in range(100):
             moved = False
             if self.conn is not None:
-                for s in self.conn.segments_to_send(self.now):
+                for s in self.conn.take_segments(self.now):
                     self.check_sent(s)
                     self.link.send(self.now, "peer", s)
                     moved = True
-                self.events += self.conn.events()
+                self.events += self.conn.take_events()
             self.peer.output(self.now)
             for s in self.peer.out:
                 self.link.send(self.now, "exit", s)
@@ -553,7 +553,7 @@ class Harness:
                     isn=self.conn_isn,
                     config=self.config,
                 )
-                self.conn.host_connected(self.now)
+                self.conn.receive_host_connected(self.now)
             return
         if self.conn.state is State.CLOSED:
             reply = build_reset_reply(EXIT_ADDR, PEER_ADDR, seg)
@@ -568,7 +568,7 @@ class Harness:
         while True:
             cands = [self.link.next_due(), self.peer.deadline()]
             if self.conn is not None:
-                cands.append(self.conn.timer_deadline())
+                cands.append(self.conn.next_timer())
             cands = [c for c in cands if c is not None]
             t = min(cands) if cands else None
             if t is None or t > target:
@@ -579,9 +579,9 @@ class Harness:
                 self.deliver(min(due, key=lambda i: self.link.packets[i][:2]))
             else:
                 if self.conn is not None:
-                    d = self.conn.timer_deadline()
+                    d = self.conn.next_timer()
                     if d is not None and d <= self.now:
-                        self.conn.on_timer(self.now)
+                        self.conn.handle_timer(self.now)
                 d = self.peer.deadline()
                 if d is not None and d <= self.now:
                     self.peer.on_timer(self.now)
@@ -592,7 +592,7 @@ class Harness:
         """Advance to the next packet arrival or timer, whatever it is; False if none."""
         cands = [self.link.next_due(), self.peer.deadline()]
         if self.conn is not None:
-            cands.append(self.conn.timer_deadline())
+            cands.append(self.conn.next_timer())
         cands = [c for c in cands if c is not None]
         if not cands:
             return False
@@ -604,7 +604,7 @@ class Harness:
         end = self.now + limit
         while self.now < end:
             if self.conn is not None:
-                self.host_received += self.conn.read_for_host()
+                self.host_received += self.conn.take_peer_data()
             self.peer.read(1 << 30)
             self.pump()
             if cond() or not self.step():
@@ -641,7 +641,7 @@ def test_the_checker_is_not_vacuous() -> None:
     """The peer notices a single wrong byte (here: the record of what the host wrote is altered)."""
     h = Harness(config=TcpConfig(), peer_kw={}, isns=(1, 2))
     h.advance(0.1)
-    assert h.conn.send_from_host(b"hello") == 5
+    assert h.conn.receive_host_data(b"hello", h.now) == 5
     h.host_sent += b"hellp"
     h.pump()
     with pytest.raises(AssertionError, match="corrupted"):

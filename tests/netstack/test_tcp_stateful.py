@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from tether.netstack.tcpconn import ConnectionClosed, State, TcpConfig
+from tether.netstack.tcp import ConnectionClosed, State, TcpConfig
 
 
 def _load_sim():
@@ -106,7 +106,7 @@ class TcpOverLossyLink(RuleBasedStateMachine):
         if h.conn is None or h.host_eof_sent:
             return
         space = h.conn.host_send_space()
-        n = h.conn.send_from_host(data[:space])
+        n = h.conn.receive_host_data(data[:space], h.now)
         assert n == min(len(data), space)
         h.host_sent += data[:n]
         h.pump()
@@ -114,7 +114,7 @@ class TcpOverLossyLink(RuleBasedStateMachine):
     @rule(n=st.integers(1, 100000))
     def host_reads(self, n) -> None:
         if self.h.conn is not None:
-            self.h.host_received += self.h.conn.read_for_host(n)
+            self.h.host_received += self.h.conn.take_peer_data(n)
             self.h.pump()
 
     @rule(n=st.integers(1, 100000))
@@ -168,7 +168,7 @@ class TcpOverLossyLink(RuleBasedStateMachine):
         h = self.h
         if h.conn is not None and not h.host_eof_sent:
             h.host_eof_sent = True
-            h.conn.host_eof(h.now)
+            h.conn.receive_host_eof(h.now)
             h.pump()
 
     @rule()
@@ -185,7 +185,7 @@ class TcpOverLossyLink(RuleBasedStateMachine):
         if which == "peer":
             h.peer.abort()
         elif h.conn is not None:
-            h.conn.host_reset(h.now)
+            h.conn.receive_host_reset(h.now)
         h.pump()
 
     @invariant()
@@ -206,7 +206,7 @@ class TcpOverLossyLink(RuleBasedStateMachine):
         assert len(c.tx.scoreboard.starts) <= cfg.max_sack_ranges
         tx = c.tx
         if c.state is State.CLOSED:
-            assert c.timer_deadline() is None
+            assert c.next_timer() is None
         else:
             assert tx.snd_una <= tx.snd_nxt <= tx.snd_max <= tx.data_end
 
@@ -247,7 +247,7 @@ class TcpOverLossyLink(RuleBasedStateMachine):
         # Close both ways and let every timer run out.
         if h.conn is not None and not h.host_eof_sent:
             h.host_eof_sent = True
-            h.conn.host_eof(h.now)
+            h.conn.receive_host_eof(h.now)
         h.peer.close()
         h.pump()
         h.settle(
@@ -257,8 +257,8 @@ class TcpOverLossyLink(RuleBasedStateMachine):
         assert h.peer.state == "CLOSED"
         if h.conn is not None:
             assert h.conn.state is State.CLOSED, h.conn
-            assert h.conn.timer_deadline() is None
-            assert h.conn.segments_to_send(h.now) == [] or h.reset_seen
+            assert h.conn.next_timer() is None
+            assert h.conn.take_segments(h.now) == [] or h.reset_seen
             assert sum(isinstance(e, ConnectionClosed) for e in h.events) == 1
             if clean and not h.reset_seen:
                 assert h.conn.reset_reason is None
@@ -296,7 +296,7 @@ def _bulk(h, host_total: int, peer_total: int, chunk: int = 256 * 1024) -> None:
             if n:
                 off = len(h.host_sent) % len(block)
                 data = (block[off:] + block)[:n]
-                assert c.send_from_host(data) == n
+                assert c.receive_host_data(data, h.now) == n
                 h.host_sent += data
         if h.peer.state == "ESTABLISHED" and sent_peer < peer_total and len(h.peer.send_q) < chunk:
             n = min(chunk, peer_total - sent_peer)
@@ -306,7 +306,7 @@ def _bulk(h, host_total: int, peer_total: int, chunk: int = 256 * 1024) -> None:
             h.peer_sent += data
             sent_peer += n
         if c is not None:
-            h.host_received += c.read_for_host()
+            h.host_received += c.take_peer_data()
         h.peer.read(1 << 30)
         h.pump()
         if len(h.peer.received) >= host_total and len(h.host_received) >= peer_total:

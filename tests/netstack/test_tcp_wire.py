@@ -8,7 +8,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from tether.netstack.tcp import (
+from tether.netstack.wire import (
     ACK,
     FIN,
     PSH,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.netstack.tcp import ACK, FIN, PSH, RST, SYN, build_segment, parse_segment
-from tether.netstack.tcpconn import (
+from tether.netstack.tcp import (
     ConnectionClosed,
     ConnectionReset,
     DataReadable,
@@ -15,6 +14,7 @@ from tether.netstack.tcpconn import (
     TcpConfig,
     TcpConnection,
 )
+from tether.netstack.wire import ACK, FIN, PSH, RST, SYN, build_segment, parse_segment
 
 LOCAL4, PEER4 = bytes([203, 0, 113, 9]), bytes([192, 168, 90, 2])
 LOCAL6 = bytes.fromhex("20010db8000000000000000000000009")
@@ -56,7 +56,7 @@ class Peer:
         )
         self.synack = None
         if connect:
-            self.c.host_connected(0.0)
+            self.c.receive_host_connected(0.0)
             (self.synack,) = self.out()
             self.ack_seq = (self.synack.seq + 1) & M  # what we acknowledge
 
@@ -87,21 +87,22 @@ class Peer:
     def out(self, at=None):
         if at is not None:
             self.now = at
-        return [parse_segment(self.local, self.peer, s) for s in self.c.segments_to_send(self.now)]
+        return [parse_segment(self.local, self.peer, s) for s in self.c.take_segments(self.now)]
 
     def establish(self):
         self.send(ACK, window=65535 >> self.ws << 0 if not self.ws else 65535)
         assert self.c.state is State.ESTABLISHED
-        assert self.c.events() == [Established()]
+        assert self.c.take_events() == [Established()]
         return self
 
     def tick(self, at):
         self.now = at
-        self.c.on_timer(at)
+        self.c.handle_timer(at)
         return self.out()
 
     def data_to_us(self, n: int, at=None) -> list:
-        assert self.c.send_from_host(bytes(range(256)) * (n // 256) + bytes(n % 256)) == n
+        data = bytes(range(256)) * (n // 256) + bytes(n % 256)
+        assert self.c.receive_host_data(data, self.now) == n
         return self.out(at)
 
 
@@ -112,8 +113,8 @@ def test_handshake_waits_for_the_host_and_negotiates_options() -> None:
     p = Peer(connect=False)
     assert p.c.state is State.SYN_RECEIVED_PENDING
     assert p.out() == []
-    assert p.c.timer_deadline() == 30.0  # connect timeout
-    p.c.host_connected(0.0)
+    assert p.c.next_timer() == 30.0  # connect timeout
+    p.c.receive_host_connected(0.0)
     (sa,) = p.out()
     assert sa.flags == SYN | ACK
     assert (sa.seq, sa.ack) == (5000, 1001)
@@ -145,31 +146,31 @@ def test_ipv6_clamps_mss_to_mtu_minus_60() -> None:
 
 def test_host_refused_resets_the_syn() -> None:
     p = Peer(connect=False)
-    p.c.host_refused(0.0)
+    p.c.receive_host_refused(0.0)
     (rst,) = p.out()
     assert (rst.flags, rst.seq, rst.ack) == (RST | ACK, 0, 1001)
-    assert p.c.state is State.CLOSED and p.c.timer_deadline() is None
-    assert p.c.events() == [ConnectionClosed()]
+    assert p.c.state is State.CLOSED and p.c.next_timer() is None
+    assert p.c.take_events() == [ConnectionClosed()]
 
 
 def test_host_unreachable_closes_silently_for_icmp() -> None:
     p = Peer(connect=False)
-    p.c.host_unreachable(0.0)
+    p.c.receive_host_unreachable(0.0)
     assert p.out() == [] and p.c.closed
-    assert p.c.events() == [ConnectionClosed()]
+    assert p.c.take_events() == [ConnectionClosed()]
 
 
 def test_connect_timeout() -> None:
     p = Peer(connect=False)
     assert p.tick(30.0) == []
-    assert p.c.events() == [ConnectionReset("connect-timeout"), ConnectionClosed()]
+    assert p.c.take_events() == [ConnectionReset("connect-timeout"), ConnectionClosed()]
 
 
 def test_syn_retransmission_while_pending_is_ignored_then_resends_synack() -> None:
     p = Peer(connect=False)
     p.send(SYN, seq=1000, advance=False)
     assert p.out() == []
-    p.c.host_connected(0.1)
+    p.c.receive_host_connected(0.1)
     p.out()
     p.send(SYN, seq=1000, advance=False)
     (sa,) = p.out()
@@ -181,14 +182,14 @@ def test_synack_is_retransmitted_with_backoff_then_given_up() -> None:
     times = []
     t = 0.0
     for _ in range(5):
-        t = p.c.timer_deadline()
+        t = p.c.next_timer()
         times.append(t)
         (sa,) = p.tick(t)
         assert sa.flags == SYN | ACK
     assert times == [1.0, 3.0, 7.0, 15.0, 31.0]
-    (rst,) = p.tick(p.c.timer_deadline())
+    (rst,) = p.tick(p.c.next_timer())
     assert rst.flags & RST
-    assert p.c.events() == [ConnectionReset("handshake-timeout"), ConnectionClosed()]
+    assert p.c.take_events() == [ConnectionReset("handshake-timeout"), ConnectionClosed()]
 
 
 def test_bad_ack_in_syn_received_gets_a_reset() -> None:
@@ -203,8 +204,8 @@ def test_data_on_the_handshake_ack_is_delivered() -> None:
     p = Peer()
     p.send(ACK | PSH, payload=b"GET /")
     assert p.c.state is State.ESTABLISHED
-    assert p.c.events() == [Established(), DataReadable()]
-    assert p.c.read_for_host() == b"GET /"
+    assert p.c.take_events() == [Established(), DataReadable()]
+    assert p.c.take_peer_data() == b"GET /"
 
 
 # -- resets and challenge ACKs (RFC 5961) --------------------------------------------------------
@@ -214,7 +215,7 @@ def test_rst_exactly_at_rcv_nxt_resets() -> None:
     p = Peer().establish()
     p.send(RST, advance=False)
     assert p.c.closed and p.out() == []
-    assert p.c.events() == [ConnectionReset("peer-reset"), ConnectionClosed()]
+    assert p.c.take_events() == [ConnectionReset("peer-reset"), ConnectionClosed()]
 
 
 def test_rst_in_window_but_not_exact_draws_a_rate_limited_challenge_ack() -> None:
@@ -255,7 +256,7 @@ def test_paws_drops_old_timestamps() -> None:
     p.out()
     p.send(ACK | PSH, payload=b"old", tsval=400)
     (ack,) = p.out()
-    assert p.c.read_for_host() == b"new"
+    assert p.c.take_peer_data() == b"new"
     assert ack.ack == p.seq - 3
 
 
@@ -266,7 +267,7 @@ def test_delayed_ack_then_ack_every_second_full_segment() -> None:
     p = Peer(delayed_ack=0.04).establish()
     p.send(ACK, payload=b"x" * 1368, at=1.0)
     assert p.out() == []
-    assert p.c.timer_deadline() == pytest.approx(1.04)
+    assert p.c.next_timer() == pytest.approx(1.04)
     p.send(ACK, payload=b"x" * 1368)
     (ack,) = p.out()
     assert ack.ack == p.seq
@@ -293,7 +294,7 @@ def test_out_of_order_data_is_sacked_at_once_and_reassembled() -> None:
     p.send(ACK, seq=base + 200, payload=b"c" * 100, advance=False)
     (ack,) = p.out()
     assert ack.ack == base + 400 and not ack.sack_blocks
-    assert p.c.read_for_host() == b"a" * 100 + b"b" * 100 + b"c" * 100 + b"d" * 100
+    assert p.c.take_peer_data() == b"a" * 100 + b"b" * 100 + b"c" * 100 + b"d" * 100
 
 
 def test_out_of_order_fin_is_processed_when_the_gap_fills() -> None:
@@ -304,7 +305,7 @@ def test_out_of_order_fin_is_processed_when_the_gap_fills() -> None:
     p.send(ACK, seq=base, payload=b"hello", advance=False)
     assert p.c.state is State.CLOSE_WAIT
     assert p.c.peer_eof
-    assert p.c.read_for_host() == b"helloworld"
+    assert p.c.take_peer_data() == b"helloworld"
     (ack,) = p.out()
     assert ack.ack == base + 11
 
@@ -315,7 +316,7 @@ def test_duplicate_data_is_acked_not_delivered_twice() -> None:
     p.out()
     p.send(ACK, seq=seg.seq, payload=b"once", advance=False)
     (ack,) = p.out()
-    assert ack.ack == p.seq and p.c.read_for_host() == b"once"
+    assert ack.ack == p.seq and p.c.take_peer_data() == b"once"
 
 
 def test_receive_window_closes_then_a_read_reopens_it_at_once() -> None:
@@ -329,7 +330,7 @@ def test_receive_window_closes_then_a_read_reopens_it_at_once() -> None:
     (ack,) = p.out()
     assert ack.ack == p.seq - 1 and ack.window == 0
     p.seq -= 1
-    assert len(p.c.read_for_host(10000)) == 10000
+    assert len(p.c.take_peer_data(10000)) == 10000
     (upd,) = p.out()
     assert upd.window == 10000 and upd.ack == p.seq
 
@@ -339,7 +340,7 @@ def test_small_reads_do_not_advertise_silly_windows() -> None:
     for _ in range(20):
         p.send(ACK, payload=b"z" * 1000)
     p.out()
-    p.c.read_for_host(10)
+    p.c.take_peer_data(10)
     assert p.out() == []
     p.send(ACK, seq=p.seq - 1, advance=False)  # a keep-alive-like probe
     (ack,) = p.out()
@@ -362,7 +363,7 @@ def test_initial_window_is_ten_segments_and_grows() -> None:
 def test_send_buffer_bound_and_host_send_space() -> None:
     p = Peer(send_buffer=5000).establish()
     assert p.c.host_send_space() == 5000
-    assert p.c.send_from_host(b"a" * 8000) == 5000
+    assert p.c.receive_host_data(b"a" * 8000, p.now) == 5000
     assert p.c.host_send_space() == 0
     segs = p.out()
     p.send(ACK, ack=(segs[0].seq + 1368) & M)
@@ -374,15 +375,15 @@ def test_retransmission_timeout_backs_off_then_aborts() -> None:
     (seg,) = p.data_to_us(100, at=1.0)
     deadlines = []
     for _ in range(3):
-        t = p.c.timer_deadline()
+        t = p.c.next_timer()
         deadlines.append(round(t - 1.0, 6))
         (rx,) = p.tick(t)
         assert rx.seq == seg.seq and bytes(rx.payload) == bytes(seg.payload)
     assert deadlines == [0.2, 0.6, 1.4]  # handshake RTT ~0 gives the 200 ms floor; doubling
-    (rst,) = p.tick(p.c.timer_deadline())
+    (rst,) = p.tick(p.c.next_timer())
     assert rst.flags & RST
-    assert p.c.events() == [ConnectionReset("retransmission-timeout"), ConnectionClosed()]
-    assert p.c.timer_deadline() is None
+    assert p.c.take_events() == [ConnectionReset("retransmission-timeout"), ConnectionClosed()]
+    assert p.c.next_timer() is None
 
 
 def test_rtt_from_timestamps_sets_rto() -> None:
@@ -398,7 +399,7 @@ def test_rtt_without_timestamps_uses_karn() -> None:
     p = Peer(ts=False).establish()
     (seg,) = p.data_to_us(100, at=1.0)
     before = p.c.tx.rtt.latest
-    p.tick(p.c.timer_deadline())  # retransmitted: not timed
+    p.tick(p.c.next_timer())  # retransmitted: not timed
     p.send(ACK, ack=(seg.seq + 100) & M, at=2.5)
     assert p.c.tx.rtt.latest == before  # Karn: an ambiguous ACK gives no sample
     (seg2,) = p.data_to_us(100, at=3.0)
@@ -445,11 +446,11 @@ def test_zero_window_persist_probes_then_resume() -> None:
     p = Peer().establish()
     p.send(ACK, window=0, at=0.5)
     assert p.data_to_us(3000, at=1.0) == []
-    d = p.c.timer_deadline()
+    d = p.c.next_timer()
     assert d == pytest.approx(1.2)  # one RTO
     (probe,) = p.tick(d)
     assert probe.seq == p.ack_seq - 1 and not probe.payload
-    assert p.c.timer_deadline() == pytest.approx(d + 0.4)  # backed off
+    assert p.c.next_timer() == pytest.approx(d + 0.4)  # backed off
     p.send(ACK, window=100, at=2.5)
     segs = p.out()
     assert sum(len(s.payload) for s in segs) == 3000  # 100 << 7 bytes of window: all of it
@@ -460,10 +461,10 @@ def test_persist_gives_up_when_probes_go_unanswered() -> None:
     p.send(ACK, window=0)
     p.data_to_us(10)
     for _ in range(2):
-        (probe,) = p.tick(p.c.timer_deadline())
-    (rst,) = p.tick(p.c.timer_deadline())
+        (probe,) = p.tick(p.c.next_timer())
+    (rst,) = p.tick(p.c.next_timer())
     assert rst.flags & RST
-    assert ConnectionReset("persist-timeout") in p.c.events()
+    assert ConnectionReset("persist-timeout") in p.c.take_events()
 
 
 # -- closing --------------------------------------------------------------------------------------
@@ -471,51 +472,51 @@ def test_persist_gives_up_when_probes_go_unanswered() -> None:
 
 def test_active_close_through_time_wait() -> None:
     p = Peer(time_wait=4.0).establish()
-    p.c.send_from_host(b"bye")
-    p.c.host_eof(1.0)
+    p.c.receive_host_data(b"bye", p.now)
+    p.c.receive_host_eof(1.0)
     assert p.c.state is State.FIN_WAIT_1
-    assert p.c.host_send_space() == 0 and p.c.send_from_host(b"more") == 0
+    assert p.c.host_send_space() == 0 and p.c.receive_host_data(b"more", p.now) == 0
     (seg,) = p.out()
     assert seg.flags & FIN and bytes(seg.payload) == b"bye"
     p.send(ACK, ack=(seg.seq + 4) & M, at=1.1)
     assert p.c.state is State.FIN_WAIT_2
     p.send(ACK | FIN, at=1.2)
     assert p.c.state is State.TIME_WAIT
-    assert p.c.events() == [PeerEof()]
+    assert p.c.take_events() == [PeerEof()]
     (ack,) = p.out()
     assert ack.ack == p.seq
     p.send(ACK | FIN, seq=p.seq - 1, advance=False, at=3.0)  # our ACK was lost
     (ack,) = p.out()
     assert ack.ack == p.seq
-    assert p.c.timer_deadline() == pytest.approx(7.0)  # restarted
+    assert p.c.next_timer() == pytest.approx(7.0)  # restarted
     p.send(RST, advance=False, at=3.5)
     assert p.c.state is State.TIME_WAIT  # RFC 1337
     assert p.tick(7.0) == []
-    assert p.c.closed and p.c.reset_reason is None and p.c.timer_deadline() is None
-    assert p.c.events() == [ConnectionClosed()]
+    assert p.c.closed and p.c.reset_reason is None and p.c.next_timer() is None
+    assert p.c.take_events() == [ConnectionClosed()]
 
 
 def test_passive_close() -> None:
     p = Peer().establish()
     p.send(ACK | FIN | PSH, payload=b"last", at=1.0)
     assert p.c.state is State.CLOSE_WAIT
-    assert p.c.events() == [DataReadable(), PeerEof()]
-    assert p.c.read_for_host() == b"last"
+    assert p.c.take_events() == [DataReadable(), PeerEof()]
+    assert p.c.take_peer_data() == b"last"
     (ack,) = p.out()
     assert ack.ack == p.seq
-    p.c.send_from_host(b"reply")
-    p.c.host_eof(1.1)
+    p.c.receive_host_data(b"reply", p.now)
+    p.c.receive_host_eof(1.1)
     assert p.c.state is State.LAST_ACK
     (seg,) = p.out()
     assert seg.flags & FIN
     p.send(ACK, ack=(seg.seq + 6) & M, at=1.2)
-    assert p.c.closed and p.c.events() == [ConnectionClosed()]
-    assert p.c.timer_deadline() is None
+    assert p.c.closed and p.c.take_events() == [ConnectionClosed()]
+    assert p.c.next_timer() is None
 
 
 def test_simultaneous_close() -> None:
     p = Peer().establish()
-    p.c.host_eof(1.0)
+    p.c.receive_host_eof(1.0)
     (fin,) = p.out()
     p.send(ACK | FIN, ack=fin.seq, at=1.1)  # crosses our FIN
     assert p.c.state is State.CLOSING
@@ -526,23 +527,23 @@ def test_simultaneous_close() -> None:
 def test_fin_retransmitted_on_timeout_in_last_ack() -> None:
     p = Peer().establish()
     p.send(ACK | FIN)
-    p.c.host_eof(0.0)
+    p.c.receive_host_eof(0.0)
     (fin,) = p.out()
-    (again,) = p.tick(p.c.timer_deadline())
+    (again,) = p.tick(p.c.next_timer())
     assert again.flags & FIN and again.seq == fin.seq
 
 
 def test_host_reset_sends_rst() -> None:
     p = Peer().establish()
-    p.c.host_reset(1.0)
+    p.c.receive_host_reset(1.0)
     (rst,) = p.out()
     assert rst.flags & RST and rst.seq == p.ack_seq
-    assert p.c.closed and p.c.events() == [ConnectionClosed()]
+    assert p.c.closed and p.c.take_events() == [ConnectionClosed()]
 
 
 def test_new_syn_ends_time_wait() -> None:
     p = Peer().establish()
-    p.c.host_eof(0.0)
+    p.c.receive_host_eof(0.0)
     (fin,) = p.out()
     p.send(ACK | FIN, ack=(fin.seq + 1) & M)
     assert p.c.state is State.TIME_WAIT
@@ -552,31 +553,31 @@ def test_new_syn_ends_time_wait() -> None:
 
 def test_keepalive_probes_then_abort() -> None:
     p = Peer(keepalive_idle=10.0, keepalive_interval=2.0, keepalive_probes=2).establish()
-    assert p.c.timer_deadline() == pytest.approx(10.0)
+    assert p.c.next_timer() == pytest.approx(10.0)
     (probe,) = p.tick(10.0)
     assert probe.seq == p.ack_seq - 1 and not probe.payload
     p.send(ACK, at=10.1)  # answered: idle again
-    assert p.c.timer_deadline() == pytest.approx(20.1)
+    assert p.c.next_timer() == pytest.approx(20.1)
     p.tick(20.1)
     p.tick(22.1)
     (rst,) = p.tick(24.1)
     assert rst.flags & RST
-    assert ConnectionReset("keepalive-timeout") in p.c.events()
+    assert ConnectionReset("keepalive-timeout") in p.c.take_events()
 
 
 def test_idle_timeout() -> None:
     p = Peer(keepalive_idle=None, idle_timeout=100.0).establish()
-    assert p.c.timer_deadline() == pytest.approx(100.0)
+    assert p.c.next_timer() == pytest.approx(100.0)
     (rst,) = p.tick(100.0)
     assert rst.flags & RST
-    assert ConnectionReset("idle-timeout") in p.c.events()
+    assert ConnectionReset("idle-timeout") in p.c.take_events()
 
 
 def test_sequence_numbers_wrap() -> None:
     p = Peer(isn=M - 10, conn_isn=M - 5).establish()
     for _ in range(5):
         p.send(ACK, payload=b"w" * 7)
-    assert p.c.read_for_host() == b"w" * 35
+    assert p.c.take_peer_data() == b"w" * 35
     segs = p.data_to_us(3000)
     assert segs[0].seq == M - 4 and segs[1].seq == (M - 4 + 1368) & M
     p.send(ACK, ack=(segs[-1].seq + len(segs[-1].payload)) & M)

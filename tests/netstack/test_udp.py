@@ -6,9 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.netstack.checksum import pseudo_header_sum
-from tether.netstack.ip import PacketError, build_ipv4, build_ipv6, parse_ip
-from tether.netstack.udp import build_udp, build_udp_packet, parse_udp, parse_udp_segment
+from tether.netstack.wire import (
+    PacketError,
+    build_ipv4,
+    build_ipv6,
+    build_udp,
+    build_udp_packet,
+    parse_ip,
+    parse_udp,
+    parse_udp_segment,
+    pseudo_header_sum,
+)
 
 port = st.integers(0, 0xFFFF)
 addrs = st.one_of(

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tether import keys
-from tether.netstack.checksum import checksum
+from tether.netstack.wire import checksum
 from tether.wireguard.constants import MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_TRANSPORT
 from tether.wireguard.cookie import CookieChecker, CookieGenerator
 from tether.wireguard.crypto import tai64n

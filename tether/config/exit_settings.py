@@ -3,7 +3,7 @@
 The section is tetherctl's own and belongs to the server's file only: nothing that describes the
 device to WireGuard (`wg showconf`, the UAPI, client configs) carries it. It is optional and
 appears at most once; a file without it gets the defaults, which are what an exit offered to
-strangers needs (see `tether.netstack.exit_policy` for the refusal list).
+strangers needs (see `tether.netstack.exit.policy` for the refusal list).
 
 The limit keys are parsed and checked here (positive, a per-peer limit no larger than its total);
 `None` in the model means "the default", so a later change of a default reaches every file that

@@ -36,9 +36,11 @@ from dataclasses import replace
 
 from tether import keys
 from tether.device.exit_shell_host import Pinger, discover_host_addresses, raise_nofile_limit
-from tether.netstack.exit import Exit, ExitConfig
-from tether.netstack.exit_actions import (
+from tether.netstack.exit import (
+    READ_CHUNK,
     EchoSend,
+    Exit,
+    ExitConfig,
     TcpClose,
     TcpConnect,
     TcpPauseReading,
@@ -49,7 +51,6 @@ from tether.netstack.exit_actions import (
     UdpOpen,
     UdpSend,
 )
-from tether.netstack.exit_tcp import READ_CHUNK
 
 log = logging.getLogger("tether.exit")
 
@@ -153,17 +154,17 @@ class ExitShell:
     # -- Inside ------------------------------------------------------------------------------
 
     def deliver(self, peer_key: bytes, packet: bytes, now: float) -> None:
-        self.exit.deliver(peer_key, packet, now)
+        self.exit.receive_packet(peer_key, packet, now)
 
     def take_outbound(self) -> list[bytes]:
         self._run_actions()
-        return self.exit.take_outbound()
+        return self.exit.take_packets()
 
     def next_deadline(self) -> float | None:
-        return self.exit.next_deadline()
+        return self.exit.next_timer()
 
     def on_timer(self, now: float) -> None:
-        self.exit.on_timer(now)
+        self.exit.handle_timer(now)
 
     def set_mtu(self, mtu: int) -> None:
         self.exit.set_mtu(mtu)
@@ -252,7 +253,7 @@ class ExitShell:
         except OSError as e:
             if sock is not None:
                 sock.close()
-            self.exit.udp_open_failed(flow, e.errno or errno.EIO, time.monotonic())
+            self.exit.receive_udp_open_failed(flow, e.errno or errno.EIO, time.monotonic())
             return
         flow.handle = sock
         self._live.add(flow)
@@ -264,13 +265,13 @@ class ExitShell:
             return
         try:
             sock.send(a.payload)
-        except (BlockingIOError, InterruptedError):
-            self.exit.stats["drop_udp_host_buffer_full"] += 1
+        except (BlockingIOError, InterruptedError) as e:  # buffer full: dropped, and counted
+            self.exit.receive_udp_error(a.flow, e.errno, time.monotonic())
         except OSError as e:
             mtu = 0
             if e.errno == errno.EMSGSIZE:
                 mtu = self._path_mtu(sock, a.flow.version)
-            self.exit.udp_error(a.flow, e.errno, time.monotonic(), mtu)
+            self.exit.receive_udp_error(a.flow, e.errno, time.monotonic(), mtu)
 
     @staticmethod
     def _path_mtu(sock: socket.socket, version: int) -> int:
@@ -293,9 +294,9 @@ class ExitShell:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:  # an ICMP error that came back for this flow
-                ex.udp_error(flow, e.errno, now)
+                ex.receive_udp_error(flow, e.errno, now)
                 continue
-            ex.udp_received(flow, view[:n], now)
+            ex.receive_udp_datagram(flow, view[:n], now)
         self._kick()
 
     def _udp_close(self, a: UdpClose) -> None:
@@ -319,7 +320,7 @@ class ExitShell:
         try:
             sock = socket.socket(fam, socket.SOCK_STREAM)
         except OSError as e:
-            self.exit.tcp_connect_failed(flow, e.errno or errno.EIO, time.monotonic())
+            self.exit.receive_tcp_connect_failed(flow, e.errno or errno.EIO, time.monotonic())
             return
         h = flow.handle = _TcpSock(sock)
         self._live.add(flow)
@@ -335,7 +336,7 @@ class ExitShell:
             h.connecting = True
             self.loop.add_writer(h.fd, self._tcp_connect_done, flow)
         else:
-            self.exit.tcp_connect_failed(flow, err, time.monotonic())
+            self.exit.receive_tcp_connect_failed(flow, err, time.monotonic())
 
     def _tcp_connect_done(self, flow) -> None:
         h = flow.handle
@@ -345,7 +346,7 @@ class ExitShell:
         h.connecting = False
         err = h.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.exit.tcp_connect_failed(flow, err, time.monotonic())
+            self.exit.receive_tcp_connect_failed(flow, err, time.monotonic())
         else:
             self._tcp_established(flow)
         self._kick()
@@ -354,7 +355,7 @@ class ExitShell:
         h = flow.handle
         h.reading = True
         self.loop.add_reader(h.fd, self._tcp_readable, flow)
-        self.exit.tcp_connected(flow, time.monotonic())
+        self.exit.receive_tcp_connected(flow, time.monotonic())
 
     def _stop_reading(self, h: _TcpSock) -> None:
         if h.reading:
@@ -378,14 +379,14 @@ class ExitShell:
                 break
             except OSError:
                 self._stop_reading(h)
-                ex.tcp_reset(flow, now)
+                ex.receive_tcp_reset(flow, now)
                 break
             if n == 0:
                 self._stop_reading(h)
                 h.eof = True
-                ex.tcp_eof(flow, now)
+                ex.receive_tcp_eof(flow, now)
                 break
-            ex.tcp_data(flow, view[:n], now)
+            ex.receive_tcp_data(flow, view[:n], now)
             if n < budget:
                 break  # the socket is most likely drained
         self._kick()
@@ -418,11 +419,11 @@ class ExitShell:
             self._tcp_broken(flow)
             return
         if n < len(data):
-            rest = data if type(data) is bytearray else bytearray(data)  # read_for_host's
+            rest = data if type(data) is bytearray else bytearray(data)  # take_peer_data's
             del rest[:n]  # buffer is handed over, so trimming it in place copies nothing
             h.pending = rest
             self.loop.add_writer(h.fd, self._tcp_drain, flow)
-            self.exit.tcp_write_blocked(flow)
+            self.exit.receive_tcp_write_blocked(flow, time.monotonic())
 
     def _tcp_drain(self, flow) -> None:
         h = flow.handle
@@ -445,7 +446,7 @@ class ExitShell:
         if h.close_after:
             self._close_tcp(flow, abort=False)
             return
-        self.exit.tcp_writable(flow, time.monotonic())
+        self.exit.receive_tcp_writable(flow, time.monotonic())
         self._kick()
 
     def _tcp_broken(self, flow) -> None:
@@ -458,7 +459,7 @@ class ExitShell:
             self._close_tcp(flow, abort=True)
             return
         self._stop_reading(h)
-        self.exit.tcp_reset(flow, time.monotonic())
+        self.exit.receive_tcp_reset(flow, time.monotonic())
         self._kick()
 
     @staticmethod
@@ -522,6 +523,6 @@ class ExitShell:
                 )
             self._pingers[a.version] = pinger
         if pinger is None:
-            self.exit.stats["echo_unavailable"] += 1
+            self.exit.receive_echo_failed(a.version, None, time.monotonic())
             return
         pinger.send(a.host, a.seq, a.payload)

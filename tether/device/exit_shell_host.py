@@ -13,7 +13,7 @@ import socket
 import struct
 import time
 
-from tether.netstack.icmp import (
+from tether.netstack.wire import (
     ICMPV4_ECHO_REPLY,
     ICMPV4_ECHO_REQUEST,
     ICMPV6_ECHO_REPLY,
@@ -114,7 +114,9 @@ class Pinger:
         try:
             self.sock.sendto(msg, (host, 0))
         except OSError as e:
-            self.shell.exit.stats["echo_send_failed"] += 1
+            self.shell.exit.receive_echo_failed(
+                self.version, e.errno or errno.EIO, time.monotonic()
+            )
             log.debug("exit: ping %s: %s", host, e)
 
     def _readable(self) -> None:
@@ -137,7 +139,9 @@ class Pinger:
                 src = socket.inet_pton(self.family, addr[0].split("%", 1)[0])
             except OSError:
                 continue
-            ex.echo_reply(self.version, src, int.from_bytes(data[6:8], "big"), data[8:], now)
+            ex.receive_echo_reply(
+                self.version, src, int.from_bytes(data[6:8], "big"), data[8:], now
+            )
         self.shell._kick()
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
 """What the sans-IO exit asks its IO shell to do with host sockets.
 
 The exit never touches a socket. It returns actions in order (`Exit.take_actions()`); the shell
-executes them in that order and reports what the host did through the exit's event methods
-(`udp_received`, `tcp_connected`, `tcp_data`, ...). Actions name a flow object; its `handle` slot
-belongs to the shell (it keeps its socket there, saving a dict lookup per datagram).
+executes them in that order and reports what the host did through the exit's `receive_*`
+methods (`receive_udp_datagram`, `receive_tcp_connected`, `receive_tcp_data`, ...). Actions name
+a flow object (`flows`); its `handle` slot belongs to the shell (it keeps its socket there,
+saving a dict lookup per datagram).
 
 Actions are NamedTuples: one tuple allocation each, and the shell dispatches on `type(action)`
 with one dict lookup. Payloads may be memoryviews into a peer's packet: the shell must consume
@@ -12,22 +13,36 @@ them while executing the action (send or copy), never keep them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-if TYPE_CHECKING:
-    from tether.netstack.exit_tcp import TcpFlow
-    from tether.netstack.exit_udp import UdpFlow
+from tether.netstack.exit.flows import TcpFlow, UdpFlow
+
+__all__ = [
+    "ACTION_TYPES",
+    "EchoSend",
+    "TcpClose",
+    "TcpConnect",
+    "TcpPauseReading",
+    "TcpResumeReading",
+    "TcpShutdown",
+    "TcpWrite",
+    "UdpClose",
+    "UdpOpen",
+    "UdpSend",
+]
 
 
 class UdpOpen(NamedTuple):
     """Create a UDP socket connected to (flow.host, flow.port); read datagrams from it and report
-    them with `udp_received`, errors with `udp_error`, a failed creation with `udp_open_failed`."""
+    them with `receive_udp_datagram`, errors with `receive_udp_error`, a failed creation with
+    `receive_udp_open_failed`."""
 
     flow: UdpFlow
 
 
 class UdpSend(NamedTuple):
-    """Send one datagram on the flow's socket. A full socket buffer drops it (as a NIC would)."""
+    """Send one datagram on the flow's socket. A full socket buffer drops it (as a NIC would);
+    report that, like any other error, with `receive_udp_error`."""
 
     flow: UdpFlow
     payload: Any  # bytes | memoryview
@@ -40,16 +55,17 @@ class UdpClose(NamedTuple):
 
 
 class TcpConnect(NamedTuple):
-    """Start a non-blocking connect to (flow.host, flow.port); report `tcp_connected` or
-    `tcp_connect_failed(errno)`. The exit answers the peer's SYN only once connected."""
+    """Start a non-blocking connect to (flow.host, flow.port); report `receive_tcp_connected` or
+    `receive_tcp_connect_failed(errno)`. The exit answers the peer's SYN only once connected."""
 
     flow: TcpFlow
 
 
 class TcpWrite(NamedTuple):
     """Write bytes to the host socket. What cannot be written at once is kept by the shell, which
-    then calls `tcp_write_blocked` and, once its buffer drained, `tcp_writable`; until then the
-    exit writes nothing more to this flow, which closes the peer's TCP window (backpressure)."""
+    then calls `receive_tcp_write_blocked` and, once its buffer drained, `receive_tcp_writable`;
+    until then the exit writes nothing more to this flow, which closes the peer's TCP window
+    (backpressure)."""
 
     flow: TcpFlow
     data: Any  # bytes | bytearray
@@ -86,8 +102,9 @@ class TcpResumeReading(NamedTuple):
 class EchoSend(NamedTuple):
     """Send an ICMP (version 4) or ICMPv6 echo request to `host` through a ping socket, with
     sequence number `seq` (the exit's own, unique among its outstanding requests to `host`) and
-    `payload`; report the reply with `echo_reply(version, src, seq, payload, now)`. The identifier
-    is the shell's (ping sockets impose their own)."""
+    `payload`; report the reply with `receive_echo_reply(version, src, seq, payload, now)`, a
+    failure to send with `receive_echo_failed`. The identifier is the shell's (ping sockets impose
+    their own)."""
 
     version: int
     host: str

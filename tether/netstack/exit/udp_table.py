@@ -6,7 +6,7 @@ endpoint-dependent NAT the peer can reason about: the host kernel filters replie
 destination the peer talked to (RFC 4787's "address and port-dependent filtering"), and an ICMP
 port unreachable from the destination surfaces on that socket as ECONNREFUSED, which we turn
 back into ICMP port unreachable for the peer. The cost is a file descriptor per flow, which is
-why flows are bounded per peer and overall (`exit_limits`), and expire when idle (see
+why flows are bounded per peer and overall (`limits`), and expire when idle (see
 `ExitConfig`).
 
 The per-datagram work is one dict lookup, one timestamp store and one action toward the host;
@@ -16,94 +16,40 @@ replies cost one packet build (the UDP checksum over the payload is the only per
 from __future__ import annotations
 
 import errno
-import ipaddress
 
-from tether.netstack.exit_actions import UdpClose, UdpOpen, UdpSend
-from tether.netstack.icmp import IcmpError
-from tether.netstack.ip import IPPacket, parse_ip
-from tether.netstack.udp import build_udp_packet, parse_udp
+from tether.netstack.exit.actions import UdpClose, UdpOpen, UdpSend
+from tether.netstack.exit.flows import UdpFlow
+from tether.netstack.wire import (
+    IcmpError,
+    IPPacket,
+    build_udp_packet,
+    errno_to_icmp,
+    parse_ip,
+    parse_udp,
+)
 
-__all__ = ["UdpFlow", "UdpTable", "errno_to_icmp"]
+__all__ = ["DNS_PORT", "UdpTable"]
 
 DNS_PORT = 53
-
-_ERRNO_ICMP = {
-    errno.ECONNREFUSED: IcmpError.PORT_UNREACHABLE,
-    errno.EHOSTUNREACH: IcmpError.HOST_UNREACHABLE,
-    errno.EHOSTDOWN: IcmpError.HOST_UNREACHABLE,
-    errno.ETIMEDOUT: IcmpError.HOST_UNREACHABLE,
-    errno.ENETUNREACH: IcmpError.NET_UNREACHABLE,
-    errno.ENETDOWN: IcmpError.NET_UNREACHABLE,
-    errno.EADDRNOTAVAIL: IcmpError.NET_UNREACHABLE,  # e.g. no IPv6 address on the host
-    errno.EAFNOSUPPORT: IcmpError.NET_UNREACHABLE,
-    errno.EACCES: IcmpError.ADMIN_PROHIBITED,  # broadcast, or a host firewall said so
-    errno.EPERM: IcmpError.ADMIN_PROHIBITED,
-    errno.EMSGSIZE: IcmpError.TOO_BIG,
-}
-
-
-def errno_to_icmp(err: int, default: IcmpError | None = None) -> IcmpError | None:
-    """The ICMP error that tells a peer what a host socket error means."""
-    return _ERRNO_ICMP.get(err, default)
-
-
-class UdpFlow:
-    """One UDP flow. `handle` belongs to the IO shell (its socket); the rest to the exit."""
-
-    reclaimable = False  # as `exit_limits` asks of any flow: only TCP connections can be
-    grant = 0  # ... and only they hold buffer grants
-
-    __slots__ = (
-        "key",
-        "peer",
-        "owner",
-        "version",
-        "src",
-        "sport",
-        "dst",
-        "dport",
-        "host",
-        "port",
-        "handle",
-        "last",
-        "idle",
-        "replied",
-        "armed",
-        "closed",
-    )
-
-    def __init__(self, key, peer, owner, src, sport, dst, dport, now, idle) -> None:
-        self.key = key
-        self.peer = peer
-        self.owner = owner
-        self.version = 4 if len(dst) == 4 else 6
-        self.src = src  # the peer's address and port
-        self.sport = sport
-        self.dst = dst  # the destination's, as the peer addressed it
-        self.dport = dport
-        self.host = ipaddress.ip_address(dst).compressed  # for the shell's connect()
-        self.port = dport
-        self.handle = None
-        self.last = now
-        self.idle = idle
-        self.replied = False
-        self.armed: float | None = None
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return f"<UdpFlow {self.sport}->{self.host}:{self.port}{' closed' if self.closed else ''}>"
+_SEND_FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
 class UdpTable:
-    def __init__(self, exit_, config) -> None:
+    """The exit's UDP flows. The `Exit` feeds it its peers' datagrams and its shell's socket
+    events; it writes actions, packets and counts into `output` and calls public `Exit` methods
+    (`peer`, `send_error`, `arm`) for what is shared with the other tables."""
+
+    def __init__(self, exit_, output, config) -> None:
         self.exit = exit_
+        self.output = output
         self.config = config
         self.flows: dict[tuple, UdpFlow] = {}
-        self._act = exit_._actions.append
+        self._act = output.actions.append
+        self._stats = output.stats
 
     # -- from the peer -----------------------------------------------------------------------
 
-    def datagram(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
+    def receive_datagram(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
         d = parse_udp(ip, verify=False)
         key = (peer_key, ip.src, d.src_port, ip.dst, d.dst_port)
         flow = self.flows.get(key)
@@ -117,13 +63,13 @@ class UdpTable:
     def _open(self, peer_key, key, ip: IPPacket, sport: int, dport: int, now: float):
         ex = self.exit
         if sport == 0 or dport == 0 or not ex.policy.valid_source(ip.src):
-            ex.stats["drop_udp_bad_port_or_source"] += 1
+            self._stats["drop_udp_bad_port_or_source"] += 1
             return None
         cfg = self.config
         ps = ex.peer(peer_key)
-        if not ex.limits.admit(ps):
-            ex.stats["refused_flow_limit"] += 1
-            ex.error(peer_key, ip, IcmpError.ADMIN_PROHIBITED, now)
+        if not ex.limits.admit(ps, now):
+            self._stats["refused_flow_limit"] += 1
+            ex.send_error(peer_key, ip, IcmpError.ADMIN_PROHIBITED, now)
             return None
         idle = cfg.udp_idle_dns if dport == DNS_PORT else cfg.udp_idle_unreplied
         flow = UdpFlow(key, ps, self, ip.src, sport, ip.dst, dport, now, idle)
@@ -132,12 +78,12 @@ class UdpTable:
         ex.limits.added(ps, flow)
         self._act(UdpOpen(flow))
         ex.arm(now + idle, flow)
-        ex.stats["udp_flows_opened"] += 1
+        self._stats["udp_flows_opened"] += 1
         return flow
 
     # -- from the host -----------------------------------------------------------------------
 
-    def received(self, flow: UdpFlow, payload, now: float) -> None:
+    def receive_host_datagram(self, flow: UdpFlow, payload, now: float) -> None:
         if flow.closed:
             return
         flow.last = now
@@ -145,31 +91,35 @@ class UdpTable:
             flow.replied = True
             if flow.dport != DNS_PORT:
                 flow.idle = self.config.udp_idle
-        ex = self.exit
+        out = self.output
         n = len(payload)
         if n > 65507:  # cannot be a UDP payload in IPv4; in IPv6 it could not be sent either
-            ex.stats["drop_udp_oversize"] += 1
+            self._stats["drop_udp_oversize"] += 1
             return
         v4 = flow.version == 4
         overhead = 28 if v4 else 48
-        ident = ex.next_ident4() if v4 and n + overhead > ex.mtu else 0
+        ident = out.next_ident4() if v4 and n + overhead > out.mtu else 0
         pkt = build_udp_packet(flow.dst, flow.src, flow.dport, flow.sport, payload, ident=ident)
-        ex.send(pkt)
+        out.send(pkt)
 
-    def error(self, flow: UdpFlow, err: int, now: float, mtu: int = 0) -> None:
+    def receive_error(self, flow: UdpFlow, err: int, now: float, mtu: int = 0) -> None:
+        if err in _SEND_FULL:
+            # The host socket's send buffer was full: the datagram is dropped, as a NIC would.
+            self._stats["drop_udp_host_buffer_full"] += 1
+            return
         if flow.closed:
             return
         kind = errno_to_icmp(err)
         if kind is None or (kind is IcmpError.TOO_BIG and mtu <= 0):
-            self.exit.stats["udp_host_error_unmapped"] += 1
+            self._stats["udp_host_error_unmapped"] += 1
             return
-        self.exit.error(flow.peer.key, self._quote(flow), kind, now, mtu=mtu)
+        self.exit.send_error(flow.peer.key, self._quote(flow), kind, now, mtu=mtu)
 
-    def open_failed(self, flow: UdpFlow, err: int, now: float) -> None:
+    def receive_open_failed(self, flow: UdpFlow, err: int, now: float) -> None:
         """No socket: tell the peer why, and forget the flow so its next datagram tries again."""
         if flow.closed:
             return
-        self.error(flow, err, now)
+        self.receive_error(flow, err, now)
         self._close(flow)
 
     @staticmethod
@@ -182,14 +132,15 @@ class UdpTable:
 
     # -- timers and teardown -----------------------------------------------------------------
 
-    def on_deadline(self, flow: UdpFlow, now: float) -> None:
+    def handle_timer(self, flow: UdpFlow, now: float) -> None:
+        """The flow's timer (armed with `Exit.arm`) is due: expire it if it idled long enough."""
         if flow.closed:
             return
         expiry = flow.last + flow.idle
         if expiry > now:
             self.exit.arm(expiry, flow)
         else:
-            self.exit.stats["udp_flows_expired"] += 1
+            self._stats["udp_flows_expired"] += 1
             self._close(flow)
 
     def _close(self, flow: UdpFlow) -> None:
@@ -203,8 +154,8 @@ class UdpTable:
             self.exit.limits.removed(ps, flow)
         self._act(UdpClose(flow))
 
-    def evict(self, flow: UdpFlow) -> None:
-        """Make room (`exit_limits`): like a NAT whose table is full, the mapping just goes."""
+    def evict(self, flow: UdpFlow, now: float) -> None:
+        """Make room (`limits`): like a NAT whose table is full, the mapping just goes."""
         self._close(flow)
 
     def forget(self, ps, keep, gone: set) -> int:

@@ -5,21 +5,22 @@ Life of a flow:
 
 1. A SYN with no flow → `TcpConnection` (waiting in SYN-RECEIVED for the host) and `TcpConnect`.
    No SYN-ACK goes out until the host connected, so the peer sees a refused or unreachable
-   destination as such: `tcp_connect_failed(ECONNREFUSED)` → RST, anything else (and the
+   destination as such: `receive_connect_failed(ECONNREFUSED)` → RST, anything else (and the
    connection's own connect timer) → ICMP unreachable quoting the SYN, which stacks treat as a
    hard error during connection establishment, so apps fail fast instead of waiting for SYN
    retries to run out.
-2. Data: peer → host is taken from the connection (`read_for_host`) and written with `TcpWrite`
-   while the shell's socket keeps up; when it does not (`tcp_write_blocked`), nothing more is
-   read from the connection, its receive window closes, and the peer is slowed down: end-to-end
-   backpressure. Host → peer: the shell reads at most `tcp_read_budget` and calls `tcp_data`;
-   when the connection's send buffer is full the exit pauses the host socket (`TcpPauseReading`)
-   and resumes it once a quarter of the buffer is free, so reading and ACKs do not ping-pong.
+2. Data: peer → host is taken from the connection (`take_peer_data`) and written with `TcpWrite`
+   while the shell's socket keeps up; when it does not (`receive_write_blocked`), nothing more
+   is read from the connection, its receive window closes, and the peer is slowed down:
+   end-to-end backpressure. Host → peer: the shell reads at most `read_budget` and reports it
+   (`receive_data`); when the connection's send buffer is full the exit pauses the host socket
+   (`TcpPauseReading`) and resumes it once a quarter of the buffer is free, so reading and ACKs
+   do not ping-pong.
 3. FIN from the peer → `TcpShutdown` after the last data; EOF from the host → the connection's
    FIN. Once both directions are finished the host socket is closed; the connection itself
    lingers in TIME-WAIT to re-ACK a lost FIN. A reset either way resets the other side
    (`TcpClose(abort=True)` / RST).
-4. Limits (`exit_limits`): a SYN is admitted only if the peer and the device have room for
+4. Limits (`limits`): a SYN is admitted only if the peer and the device have room for
    another flow and its buffers; the connection starts with small buffers that grow while
    they are what limits the transfer; once it has delivered everything both ways it releases
    its buffers and may be reclaimed for a new connection.
@@ -27,17 +28,16 @@ Life of a flow:
 Work per peer segment: parse, one dict lookup, `receive_segment`, and putting the flow on the
 dirty list. Everything else (events, host writes, segments to send, timers) happens once per
 flow per batch in `flush`, so a burst of segments costs one host write and one ACK decision,
-much as GRO coalesces in a kernel.
+much as GRO coalesces in a kernel. The `Exit` runs `flush` at the start of each `take_*`, so
+what it hands out always includes what the inputs before it caused.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import random
-import struct
 
-from tether.netstack.exit_actions import (
+from tether.netstack.exit.actions import (
     TcpClose,
     TcpConnect,
     TcpPauseReading,
@@ -45,127 +45,44 @@ from tether.netstack.exit_actions import (
     TcpShutdown,
     TcpWrite,
 )
-from tether.netstack.exit_udp import errno_to_icmp
-from tether.netstack.icmp import IcmpError
-from tether.netstack.ip import IPPacket, PacketError, parse_ip
-from tether.netstack.tcp import ACK, RST, SYN, build_reset_reply, parse_segment
-from tether.netstack.tcp_events import Established, State
-from tether.netstack.tcpconn import TcpConnection
+from tether.netstack.exit.flows import TcpFlow
+from tether.netstack.tcp import Established, State, TcpConnection
+from tether.netstack.wire import (
+    ACK,
+    RST,
+    SYN,
+    IcmpError,
+    IPPacket,
+    PacketError,
+    build_reset_reply,
+    errno_to_icmp,
+    ip_wrapper,
+    parse_ip,
+    parse_segment,
+)
 
-__all__ = ["TcpFlow", "TcpTable", "ip_wrapper"]
+__all__ = ["MAX_BACKLOG", "READ_CHUNK", "TcpTable"]
 
-PROTO_TCP = 6
 READ_CHUNK = 256 * 1024  # largest single host read handed to a connection
 MAX_BACKLOG = 1 << 20  # host bytes a connection refused (the shell read too much): abort beyond
 _CLOSED = State.CLOSED
-_V4 = struct.Struct("!BBHHHBBH4s4s")
-
-
-def ip_wrapper(src: bytes, dst: bytes, proto: int = PROTO_TCP, ttl: int = 64):
-    """A function wrapping a transport segment in an IP header from `src` to `dst`.
-
-    Per flow, everything in the header but the length is fixed, so it is summed (IPv4) or packed
-    (IPv6) once here and each segment costs one pack and one join. IPv4 headers carry DF and
-    identification 0, as RFC 6864 §4.1 allows for atomic datagrams: MSS keeps every segment
-    within the MTU. The checksum is computed as `ip.ipv4_header` does (see `checksum.ones_sum`).
-    """
-    if len(src) == 4:
-        base = 0x4500 + 0x4000 + (ttl << 8 | proto) + int.from_bytes(src, "big")
-        base += int.from_bytes(dst, "big")
-        pack = _V4.pack
-
-        def wrap4(segment: bytes) -> bytes:
-            total = 20 + len(segment)
-            s = (base + total) % 0xFFFF or 0xFFFF
-            return pack(0x45, 0, total, 0, 0x4000, ttl, proto, 0xFFFF - s, src, dst) + segment
-
-        return wrap4
-    head = b"\x60\x00\x00\x00"
-    tail = bytes((proto, ttl)) + src + dst
-
-    def wrap6(segment: bytes) -> bytes:
-        return b"".join((head, len(segment).to_bytes(2, "big"), tail, segment))
-
-    return wrap6
-
-
-class TcpFlow:
-    """One proxied connection. `handle` belongs to the IO shell (its socket); `host`/`port` are
-    where to connect; the rest is the exit's."""
-
-    __slots__ = (
-        "key",
-        "peer",
-        "owner",
-        "conn",
-        "version",
-        "host",
-        "port",
-        "handle",
-        "wrap",
-        "syn",
-        "armed",
-        "dirty",
-        "connected",
-        "blocked",
-        "paused",
-        "shutdown_sent",
-        "host_eof",
-        "eof_pending",
-        "host_closed",
-        "closed",
-        "backlog",
-        "last",
-        "reclaimable",
-        "grant",
-        "recv_level",
-        "send_level",
-    )
-
-    def __init__(
-        self, key, peer, owner, conn: TcpConnection, ip: IPPacket, dport: int, now: float
-    ) -> None:
-        self.key = key
-        self.peer = peer
-        self.owner = owner
-        self.conn = conn
-        self.version = ip.version
-        self.host = ipaddress.ip_address(ip.dst).compressed
-        self.port = dport
-        self.handle = None
-        self.wrap = ip_wrapper(ip.dst, ip.src)
-        # The SYN as received (headers and then some): quoted if the connect fails.
-        self.syn: bytes | None = bytes(ip.raw[: ip.header_len + 60])
-        self.armed: float | None = None
-        self.dirty = False
-        self.connected = False  # the host socket is connected
-        self.blocked = False  # the shell holds unwritten data: do not write more
-        self.paused = False  # the shell is not reading the host socket
-        self.shutdown_sent = False
-        self.host_eof = False
-        self.eof_pending = False  # host EOF waits for the backlog to drain
-        self.host_closed = False  # TcpClose issued
-        self.closed = False  # gone from the table
-        self.backlog: bytearray | None = None
-        self.last = now  # the peer's last segment: eviction picks the least recently active
-        self.reclaimable = False  # delivered everything; droppable to make room (exit_limits)
-        self.grant = 0  # buffer bytes reserved for it; the sizes are the configured ones
-        self.recv_level = 0  # shifted right by these levels
-        self.send_level = 0
-
-    def __repr__(self) -> str:
-        return f"<TcpFlow ->{self.host}:{self.port} {self.conn.state.value}>"
 
 
 class TcpTable:
-    def __init__(self, exit_, config, isn=None) -> None:
+    """The exit's TCP flows. The `Exit` feeds it its peers' segments and its shell's socket
+    events; it writes actions, packets and counts into `output` and calls public `Exit`
+    methods (`peer`, `send_error`, `arm`) for what is shared with the other tables."""
+
+    def __init__(self, exit_, output, config, isn=None) -> None:
         self.exit = exit_
+        self.output = output
         self.config = config
         self.tcp_config = config.tcp
         self.flows: dict[tuple, TcpFlow] = {}
         self._dirty: list[TcpFlow] = []
-        self._act = exit_._actions.append
-        self._out = exit_._out.append
+        self._act = output.actions.append
+        self._out = output.packets.append
+        self._stats = output.stats
         # RFC 6528 asks for unpredictable ISNs; the exit is always the passive side, so a
         # random one per connection does (the peer picks the 4-tuples).
         self._isn = isn or random.SystemRandom().getrandbits
@@ -173,7 +90,7 @@ class TcpTable:
 
     # -- from the peer -----------------------------------------------------------------------
 
-    def segment(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
+    def receive_segment(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
         seg = parse_segment(ip.src, ip.dst, ip.payload, verify_checksum=False)
         key = (peer_key, ip.src, seg.sport, ip.dst, seg.dport)
         flow = self.flows.get(key)
@@ -199,15 +116,15 @@ class TcpTable:
     def _open(self, peer_key, key, ip: IPPacket, seg, now: float) -> None:
         ex = self.exit
         if seg.dport == 0 or seg.sport == 0 or not ex.policy.valid_source(ip.src):
-            ex.stats["drop_tcp_bad_port_or_source"] += 1
+            self._stats["drop_tcp_bad_port_or_source"] += 1
             return
         ps = ex.peer(peer_key)
         limits = self.limits
-        if not limits.admit(ps):
-            ex.stats["refused_flow_limit"] += 1
+        if not limits.admit(ps, now):
+            self._stats["refused_flow_limit"] += 1
             self._refuse(ps, ip, seg, now)
             return
-        granted = limits.grant(ps)
+        granted = limits.grant(ps, now)
         if granted is None:
             self._refuse(ps, ip, seg, now)
             return
@@ -217,7 +134,7 @@ class TcpTable:
             remote_addr=ip.src,
             now=now,
             isn=self._isn(32),
-            mtu=ex.mtu,
+            mtu=self.output.mtu,
             config=self.tcp_config,
         )
         flow = TcpFlow(key, ps, self, conn, ip, seg.dport, now)
@@ -229,26 +146,26 @@ class TcpTable:
         self._act(TcpConnect(flow))
         flow.dirty = True
         self._dirty.append(flow)
-        ex.stats["tcp_flows_opened"] += 1
+        self._stats["tcp_flows_opened"] += 1
 
     def _refuse(self, ps, ip: IPPacket, seg, now: float) -> None:
         """A SYN over a limit: RST, so the app fails fast, within the peer's ICMP error budget
-        (`Exit.error`); beyond it the SYN is dropped and the peer's stack retries later. A
+        (`Exit.send_error`); beyond it the SYN is dropped and the peer's stack retries later. A
         peer hammering its limit thus slows itself down instead of costing the exit an RST
         (a packet to build, encrypt and send) per SYN."""
         if ps.limiter.allow(now):
             self._reset(ip, seg)
         else:
-            self.exit.stats["refused_silently"] += 1
+            self._stats["refused_silently"] += 1
 
     def _reset(self, ip: IPPacket, seg) -> None:
         """RST for a segment that matches no connection (RFC 9293 §3.10.7.1)."""
         rst = build_reset_reply(ip.dst, ip.src, seg)
         if rst is not None:
             self._out(ip_wrapper(ip.dst, ip.src)(rst))
-            self.exit.stats["tcp_rst_sent"] += 1
+            self._stats["tcp_rst_sent"] += 1
 
-    def reset_reply(self, ip: IPPacket) -> None:
+    def send_reset(self, ip: IPPacket) -> None:
         """RST for a TCP segment to a refused destination or to the device itself."""
         self._reset(ip, parse_segment(ip.src, ip.dst, ip.payload, verify_checksum=False))
 
@@ -259,23 +176,24 @@ class TcpTable:
             flow.dirty = True
             self._dirty.append(flow)
 
-    def connected(self, flow: TcpFlow, now: float) -> None:
+    def receive_connected(self, flow: TcpFlow, now: float) -> None:
         if flow.closed or flow.connected:
             return
         flow.connected = True
         flow.syn = None
-        flow.conn.host_connected(now)
+        flow.conn.receive_host_connected(now)
         self._mark(flow)
 
-    def connect_failed(self, flow: TcpFlow, err: int, now: float) -> None:
+    def receive_connect_failed(self, flow: TcpFlow, err: int, now: float) -> None:
+        """ECONNREFUSED → RST to the peer; anything else → ICMP unreachable quoting its SYN."""
         if flow.closed or flow.connected:
             return
         conn = flow.conn
         if err == errno.ECONNREFUSED:
-            conn.host_refused(now)
-            self.exit.stats["tcp_refused"] += 1
+            conn.receive_host_refused(now)
+            self._stats["tcp_refused"] += 1
         else:
-            conn.host_unreachable(now)
+            conn.receive_host_unreachable(now)
             self._unreachable(flow, errno_to_icmp(err, IcmpError.HOST_UNREACHABLE), now)
         self._mark(flow)
 
@@ -288,10 +206,12 @@ class TcpTable:
             return
         if kind is IcmpError.TOO_BIG or kind is IcmpError.PORT_UNREACHABLE:
             kind = IcmpError.HOST_UNREACHABLE  # neither means anything for a connect
-        self.exit.error(flow.peer.key, quote, kind, now)
-        self.exit.stats["tcp_unreachable"] += 1
+        self.exit.send_error(flow.peer.key, quote, kind, now)
+        self._stats["tcp_unreachable"] += 1
 
     def read_budget(self, flow: TcpFlow) -> int:
+        """How many bytes the shell may read from the host socket now; at 0 the exit also pauses
+        the socket (`TcpPauseReading`) and resumes it once there is room again."""
         if flow.closed or flow.host_closed or flow.backlog:
             space = 0
         else:
@@ -303,46 +223,46 @@ class TcpTable:
             return 0
         return space if space < READ_CHUNK else READ_CHUNK
 
-    def data(self, flow: TcpFlow, data, now: float) -> None:
+    def receive_data(self, flow: TcpFlow, data, now: float) -> None:
         if flow.closed or flow.host_closed or not data:
             return
         conn = flow.conn
         if flow.backlog:
             n = 0
         else:
-            n = conn.send_from_host(data)
+            n = conn.receive_host_data(data, now)
         if n < len(data):
             backlog = flow.backlog
             if backlog is None:
                 backlog = flow.backlog = bytearray()
             backlog += memoryview(data)[n:]
             if len(backlog) > MAX_BACKLOG:
-                conn.host_reset(now)  # the shell ignored the read budget: give up cleanly
+                conn.receive_host_reset(now)  # the shell ignored the read budget: give up
         if not flow.paused and (flow.backlog or conn.host_send_space() <= 0):
             flow.paused = True
             self._act(TcpPauseReading(flow))
         self._mark(flow)
 
-    def eof(self, flow: TcpFlow, now: float) -> None:
+    def receive_eof(self, flow: TcpFlow, now: float) -> None:
         if flow.closed or flow.host_eof:
             return
         flow.host_eof = True
         if flow.backlog:
             flow.eof_pending = True
         else:
-            flow.conn.host_eof(now)
+            flow.conn.receive_host_eof(now)
         self._mark(flow)
 
-    def reset(self, flow: TcpFlow, now: float) -> None:
+    def receive_reset(self, flow: TcpFlow, now: float) -> None:
         if flow.closed:
             return
-        flow.conn.host_reset(now)
+        flow.conn.receive_host_reset(now)
         self._mark(flow)
 
-    def write_blocked(self, flow: TcpFlow) -> None:
+    def receive_write_blocked(self, flow: TcpFlow, now: float) -> None:
         flow.blocked = True
 
-    def writable(self, flow: TcpFlow, now: float) -> None:
+    def receive_writable(self, flow: TcpFlow, now: float) -> None:
         if flow.closed:
             return
         flow.blocked = False
@@ -350,23 +270,25 @@ class TcpTable:
 
     # -- timers ------------------------------------------------------------------------------
 
-    def on_deadline(self, flow: TcpFlow, now: float) -> None:
+    def handle_timer(self, flow: TcpFlow, now: float) -> None:
+        """The flow's timer (armed with `Exit.arm`) is due: run the connection's timers."""
         if flow.closed:
             return
         conn = flow.conn
-        d = conn.timer_deadline()
+        d = conn.next_timer()
         if d is None:
             return
         if d > now:
             self.exit.arm(d, flow)
             return
-        conn.on_timer(now)
+        conn.handle_timer(now)
         self._mark(flow)
 
     # -- the batch step ----------------------------------------------------------------------
 
     def flush(self, now: float) -> None:
-        """Service every flow touched since the last flush (see the module docstring)."""
+        """Service every flow touched since the last flush (see the module docstring); the
+        `Exit` runs it at the start of each `take_*`."""
         dirty = self._dirty
         while dirty:
             self._dirty = []
@@ -378,31 +300,31 @@ class TcpTable:
 
     def _service(self, flow: TcpFlow, now: float) -> None:
         conn = flow.conn
-        for ev in conn.events():
+        for ev in conn.take_events():
             if type(ev) is Established:
-                self.exit.stats["tcp_established"] += 1
+                self._stats["tcp_established"] += 1
         act = self._act
         if flow.connected and not flow.host_closed:
             if conn.rcv_available and (not flow.blocked or conn.state is _CLOSED):
                 if flow.recv_level and conn.receive_window_used():
                     self._grow(flow, True)  # the peer waits for window while the host keeps up
-                act(TcpWrite(flow, conn.read_for_host()))
+                act(TcpWrite(flow, conn.take_peer_data()))
             if conn.peer_eof and not flow.shutdown_sent and not conn.rcv_available:
                 flow.shutdown_sent = True
                 act(TcpShutdown(flow))
             if flow.backlog:
-                n = conn.send_from_host(flow.backlog)
+                n = conn.receive_host_data(flow.backlog, now)
                 del flow.backlog[:n]
                 if not flow.backlog and flow.eof_pending:
                     flow.eof_pending = False
-                    conn.host_eof(now)
+                    conn.receive_host_eof(now)
             if flow.paused and not flow.host_eof:
                 if flow.send_level and conn.send_buffer_in_flight():
                     self._grow(flow, False)  # the host has more; the buffer is all in flight
                 if conn.host_send_space() >= max(1, conn.buffer_sizes[1] // 4):
                     flow.paused = False
                     act(TcpResumeReading(flow))
-        segments = conn.segments_to_send(now)
+        segments = conn.take_segments(now)
         if segments:
             wrap = flow.wrap
             out = self._out
@@ -416,7 +338,7 @@ class TcpTable:
             act(TcpClose(flow, False))
         if flow.host_closed and not flow.reclaimable and conn.finished:
             self.limits.set_reclaimable(flow)
-        d = conn.timer_deadline()
+        d = conn.next_timer()
         if d is not None:
             self.exit.arm(d, flow)
 
@@ -433,7 +355,7 @@ class TcpTable:
         if conn.reset_reason == "connect-timeout":
             self._unreachable(flow, IcmpError.HOST_UNREACHABLE, now)
         self._forget(flow)
-        self.exit.stats["tcp_flows_closed"] += 1
+        self._stats["tcp_flows_closed"] += 1
 
     def _forget(self, flow: TcpFlow) -> None:
         flow.closed = True
@@ -455,14 +377,14 @@ class TcpTable:
             self._act(TcpClose(flow, True))
         self._forget(flow)
 
-    def evict(self, flow: TcpFlow, reset: bool) -> None:
-        """Make room (`exit_limits`): a reclaimable connection is dropped silently (it has
+    def evict(self, flow: TcpFlow, now: float, *, reset: bool) -> None:
+        """Make room (`limits`): a reclaimable connection is dropped silently (it has
         delivered everything); a live one is reset both ways."""
         if flow.closed:
             return
         if reset:
-            flow.conn.host_reset(self.exit.now)
-            self._service(flow, self.exit.now)
+            flow.conn.receive_host_reset(now)
+            self._service(flow, now)
             if not flow.closed:
                 self._drop(flow)
         else:

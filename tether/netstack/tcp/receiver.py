@@ -1,8 +1,8 @@
 """The receiving half of a TCP connection: RCV.NXT, the offered window, reassembly, ACK timing.
 
-Counterpart of `tcp_sender.SendSide`. The connection decides *whether* a segment is processed
+Counterpart of `sender.SendSide`. The connection decides *whether* a segment is processed
 (state, RST, SYN, ACK checks); this class decides which of its octets are kept, where they go, what
-window to offer and when an ACK is due. Sequence numbers are absolute (see `tcp_buffers`).
+window to offer and when an ACK is due. Sequence numbers are absolute (see `buffers`).
 
 Memory bound: every octet kept lies in [first unread octet, RCV.ADV), and RCV.ADV never exceeds the
 first unread octet + buffer size + one window-scale step, so in-order plus out-of-order data never
@@ -17,7 +17,7 @@ cumulative ACK, as with receive offload on a kernel stack.
 
 from __future__ import annotations
 
-from tether.netstack.tcp_buffers import ReassemblyQueue
+from tether.netstack.tcp.buffers import ReassemblyQueue
 
 __all__ = ["ReceiveSide"]
 

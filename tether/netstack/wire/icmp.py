@@ -11,11 +11,12 @@ amplification. `ErrorRateLimiter` is the token bucket RFC 4443 §2.4(f) requires
 from __future__ import annotations
 
 import enum
+import errno
 import struct
 from typing import NamedTuple
 
-from tether.netstack.checksum import checksum, ones_sum, pseudo_header_sum
-from tether.netstack.ip import (
+from tether.netstack.wire.checksum import checksum, ones_sum, pseudo_header_sum
+from tether.netstack.wire.ip import (
     PROTO_ICMP,
     PROTO_ICMPV6,
     IPPacket,
@@ -81,6 +82,28 @@ _V6_CODES = {
     IcmpError.TTL_EXCEEDED: (ICMPV6_TIME_EXCEEDED, 0),
     IcmpError.REASSEMBLY_TIMEOUT: (ICMPV6_TIME_EXCEEDED, 1),
 }
+
+
+_ERRNO_ICMP = {
+    errno.ECONNREFUSED: IcmpError.PORT_UNREACHABLE,
+    errno.EHOSTUNREACH: IcmpError.HOST_UNREACHABLE,
+    errno.EHOSTDOWN: IcmpError.HOST_UNREACHABLE,
+    errno.ETIMEDOUT: IcmpError.HOST_UNREACHABLE,
+    errno.ENETUNREACH: IcmpError.NET_UNREACHABLE,
+    errno.ENETDOWN: IcmpError.NET_UNREACHABLE,
+    errno.EADDRNOTAVAIL: IcmpError.NET_UNREACHABLE,  # e.g. no IPv6 address on the host
+    errno.EAFNOSUPPORT: IcmpError.NET_UNREACHABLE,
+    errno.EACCES: IcmpError.ADMIN_PROHIBITED,  # broadcast, or a host firewall said so
+    errno.EPERM: IcmpError.ADMIN_PROHIBITED,
+    errno.EMSGSIZE: IcmpError.TOO_BIG,
+}
+
+
+def errno_to_icmp(err: int, default: IcmpError | None = None) -> IcmpError | None:
+    """The ICMP error that tells a peer what a host socket error means: the exit proxies a
+    destination through a host socket, and this is how what the host learned of it (refused,
+    unreachable, prohibited, too big) reaches the peer in the terms its stack understands."""
+    return _ERRNO_ICMP.get(err, default)
 
 
 class ICMPMessage(NamedTuple):

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from tether.netstack.checksum import checksum
-from tether.netstack.ip import (
+from tether.netstack.wire.checksum import checksum
+from tether.netstack.wire.ip import (
     MAX_DATAGRAM,
     PROTO_IPV6_FRAG,
     IPPacket,

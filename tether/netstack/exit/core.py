@@ -2,14 +2,22 @@
 host's answers back into IP packets for the peers.
 
     exit = Exit(addresses=["192.168.90.1/24"], mtu=1420)
-    exit.deliver(peer_key, packet, now)           # a decrypted packet from a peer
+    exit.receive_packet(peer_key, packet, now)    # a decrypted packet from a peer
     exit.take_actions()  -> [UdpOpen, UdpSend, TcpConnect, ...]   # for the IO shell
-    exit.udp_received(flow, payload, now) / exit.tcp_connected(flow, now) / ...   # host events
-    exit.take_outbound() -> [IP packets toward peers]  # the device routes them by AllowedIPs
-    exit.next_deadline() / exit.on_timer(now)
+    exit.receive_udp_datagram(flow, payload, now) / exit.receive_tcp_connected(flow, now) / ...
+    exit.take_packets() -> [IP packets toward peers]  # the device routes them by AllowedIPs
+    exit.next_timer() / exit.handle_timer(now)
 
 Nothing here reads a clock or touches a socket, so tests (and the fuzzer) drive it with a fake
-clock and no network. The path of a packet:
+clock and no network. Inputs are `receive_*` (a packet from a peer, or what a host socket did:
+the shell's report of an action) and commands (`forget_peer`, `set_*`, `close`); outputs are
+taken (`take_actions`, `take_packets`), never peeked. The TCP table services the connections
+that inputs touched once per batch (one host write and one ACK decision for a burst of
+segments); that step runs at the start of each `take_*`, so either returns everything the inputs
+before it caused. Take the actions first: executing them may report host events (a connect that
+succeeded at once), whose packets the following `take_packets` then includes.
+
+The path of a packet:
 
 1. `parse_ip` (WireGuard's AEAD already authenticated the packet, so no transport checksum is
    verified, as kernel WireGuard marks decrypted packets CHECKSUM_UNNECESSARY);
@@ -17,18 +25,19 @@ clock and no network. The path of a packet:
    the device itself (ping answered, TCP reset, UDP port unreachable), refused (RST or ICMP
    administratively prohibited, counted per peer: `refusals()`), dropped (multicast/broadcast),
    or to the host;
-3. for the host: fragments through a per-peer `Reassembler`, then TCP (`exit_tcp`), UDP
-   (`exit_udp`), ICMP echo (`exit_icmp`), anything else ICMP protocol unreachable.
+3. for the host: fragments through a per-peer `Reassembler`, then TCP (`tcp_table`), UDP
+   (`udp_table`), ICMP echo (`echo_table`), anything else ICMP protocol unreachable.
 
-New flows are admitted, and room made for them, by `exit_limits.Limits` (fair per-peer and
-total limits on flows and TCP buffers). When a peer is removed or loses addresses, the device
-calls `forget_peer`: its flows end at once and nothing more goes toward those addresses, which
-the next owner must not receive.
+The flow tables and the limits write into one `ExitOutput` the exit owns and drains, and call
+only public methods of the exit (`peer`, `send_error`, `arm`). New flows are admitted, and room
+made for them, by `limits.Limits` (fair per-peer and total limits on flows and TCP buffers).
+When a peer is removed or loses addresses, the device calls `forget_peer`: its flows end at once
+and nothing more goes toward those addresses, which the next owner must not receive.
 
-Replies longer than the MTU are fragmented here: IPv4 with fresh identifications (RFC 6864),
-IPv6 as the source of the packet, which it is (RFC 8200 §4.5). ICMP errors obey `may_send_error`
-and a token bucket per peer (RFC 4443 §2.4(f)), so one peer can neither flood itself with errors
-nor use up another peer's allowance.
+Replies longer than the MTU are fragmented (`ExitOutput.send`): IPv4 with fresh identifications
+(RFC 6864), IPv6 as the source of the packet, which it is (RFC 8200 §4.5). ICMP errors obey
+`may_send_error` and a token bucket per peer (RFC 4443 §2.4(f)), so one peer can neither flood
+itself with errors nor use up another peer's allowance.
 
 Timers of all flows share one heap of (deadline, tie, flow) entries. Entries are never removed:
 a flow remembers the deadline it is armed for (`armed`), an entry that no longer matches is
@@ -41,77 +50,43 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
+from types import MappingProxyType
 
-from tether.netstack.exit_icmp import EchoTable
-from tether.netstack.exit_limits import Limits, PeerState
-from tether.netstack.exit_policy import DROP, HOST, OWN, PEER, ExitPolicy, decrement_ttl
-from tether.netstack.exit_tcp import TcpTable
-from tether.netstack.exit_udp import UdpTable
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import (
-    IcmpError,
-    build_error,
-    may_send_error,
-)
-from tether.netstack.ip import (
+from tether.netstack.exit.config import ExitConfig
+from tether.netstack.exit.echo_table import EchoTable
+from tether.netstack.exit.limits import Limits, PeerState
+from tether.netstack.exit.output import ExitOutput
+from tether.netstack.exit.policy import DROP, HOST, OWN, PEER, ExitPolicy, decrement_ttl
+from tether.netstack.exit.tcp_table import TcpTable
+from tether.netstack.exit.udp_table import UdpTable
+from tether.netstack.wire import (
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_IPV6_NONXT,
     PROTO_TCP,
     PROTO_UDP,
+    IcmpError,
     IPPacket,
     PacketError,
-    fragment_ipv4,
-    fragment_ipv6,
+    Reassembler,
+    TcpError,
+    build_error,
+    may_send_error,
     parse_ip,
 )
-from tether.netstack.tcp import TcpError
-from tether.netstack.tcp_events import TcpConfig
 
-__all__ = ["Exit", "ExitConfig", "PeerState"]
-
-
-@dataclass(frozen=True, slots=True)
-class ExitConfig:
-    """Tunables of the exit. Times in seconds, sizes in bytes.
-
-    UDP idle timeouts: a UDP flow is a NAT mapping in all but name, so RFC 4787 REQ-5 applies:
-    a mapping must live at least 2 minutes once used, except for ports whose protocols are known
-    to be short (DNS). 120 s is that floor; NAT keep-alives (QUIC's, WireGuard's 25 s, VoIP's
-    15-30 s) stay well inside it. A flow that never saw a reply is kept only 30 s (Linux
-    conntrack's unreplied UDP timeout), and DNS flows (destination port 53) 10 s: resolvers
-    answer in well under a second and pick a fresh source port per query, so longer would only
-    hold one socket per query.
-    """
-
-    udp_idle: float = 120.0
-    udp_idle_unreplied: float = 30.0
-    udp_idle_dns: float = 10.0
-    # Limits (see `exit_limits` for how they are shared fairly). Flows are TCP and UDP together:
-    # each is a host socket. Buffers are the TCP connections' worst-case memory, granted and
-    # grown within these budgets.
-    max_flows: int = 16384  # all peers
-    max_flows_per_peer: int = 1024
-    max_buffer: int = 1 << 30  # all peers
-    max_buffer_per_peer: int = 128 << 20
-    max_echo_per_peer: int = 64  # outstanding echo requests
-    echo_timeout: float = 10.0  # an unanswered echo request is forgotten after this
-    reassembly_bytes_per_peer: int = 1 << 20
-    reassembly_datagrams_per_peer: int = 64
-    icmp_error_rate: float = 100.0  # per peer, per second (token bucket)
-    icmp_error_burst: float = 50.0
-    tcp: TcpConfig = field(default_factory=TcpConfig)
-
-    def __post_init__(self) -> None:
-        for name in ("max_flows", "max_flows_per_peer", "max_buffer", "max_buffer_per_peer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+__all__ = ["Exit"]
 
 
 class Exit:
     """See the module docstring. `addresses` are the device's `Address` entries; `allow`,
-    `deny` and `peer_to_peer` the `[Exit]` section's rules (see `ExitPolicy`)."""
+    `deny` and `peer_to_peer` the `[Exit]` section's rules (see `ExitPolicy`).
+
+    `config`, `policy`, `limits` and the tables (`udp`, `tcp`, `echo`) are public for reading
+    (tests inspect them); what the exit reports goes through `counters()`, `refusals()` and
+    `peer_states()`."""
 
     def __init__(
         self,
@@ -128,7 +103,6 @@ class Exit:
         isn=None,
     ) -> None:
         self.config = cfg = config or ExitConfig()
-        self.mtu = mtu
         self.policy = ExitPolicy(
             addresses,
             allow_local=allow_local,
@@ -138,27 +112,27 @@ class Exit:
             deny=deny,
             peer_to_peer=peer_to_peer,
         )
-        self.now = 0.0
-        self.stats: Counter[str] = Counter()
-        self._out: list[bytes] = []
-        self._actions: list = []
+        self._now = 0.0
+        self._output = out = ExitOutput(mtu)
+        self._stats = out.stats
         self._peers: dict[bytes, PeerState] = {}
         self._reassembling: set[PeerState] = set()
         self._heap: list = []
         self._tie = itertools.count()
-        self._ident4 = 0
-        self._ident6 = 0
-        self.limits = Limits(self, cfg)
-        self.udp = UdpTable(self, cfg)
-        self.tcp = TcpTable(self, cfg, isn=isn)
-        self.echo = EchoTable(self, cfg)
+        self.limits = Limits(self, out, cfg)
+        self.udp = UdpTable(self, out, cfg)
+        self.tcp = TcpTable(self, out, cfg, isn=isn)
+        self.echo = EchoTable(self, out, cfg)
 
     # -- configuration ---------------------------------------------------------------------
 
     def set_addresses(self, addresses) -> None:
+        """The device's `Address` entries changed: they decide what is a peer, the device
+        itself, or the host's network from the next packet on."""
         self.policy.set_addresses(addresses)
 
     def set_host_addresses(self, addresses, broadcasts=()) -> None:
+        """The host's own addresses (the shell re-reads them), which the policy refuses."""
         self.policy.set_host_addresses(addresses, broadcasts)
 
     def set_rules(self, allow=(), deny=(), peer_to_peer: bool = False) -> None:
@@ -175,25 +149,53 @@ class Exit:
         self.config = config
         self.limits.configure(config)
 
+    def set_mtu(self, mtu: int) -> None:
+        """Applies to packets built from now on and to TCP connections opened from now on (a
+        connection's MSS was fixed by its handshake)."""
+        self._output.mtu = mtu
+
+    @property
+    def mtu(self) -> int:
+        return self._output.mtu
+
+    # -- read-only views -------------------------------------------------------------------
+
+    def counters(self) -> Counter[str]:
+        """A copy of the exit's counters (drops, refusals, flows opened and closed, ...; a name
+        never counted reads 0), with the gauges `udp_flows` and `tcp_flows` (flows open now)
+        and `timer_entries` (the timer heap, stale entries included: it must stay bounded)."""
+        c = Counter(self._stats)
+        c["udp_flows"] = len(self.udp.flows)
+        c["tcp_flows"] = len(self.tcp.flows)
+        c["timer_entries"] = len(self._heap)
+        return c
+
     def refusals(self) -> dict[bytes, int]:
         """Packets refused by the policy, per peer key (peers with none are left out). One
         entry per peer the exit tracks, gone with the peer's state."""
         return {key: ps.refused for key, ps in self._peers.items() if ps.refused}
 
-    def set_mtu(self, mtu: int) -> None:
-        """Applies to packets built from now on and to TCP connections opened from now on (a
-        connection's MSS was fixed by its handshake)."""
-        self.mtu = mtu
+    def peer_states(self) -> Mapping[bytes, PeerState]:
+        """The per-peer state the exit tracks, by peer key (a read-only live view)."""
+        return MappingProxyType(self._peers)
 
     @property
     def flow_count(self) -> int:
+        """UDP and TCP flows open now: each holds a host socket."""
         return len(self.udp.flows) + len(self.tcp.flows)
+
+    def audit(self) -> None:
+        """Recount flows and buffer grants and check them against the limits' bookkeeping
+        (`Limits.audit`); AssertionError on a difference. O(flows): for tests and the fuzzer."""
+        self.limits.audit(self._peers.values(), len(self.tcp.flows), len(self.udp.flows))
 
     # -- the peer side ---------------------------------------------------------------------
 
-    def deliver(self, peer_key: bytes, packet: bytes | bytearray | memoryview, now: float) -> None:
+    def receive_packet(
+        self, peer_key: bytes, packet: bytes | bytearray | memoryview, now: float
+    ) -> None:
         """One decrypted packet from a peer. Never raises for any content of `packet`."""
-        self.now = now
+        self._now = now
         try:
             ip = parse_ip(packet)
             verdict = self.policy.classify(ip.dst)
@@ -204,11 +206,11 @@ class Exit:
                         return
                 proto = ip.protocol
                 if proto == PROTO_TCP:
-                    self.tcp.segment(peer_key, ip, now)
+                    self.tcp.receive_segment(peer_key, ip, now)
                 elif proto == PROTO_UDP:
-                    self.udp.datagram(peer_key, ip, now)
+                    self.udp.receive_datagram(peer_key, ip, now)
                 elif proto == (PROTO_ICMP if ip.version == 4 else PROTO_ICMPV6):
-                    self.echo.request(peer_key, ip, now)
+                    self.echo.receive_request(peer_key, ip, now)
                 else:
                     self._unsupported(peer_key, ip, now)
             elif verdict == PEER:
@@ -216,11 +218,11 @@ class Exit:
             elif verdict == OWN:
                 self._own(peer_key, ip, now)
             elif verdict == DROP:
-                self.stats["drop_not_unicast"] += 1
+                self._stats["drop_not_unicast"] += 1
             else:
                 self._refuse(peer_key, ip, now)
         except (PacketError, TcpError):
-            self.stats["drop_malformed"] += 1
+            self._stats["drop_malformed"] += 1
 
     def _reassemble(self, peer_key: bytes, ip: IPPacket, now: float) -> IPPacket | None:
         ps = self.peer(peer_key)
@@ -240,19 +242,20 @@ class Exit:
 
     def _forward(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
         """Peer to peer: a router's job, TTL included (see `decrement_ttl`)."""
+        mtu = self._output.mtu
         if ip.ttl <= 1:
             src = self.policy.own_source(ip.version)
             if src is not None:
-                self.error(peer_key, ip, IcmpError.TTL_EXCEEDED, now, src=src)
+                self.send_error(peer_key, ip, IcmpError.TTL_EXCEEDED, now, src=src)
             return
-        if len(ip.raw) > self.mtu and (ip.dont_fragment or ip.version == 6):
+        if len(ip.raw) > mtu and (ip.dont_fragment or ip.version == 6):
             # Routers never fragment IPv6 nor IPv4 with DF: path MTU discovery (RFC 1191/8201).
             src = self.policy.own_source(ip.version)
             if src is not None:
-                self.error(peer_key, ip, IcmpError.TOO_BIG, now, src=src, mtu=self.mtu)
+                self.send_error(peer_key, ip, IcmpError.TOO_BIG, now, src=src, mtu=mtu)
             return
-        self.send(decrement_ttl(ip.raw))
-        self.stats["forwarded"] += 1
+        self._output.send(decrement_ttl(ip.raw))
+        self._stats["forwarded"] += 1
 
     def _own(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
         """The device's own address: ping is answered; other protocols get what a host with no
@@ -265,25 +268,25 @@ class Exit:
         if proto == (PROTO_ICMP if ip.version == 4 else PROTO_ICMPV6):
             self.echo.answer_own(ip)
         elif proto == PROTO_TCP:
-            self.tcp.reset_reply(ip)
+            self.tcp.send_reset(ip)
         elif proto == PROTO_UDP:
-            self.error(peer_key, ip, IcmpError.PORT_UNREACHABLE, now)
+            self.send_error(peer_key, ip, IcmpError.PORT_UNREACHABLE, now)
         else:
             self._unsupported(peer_key, ip, now)
 
     def _refuse(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
-        self.stats["refused"] += 1
+        self._stats["refused"] += 1
         self.peer(peer_key).refused += 1
         if ip.protocol == PROTO_TCP and not ip.is_fragment:
-            self.tcp.reset_reply(ip)
+            self.tcp.send_reset(ip)
         else:
-            self.error(peer_key, ip, IcmpError.ADMIN_PROHIBITED, now)
+            self.send_error(peer_key, ip, IcmpError.ADMIN_PROHIBITED, now)
 
     def _unsupported(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
-        self.stats["drop_protocol"] += 1
+        self._stats["drop_protocol"] += 1
         if ip.version == 6 and ip.protocol == PROTO_IPV6_NONXT:
             return  # "no next header": nothing follows, nothing to complain about
-        self.error(peer_key, ip, IcmpError.PROTOCOL_UNREACHABLE, now)
+        self.send_error(peer_key, ip, IcmpError.PROTOCOL_UNREACHABLE, now)
 
     def forget_peer(self, peer_key: bytes, now: float, keep=None) -> int:
         """End what the exit holds for a peer that was removed or lost addresses: its flows
@@ -292,7 +295,7 @@ class Exit:
         the tunnel for them: the address may belong to another peer now, and replies are
         routed by destination address. With `keep(src)`, flows whose source address it
         accepts (still routed to this peer) stay. Returns the number of flows ended."""
-        self.now = now
+        self._now = now
         ps = self._peers.get(peer_key)
         if ps is None:
             return 0
@@ -302,16 +305,18 @@ class Exit:
         if ps.reassembler is not None:
             ps.reassembler = None
             self._reassembling.discard(ps)
-        if gone and self._out:
-            self._out[:] = [p for p in self._out if _destination(p) not in gone]
+        packets = self._output.packets
+        if gone and packets:
+            packets[:] = [p for p in packets if _destination(p) not in gone]
         if keep is None:
             del self._peers[peer_key]
-        self.stats["flows_forgotten"] += ended
+        self._stats["flows_forgotten"] += ended
         return ended
 
-    # -- helpers for the flow tables -------------------------------------------------------
+    # -- for the flow tables ---------------------------------------------------------------
 
     def peer(self, peer_key: bytes) -> PeerState:
+        """The peer's state, made on first use (bounded: idle peers' go at 4096 peers)."""
         ps = self._peers.get(peer_key)
         if ps is None:
             if len(self._peers) >= 4096:
@@ -324,32 +329,7 @@ class Exit:
             if not ps.udp_flows and not ps.tcp and not ps.echo and ps not in self._reassembling:
                 del self._peers[key]
 
-    def send(self, packet: bytes) -> None:
-        """Queue a packet toward a peer, fragmenting it if it exceeds the MTU."""
-        if len(packet) <= self.mtu:
-            self._out.append(packet)
-            return
-        try:
-            if packet[0] >> 4 == 4:
-                frags = fragment_ipv4(packet, self.mtu)
-            else:
-                frags = fragment_ipv6(packet, self.mtu, self.next_ident6())
-        except PacketError:
-            self.stats["drop_unfragmentable"] += 1
-            return
-        self._out.extend(frags)
-        self.stats["fragmented"] += 1
-
-    def next_ident4(self) -> int:
-        """IPv4 identification for a datagram that may be fragmented (RFC 6864 §4.2)."""
-        self._ident4 = (self._ident4 + 1) & 0xFFFF
-        return self._ident4
-
-    def next_ident6(self) -> int:
-        self._ident6 = (self._ident6 + 1) & 0xFFFFFFFF
-        return self._ident6
-
-    def error(
+    def send_error(
         self,
         peer_key: bytes,
         offending: IPPacket,
@@ -365,15 +345,16 @@ class Exit:
         if not may_send_error(offending, kind):
             return
         if not self.peer(peer_key).limiter.allow(now):
-            self.stats["icmp_rate_limited"] += 1
+            self._stats["icmp_rate_limited"] += 1
             return
-        pkt = build_error(offending, src or offending.dst, kind, mtu=mtu, ident=self.next_ident4())
-        self.stats["icmp_errors"] += 1
-        self.send(pkt)
+        out = self._output
+        pkt = build_error(offending, src or offending.dst, kind, mtu=mtu, ident=out.next_ident4())
+        self._stats["icmp_errors"] += 1
+        out.send(pkt)
 
     def arm(self, deadline: float, flow) -> None:
         """Put `flow` on the timer heap for `deadline` unless it is armed for earlier already;
-        `flow.owner.on_deadline(flow, now)` runs once it is due."""
+        `flow.owner.handle_timer(flow, now)` runs once it is due."""
         armed = flow.armed
         if armed is None or deadline < armed:
             flow.armed = deadline
@@ -381,12 +362,13 @@ class Exit:
 
     # -- timers ----------------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
+    def next_timer(self) -> float | None:
+        """When `handle_timer` must next run (None: no timer is running)."""
         heap = self._heap
         while heap and heap[0][2].armed != heap[0][0]:
             heapq.heappop(heap)  # superseded: do not wake up for it
         best = heap[0][0] if heap else None
-        d = self.echo.next_deadline()
+        d = self.echo.next_timer()
         if d is not None and (best is None or d < best):
             best = d
         for ps in self._reassembling:
@@ -395,22 +377,23 @@ class Exit:
                 best = d
         return best
 
-    def on_timer(self, now: float) -> None:
-        self.now = now
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at `now`: flows', echo requests' and reassemblies'."""
+        self._now = now
         heap = self._heap
         while heap and heap[0][0] <= now:
             deadline, _, flow = heapq.heappop(heap)
             if flow.armed != deadline:
                 continue  # superseded by an earlier entry, or the flow is gone
             flow.armed = None
-            flow.owner.on_deadline(flow, now)
+            flow.owner.handle_timer(flow, now)
         if len(heap) > 4 * self.flow_count + 1024:
             self._compact_heap()
-        self.echo.expire(now)
+        self.echo.handle_timer(now)
         for ps in list(self._reassembling):
             r = ps.reassembler
             for first in r.expire(now):
-                self.error(ps.key, first, IcmpError.REASSEMBLY_TIMEOUT, now)
+                self.send_error(ps.key, first, IcmpError.REASSEMBLY_TIMEOUT, now)
             if not len(r):
                 self._reassembling.discard(ps)
 
@@ -419,97 +402,107 @@ class Exit:
         self._heap = [e for e in self._heap if e[2].armed == e[0]]
         heapq.heapify(self._heap)
 
-    # -- host events (see the action classes in `exit_actions`) ----------------------------
+    # -- host events: what the shell did with an action (see `actions`) --------------------
 
-    def udp_received(self, flow, payload, now: float) -> None:
+    def receive_udp_datagram(self, flow, payload, now: float) -> None:
         """A datagram arrived on a flow's socket. `payload` is copied before this returns."""
-        self.now = now
-        self.udp.received(flow, payload, now)
+        self._now = now
+        self.udp.receive_host_datagram(flow, payload, now)
 
-    def udp_error(self, flow, err: int, now: float, mtu: int = 0) -> None:
-        """The flow's socket reported `err` (ECONNREFUSED: an ICMP port unreachable came back)."""
-        self.now = now
-        self.udp.error(flow, err, now, mtu)
+    def receive_udp_error(self, flow, err: int, now: float, mtu: int = 0) -> None:
+        """The flow's socket reported `err` (ECONNREFUSED: an ICMP port unreachable came back;
+        EAGAIN: a send found its buffer full and the datagram was dropped)."""
+        self._now = now
+        self.udp.receive_error(flow, err, now, mtu)
 
-    def udp_open_failed(self, flow, err: int, now: float) -> None:
+    def receive_udp_open_failed(self, flow, err: int, now: float) -> None:
         """The shell could not create or connect the flow's socket."""
-        self.now = now
-        self.udp.open_failed(flow, err, now)
+        self._now = now
+        self.udp.receive_open_failed(flow, err, now)
 
-    def tcp_connected(self, flow, now: float) -> None:
-        self.now = now
-        self.tcp.connected(flow, now)
+    def receive_tcp_connected(self, flow, now: float) -> None:
+        """The flow's host socket connected: the peer's SYN is answered."""
+        self._now = now
+        self.tcp.receive_connected(flow, now)
 
-    def tcp_connect_failed(self, flow, err: int, now: float) -> None:
+    def receive_tcp_connect_failed(self, flow, err: int, now: float) -> None:
         """ECONNREFUSED → RST to the peer; anything else → ICMP unreachable quoting its SYN."""
-        self.now = now
-        self.tcp.connect_failed(flow, err, now)
-
-    def tcp_refused(self, flow, now: float) -> None:
-        self.tcp_connect_failed(flow, 111, now)  # ECONNREFUSED
-
-    def tcp_timeout(self, flow, now: float) -> None:
-        self.tcp_connect_failed(flow, 110, now)  # ETIMEDOUT
+        self._now = now
+        self.tcp.receive_connect_failed(flow, err, now)
 
     def tcp_read_budget(self, flow) -> int:
         """How many bytes the shell may read from the host socket now (0: it is paused)."""
         return self.tcp.read_budget(flow)
 
-    def tcp_data(self, flow, data, now: float) -> None:
-        self.now = now
-        self.tcp.data(flow, data, now)
+    def receive_tcp_data(self, flow, data, now: float) -> None:
+        """Bytes read from the flow's host socket (at most `tcp_read_budget`), for the peer."""
+        self._now = now
+        self.tcp.receive_data(flow, data, now)
 
-    def tcp_eof(self, flow, now: float) -> None:
-        self.now = now
-        self.tcp.eof(flow, now)
+    def receive_tcp_eof(self, flow, now: float) -> None:
+        """The host closed its sending side: the peer gets FIN after the data before it."""
+        self._now = now
+        self.tcp.receive_eof(flow, now)
 
-    def tcp_reset(self, flow, now: float) -> None:
-        self.now = now
-        self.tcp.reset(flow, now)
+    def receive_tcp_reset(self, flow, now: float) -> None:
+        """The host connection broke (reset, or a send failed): the peer gets RST."""
+        self._now = now
+        self.tcp.receive_reset(flow, now)
 
-    def tcp_write_blocked(self, flow) -> None:
-        self.tcp.write_blocked(flow)
+    def receive_tcp_write_blocked(self, flow, now: float) -> None:
+        """The shell holds unwritten bytes of a `TcpWrite`: nothing more is written to the flow
+        until `receive_tcp_writable`, so the peer's window closes (backpressure)."""
+        self._now = now
+        self.tcp.receive_write_blocked(flow, now)
 
-    def tcp_writable(self, flow, now: float) -> None:
-        self.now = now
-        self.tcp.writable(flow, now)
+    def receive_tcp_writable(self, flow, now: float) -> None:
+        """The shell wrote everything it held for the flow."""
+        self._now = now
+        self.tcp.receive_writable(flow, now)
 
-    def echo_reply(self, version: int, src: bytes, seq: int, payload, now: float) -> None:
+    def receive_echo_reply(self, version: int, src: bytes, seq: int, payload, now: float) -> None:
         """An echo reply from `src` (packed address) with the exit's sequence number `seq`."""
-        self.now = now
-        self.echo.reply(version, src, seq, payload, now)
+        self._now = now
+        self.echo.receive_reply(version, src, seq, payload, now)
+
+    def receive_echo_failed(self, version: int, err: int | None, now: float) -> None:
+        """An `EchoSend` could not be sent: `err` is its errno, None when the shell has no ping
+        socket for the IP version (counted; the request times out as a lost ping would)."""
+        self._now = now
+        self.echo.receive_send_failed(version, err, now)
 
     # -- output ----------------------------------------------------------------------------
 
     def take_actions(self) -> list:
-        """Host-socket actions, in the order they must be executed."""
-        self.tcp.flush(self.now)
-        if not self._actions:
+        """Host-socket actions, in the order they must be executed (after the TCP batch step:
+        see the module docstring)."""
+        self.tcp.flush(self._now)
+        actions = self._output.actions
+        if not actions:
             return []
-        out = self._actions[:]
-        self._actions.clear()
+        out = actions[:]
+        actions.clear()  # the same list: the tables hold its bound `append`
         return out
 
-    def take_outbound(self) -> list[bytes]:
-        """IP packets toward peers, each at most `mtu` bytes."""
-        self.tcp.flush(self.now)
-        if not self._out:
+    def take_packets(self) -> list[bytes]:
+        """IP packets toward peers, each at most `mtu` bytes (after the TCP batch step)."""
+        self.tcp.flush(self._now)
+        packets = self._output.packets
+        if not packets:
             return []
-        out = self._out[:]
-        self._out.clear()
+        out = packets[:]
+        packets.clear()
         return out
 
-    def close(self) -> list:
-        """Forget every flow; returns the actions that release their host sockets."""
+    def close(self) -> None:
+        """Forget every flow. The actions that release their host sockets are left for
+        `take_actions`; packets toward peers are dropped."""
         self.tcp.close_all()
         self.udp.close_all()
         self.echo.close_all()
         self._heap.clear()
         self._reassembling.clear()
-        self._out.clear()
-        actions = self._actions[:]
-        self._actions.clear()
-        return actions
+        self._output.packets.clear()
 
 
 def _destination(packet: bytes) -> bytes:

@@ -9,7 +9,7 @@ fairly. NewReno stays available (and is the base class) because it is the refere
 describes and the simplest to reason about in tests.
 
 Windows are in bytes. The loss-recovery *mechanics* (which segment to resend, pipe) live in
-`tcp_sender`; these classes only decide how big cwnd and ssthresh are.
+`sender`; these classes only decide how big cwnd and ssthresh are.
 """
 
 from __future__ import annotations

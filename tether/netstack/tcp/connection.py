@@ -1,25 +1,27 @@
 """One terminated TCP connection: a TCP endpoint toward the peer, a byte stream toward the host.
 
 Sans-IO in the style of aioquic's `QuicConnection` and h11: nothing here reads a clock or touches
-a socket. The IO shell drives it:
+a socket. The IO shell (the exit's TCP flow table) drives it:
 
     conn = TcpConnection(syn, local_addr=dst_ip, remote_addr=src_ip, now=t, isn=random32)
-    ... connect the host socket, then conn.host_connected(t) or conn.host_refused(t) ...
+    ... connect the host socket, then conn.receive_host_connected(t) or receive_host_refused(t) ...
     conn.receive_segment(parse_segment(src_ip, dst_ip, tcp_bytes), t)   # from the peer
-    conn.send_from_host(chunk)  /  conn.read_for_host(n)  /  conn.host_eof(t)
-    conn.on_timer(t) when t >= conn.timer_deadline()
-    after any of these: for seg in conn.segments_to_send(t): wrap in IP(local -> remote) and send;
-    for ev in conn.events(): react (see the event classes).
+    conn.receive_host_data(chunk, t)  /  conn.take_peer_data(n)  /  conn.receive_host_eof(t)
+    conn.handle_timer(t) when t >= conn.next_timer()
+    after any of these: for seg in conn.take_segments(t): wrap in IP(local -> remote) and send;
+    for ev in conn.take_events(): react (see the event classes).
 
 "Local" is the address/port the peer asked for (we impersonate it); "remote" is the peer. The
 connection starts in SYN_RECEIVED_PENDING: the SYN-ACK is only sent once the host socket connected,
 so the peer sees a refused or unreachable destination as such instead of a connection that opens
-and then dies. The shell picks the ISN (RFC 6528: keyed hash of the 4-tuple plus a clock), answers
-segments for unknown 4-tuples with `tcp.build_reset_reply`, and, when a SYN finds the connection
-CLOSED (e.g. it ended TIME-WAIT), may open a new one from it. Data already read from the peer stays
-readable after a clean close; after a reset it is discarded.
+and then dies. The shell picks the ISN: the exit's TCP table draws a random one per connection
+(RFC 6528's aim, unpredictability, without its keyed hash: the exit is always the passive side and
+the peer picks the 4-tuples). The shell answers segments for unknown 4-tuples with
+`wire.build_reset_reply`, and, when a SYN finds the connection CLOSED (e.g. it ended TIME-WAIT),
+may open a new one from it. Data already read from
+the peer stays readable after a clean close; after a reset it is discarded.
 
-Timers (all deadlines in one `timer_deadline()`): retransmission (RFC 6298), persist (zero-window
+Timers (all deadlines in one `next_timer()`): retransmission (RFC 6298), persist (zero-window
 probes, RFC 9293 §3.8.6.1), delayed ACK, keep-alive (RFC 1122 §4.2.3.6) and an idle timeout that
 catch phones that vanished, TIME-WAIT, and the host-connect timeout. TIME-WAIT is `time_wait`
 seconds (default 4 s) instead of 2*MSL: the terminator is never the one reusing a 4-tuple (the
@@ -31,8 +33,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from tether.netstack.tcp import ACK, FIN, PSH, RST, SYN, Segment, addresses_sum, build_segment
-from tether.netstack.tcp_events import (
+from tether.netstack.tcp.events import (
     ConnectionClosed,
     ConnectionReset,
     DataReadable,
@@ -42,20 +43,11 @@ from tether.netstack.tcp_events import (
     TcpConfig,
     TcpEvent,
 )
-from tether.netstack.tcp_receiver import ReceiveSide
-from tether.netstack.tcp_sender import SendSide
+from tether.netstack.tcp.receiver import ReceiveSide
+from tether.netstack.tcp.sender import SendSide
+from tether.netstack.wire import ACK, FIN, PSH, RST, SYN, Segment, addresses_sum, build_segment
 
-__all__ = [
-    "ConnectionClosed",
-    "ConnectionReset",
-    "DataReadable",
-    "Established",
-    "PeerEof",
-    "State",
-    "TcpConfig",
-    "TcpConnection",
-    "TcpEvent",
-]
+__all__ = ["TcpConnection"]
 
 _M32 = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -170,7 +162,7 @@ class TcpConnection:
 
     @property
     def rcv_available(self) -> int:
-        """Bytes `read_for_host` would return."""
+        """Bytes `take_peer_data` would return."""
         return len(self.rx.buf)
 
     @property
@@ -218,7 +210,7 @@ class TcpConnection:
         tx = self.tx
         return tx.snd_max >= tx.buf.end
 
-    def events(self) -> list[TcpEvent]:
+    def take_events(self) -> list[TcpEvent]:
         """Events since the last call, oldest first."""
         ev = self._events
         self._events = []
@@ -229,40 +221,41 @@ class TcpConnection:
 
     # -- the host side -------------------------------------------------------------------------
 
-    def host_connected(self, now: float) -> None:
+    def receive_host_connected(self, now: float) -> None:
         """The host socket connected: answer the SYN."""
         if self.state is PENDING:
             self.state = SYN_RECEIVED
             self._send_synack(now, first=True)
 
-    def host_refused(self, now: float) -> None:
+    def receive_host_refused(self, now: float) -> None:
         """The host refused: reset the peer's connection attempt (RFC 9293 §3.10.7.1)."""
         if self.state is PENDING:
             self._out.append(self._raw(0, self.rx.rcv_nxt, RST | ACK))
             self._finish(None)
 
-    def host_unreachable(self, now: float) -> None:
+    def receive_host_unreachable(self, now: float) -> None:
         """Give up silently (the shell answers the SYN with ICMP destination unreachable)."""
         if self.state is PENDING:
             self._finish(None)
 
     def host_send_space(self) -> int:
-        """How many bytes the shell may read from the host socket and pass to `send_from_host`."""
+        """How many bytes the shell may read from the host socket for `receive_host_data`."""
         if self.state in _HOST_WRITABLE and self.tx.fin_seq is None:
             return self.tx.buf.space()
         return 0
 
-    def send_from_host(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue host bytes for the peer; returns how many were accepted (bounded buffer)."""
+    def receive_host_data(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """Queue host bytes for the peer; returns how many were accepted (bounded buffer). They
+        go out with the next `take_segments`, as the windows allow."""
         if self.state in _HOST_WRITABLE and self.tx.fin_seq is None:
             return self.tx.buf.append(data)
         return 0
 
-    def host_eof(self, now: float) -> None:
+    def receive_host_eof(self, now: float) -> None:
         """The host closed its sending side: FIN after the buffered data."""
         state = self.state
         if state is PENDING:
-            self.host_refused(now)
+            self.receive_host_refused(now)
         elif state in _HOST_WRITABLE:
             self.tx.queue_fin()
             if state is ESTABLISHED:
@@ -270,15 +263,15 @@ class TcpConnection:
             elif state is CLOSE_WAIT:
                 self.state = LAST_ACK
 
-    def host_reset(self, now: float) -> None:
+    def receive_host_reset(self, now: float) -> None:
         """The host connection broke: abort toward the peer with RST."""
         if self.state is PENDING:
-            self.host_refused(now)
+            self.receive_host_refused(now)
         elif self.state is not CLOSED:
             self._abort("host-reset", notify=False)
 
-    def read_for_host(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """Take up to `max_bytes` of in-order peer data (all of it when None)."""
+    def take_peer_data(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Take up to `max_bytes` of in-order peer data for the host (all of it when None)."""
         return self.rx.read(max_bytes, self.state in _RECEIVING)
 
     # -- the peer side -------------------------------------------------------------------------
@@ -407,7 +400,7 @@ class TcpConnection:
 
     # -- output --------------------------------------------------------------------------------
 
-    def segments_to_send(self, now: float) -> list[bytes]:
+    def take_segments(self, now: float) -> list[bytes]:
         """TCP segments (header + payload, checksummed) to wrap in IP local -> remote and send."""
         state = self.state
         if state in _SENDING:
@@ -492,8 +485,8 @@ class TcpConnection:
             return None
         return self._last_rcv + cfg.keepalive_idle + self._ka_probes * cfg.keepalive_interval
 
-    def timer_deadline(self) -> float | None:
-        """When `on_timer` must next be called (None: no timer is running)."""
+    def next_timer(self) -> float | None:
+        """When `handle_timer` must next be called (None: no timer is running)."""
         state = self.state
         if state is CLOSED:
             return None
@@ -515,7 +508,7 @@ class TcpConnection:
                 best = d
         return best
 
-    def on_timer(self, now: float) -> None:
+    def handle_timer(self, now: float) -> None:
         """Run every timer that is due at `now`."""
         state = self.state
         cfg = self.config

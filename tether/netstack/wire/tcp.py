@@ -1,7 +1,7 @@
 """TCP wire format (RFC 9293 §3.1): parse and build segments, options included.
 
-Only the header lives here; the connection logic is in `tcpconn`. Sequence and acknowledgment
-numbers stay 32-bit wire values in a `Segment`; the connection unwraps them.
+Only the header lives here; the connection logic is in the `tcp` package. Sequence and
+acknowledgment numbers stay 32-bit wire values in a `Segment`; the connection unwraps them.
 
 Options understood: MSS (RFC 9293 §3.7.1), window scale and timestamps (RFC 7323), SACK-permitted
 and SACK blocks (RFC 2018). Unknown options are skipped by their length, as RFC 9293 §3.1 requires.

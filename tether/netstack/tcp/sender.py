@@ -6,7 +6,7 @@ retransmission and persist timers. The connection feeds it ACK information and a
 network; it hands segments back through the connection's `emit` callback, because only the
 connection knows what goes in the ACK, window and option fields.
 
-Sequence numbers are absolute integers (see `tcp_buffers`). SND.MAX is the highest sequence number
+Sequence numbers are absolute integers (see `buffers`). SND.MAX is the highest sequence number
 sent so far; SND.NXT is where new transmission continues and falls back to SND.UNA after a timeout
 (go-back-N, as RFC 9293 §3.8.1 describes retransmission).
 
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tether.netstack.tcp_buffers import SackScoreboard, SendBuffer
-from tether.netstack.tcp_congestion import RttEstimator, make_congestion_control
-from tether.netstack.tcp_events import TcpConfig
+from tether.netstack.tcp.buffers import SackScoreboard, SendBuffer
+from tether.netstack.tcp.congestion import RttEstimator, make_congestion_control
+from tether.netstack.tcp.events import TcpConfig
 
 __all__ = ["SendSide"]
 

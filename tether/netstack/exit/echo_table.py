@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import ipaddress
 
-from tether.netstack.exit_actions import EchoSend
-from tether.netstack.icmp import (
+from tether.netstack.exit.actions import EchoSend
+from tether.netstack.wire import (
     ICMPV4_ECHO_REPLY,
     ICMPV4_ECHO_REQUEST,
     ICMPV6_ECHO_REPLY,
     ICMPV6_ECHO_REQUEST,
+    IPPacket,
     build_icmp_packet,
     parse_icmp,
 )
-from tether.netstack.ip import IPPacket
 
 __all__ = ["EchoTable"]
 
@@ -41,12 +41,17 @@ class _Pending:
 
 
 class EchoTable:
-    def __init__(self, exit_, config) -> None:
+    """The exit's outstanding echo requests. The `Exit` feeds it pings from peers and replies
+    from the shell's ping sockets; it writes actions, packets and counts into `output`."""
+
+    def __init__(self, exit_, output, config) -> None:
         self.exit = exit_
+        self.output = output
         self.config = config
         self.pending: dict[tuple[int, bytes, int], _Pending] = {}
         self._seq = 0
-        self._act = exit_._actions.append
+        self._act = output.actions.append
+        self._stats = output.stats
 
     def answer_own(self, ip: IPPacket) -> None:
         """An echo request to one of the device's own addresses gets a reply, so `ping <device
@@ -55,22 +60,22 @@ class EchoTable:
         if msg.type != (ICMPV4_ECHO_REQUEST if ip.version == 4 else ICMPV6_ECHO_REQUEST):
             return
         self._send_reply(ip.version, ip.dst, ip.src, msg.rest, msg.body)
-        self.exit.stats["echo_own"] += 1
+        self._stats["echo_own"] += 1
 
-    def request(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
+    def receive_request(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
         """ICMP toward the host's network: echo requests are proxied; everything else (errors,
         neighbour discovery, replies) concerns no flow of ours and is dropped."""
         ex = self.exit
         msg = parse_icmp(ip, verify=False)
         v = ip.version
         if msg.type != (ICMPV4_ECHO_REQUEST if v == 4 else ICMPV6_ECHO_REQUEST):
-            ex.stats["drop_icmp_type"] += 1
+            self._stats["drop_icmp_type"] += 1
             return
         if not ex.policy.valid_source(ip.src):
             return
         ps = ex.peer(peer_key)
         if ps.echo >= self.config.max_echo_per_peer or len(self.pending) >= _MAX_OUTSTANDING:
-            ex.stats["drop_echo_limit"] += 1
+            self._stats["drop_echo_limit"] += 1
             return
         dst = ip.dst
         pending = self.pending
@@ -85,30 +90,38 @@ class EchoTable:
         )
         ps.echo += 1
         self._act(EchoSend(v, ipaddress.ip_address(dst).compressed, seq, msg.body))
-        ex.stats["echo_sent"] += 1
+        self._stats["echo_sent"] += 1
 
-    def reply(self, version: int, src: bytes, seq: int, payload, now: float) -> None:
+    def receive_reply(self, version: int, src: bytes, seq: int, payload, now: float) -> None:
         p = self.pending.pop((version, bytes(src), seq), None)
         if p is None:
-            self.exit.stats["drop_echo_unmatched"] += 1
+            self._stats["drop_echo_unmatched"] += 1
             return
         p.peer.echo -= 1
         self._send_reply(version, bytes(src), p.src, (p.ident << 16) | p.seq, payload)
-        self.exit.stats["echo_replied"] += 1
+        self._stats["echo_replied"] += 1
+
+    def receive_send_failed(self, version: int, err: int | None, now: float) -> None:
+        """An `EchoSend` could not be sent: `err` is the send's errno, None when the shell has
+        no ping socket for the IP version. Counted only: the request times out as unanswered
+        requests do, which is what the peer would see from a lost ping."""
+        self._stats["echo_unavailable" if err is None else "echo_send_failed"] += 1
 
     def _send_reply(self, version: int, src: bytes, dst: bytes, rest: int, body) -> None:
-        ex = self.exit
+        out = self.output
         t = ICMPV4_ECHO_REPLY if version == 4 else ICMPV6_ECHO_REPLY
         # A fresh IPv4 identification: a large reply is fragmented toward the peer.
-        ident = ex.next_ident4() if version == 4 else 0
-        ex.send(build_icmp_packet(src, dst, t, 0, rest, body, ident=ident))
+        ident = out.next_ident4() if version == 4 else 0
+        out.send(build_icmp_packet(src, dst, t, 0, rest, body, ident=ident))
 
-    def next_deadline(self) -> float | None:
+    def next_timer(self) -> float | None:
+        """When the oldest outstanding request times out."""
         if not self.pending:
             return None
         return self.pending[next(iter(self.pending))].deadline
 
-    def expire(self, now: float) -> None:
+    def handle_timer(self, now: float) -> None:
+        """Forget the requests that timed out by `now`."""
         pending = self.pending
         while pending:
             key = next(iter(pending))
@@ -117,7 +130,7 @@ class EchoTable:
                 break
             del pending[key]
             p.peer.echo -= 1
-            self.exit.stats["echo_timed_out"] += 1
+            self._stats["echo_timed_out"] += 1
 
     def forget(self, ps, keep, gone: set) -> None:
         """Forget the peer's outstanding requests whose source `keep` rejects (all without it):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from tether.netstack.checksum import checksum, ones_sum
-from tether.netstack.ip import (
+from tether.netstack.wire.checksum import checksum, ones_sum
+from tether.netstack.wire.ip import (
     PROTO_UDP,
     IPPacket,
     PacketError,

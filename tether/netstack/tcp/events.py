@@ -1,4 +1,4 @@
-"""States, tunables and events of the TCP terminator (`tcpconn`), kept apart so the shell can
+"""States, tunables and events of the TCP terminator (`connection`), kept apart so the shell can
 import them without the machinery."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class TcpConfig:
 
 
 class TcpEvent:
-    """Base of what `events()` returns."""
+    """Base of what `TcpConnection.take_events()` returns."""
 
     __slots__ = ()
 
@@ -94,13 +94,13 @@ class Established(TcpEvent):
 
 
 class DataReadable(TcpEvent):
-    """Data became available to `read_for_host` (edge-triggered: the buffer was empty)."""
+    """Data became available to `take_peer_data` (edge-triggered: the buffer was empty)."""
 
     __slots__ = ()
 
 
 class PeerEof(TcpEvent):
-    """The peer sent FIN: once `read_for_host` returns nothing more, shutdown(SHUT_WR) the host."""
+    """The peer sent FIN: once `take_peer_data` returns nothing more, shutdown(SHUT_WR) the host."""
 
     __slots__ = ()
 

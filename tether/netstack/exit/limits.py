@@ -55,8 +55,8 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from tether.netstack.fragments import Reassembler
-from tether.netstack.icmp import ErrorRateLimiter
+from tether.netstack.exit.flows import TcpFlow
+from tether.netstack.wire import ErrorRateLimiter, Reassembler
 
 __all__ = ["START_BUFFER", "Limits", "PeerState"]
 
@@ -98,17 +98,20 @@ class Limits:
     """Admission, accounting and eviction for one `Exit` (see the module docstring).
 
     The flow tables report every flow they add or remove and ask before adding one; to make
-    room, `Limits` asks them to drop a flow (`UdpTable.evict`, `TcpTable.evict`).
+    room, `Limits` asks them to drop a flow (`UdpTable.evict`, `TcpTable.evict`). It counts
+    into the exit's `output.stats` and asks the exit only for `flow_count`.
     """
 
-    def __init__(self, exit_, config) -> None:
+    def __init__(self, exit_, output, config) -> None:
         self.exit = exit_
+        self._stats = output.stats
         self.grandfathered = False  # a lowered limit left holdings above it (see `configure`)
         self.holders: set[PeerState] = set()  # peers holding at least one flow
         self.buffer = 0  # bytes granted, all peers
         self.reclaimable: dict = {}  # TcpFlow -> None, oldest first, all peers
-        self._by_flows: list = []  # (-flows, tie, PeerState)
-        self._by_buffer: list = []  # (-buffer, tie, PeerState)
+        # Max-heaps of peers; public so tests can see that stale entries stay bounded.
+        self.by_flows: list = []  # (-flows, tie, PeerState)
+        self.by_buffer: list = []  # (-buffer, tie, PeerState)
         self._tie = itertools.count()
         self.configure(config)
 
@@ -151,64 +154,64 @@ class Limits:
 
     # -- flows ---------------------------------------------------------------------------------
 
-    def admit(self, ps: PeerState) -> bool:
+    def admit(self, ps: PeerState, now: float) -> bool:
         """Make room for one more flow of `ps`; False: refuse it."""
         ex = self.exit
         while ps.flows >= self.per_peer:
-            if not self._recycle_own(ps):
+            if not self._recycle_own(ps, now):
                 return False
         while ex.flow_count >= self.max_flows:
             if self.reclaimable:
-                self._reclaim(next(iter(self.reclaimable)))
+                self._reclaim(next(iter(self.reclaimable)), now)
                 continue
             holders = len(self.holders) + (ps not in self.holders)
             share = min(self.per_peer, self.max_flows // holders)
             if ps.flows < share:
                 # Someone holds more than the share (the table is full): the most, in fact.
-                hog = self._top(self._by_flows, _flows)
+                hog = self._top(self.by_flows, _flows)
                 if (
                     hog is not None
                     and hog is not ps
                     and _flows(hog) > ps.flows + 1
-                    and self._evict_any(hog)
+                    and self._evict_any(hog, now)
                 ):
-                    ex.stats["flows_evicted_fair_share"] += 1
+                    self._stats["flows_evicted_fair_share"] += 1
                     continue
-            if not self._evict_udp(ps):
+            if not self._evict_udp(ps, now):
                 return False
         return True
 
-    def _recycle_own(self, ps: PeerState) -> bool:
+    def _recycle_own(self, ps: PeerState, now: float) -> bool:
         if ps.reclaimable:
-            self._reclaim(next(iter(ps.reclaimable)))
+            self._reclaim(next(iter(ps.reclaimable)), now)
             return True
-        return self._evict_udp(ps)
+        return self._evict_udp(ps, now)
 
-    def _reclaim(self, flow) -> None:
-        self.exit.stats["tcp_reclaimed"] += 1
-        flow.owner.evict(flow, reset=False)
+    def _reclaim(self, flow, now: float) -> None:
+        self._stats["tcp_reclaimed"] += 1
+        flow.owner.evict(flow, now, reset=False)
 
-    def _evict_udp(self, ps: PeerState) -> bool:
+    def _evict_udp(self, ps: PeerState, now: float) -> bool:
         flow = _least_recent(ps.udp_lru, len(ps.udp_flows), ps.udp_flows.values(), self._tie)
         if flow is None:
             return False
-        self.exit.stats["udp_evicted"] += 1
-        flow.owner.evict(flow)
+        self._stats["udp_evicted"] += 1
+        flow.owner.evict(flow, now)
         return True
 
-    def _evict_tcp(self, ps: PeerState) -> bool:
+    def _evict_tcp(self, ps: PeerState, now: float) -> bool:
         flow = _least_recent(ps.tcp_lru, ps.live_tcp, self._live_tcp(ps), self._tie)
         if flow is None:
             return False
-        self.exit.stats["tcp_evicted"] += 1
-        flow.owner.evict(flow, reset=True)
+        self._stats["tcp_evicted"] += 1
+        flow.owner.evict(flow, now, reset=True)
         return True
 
-    def _evict_any(self, ps: PeerState) -> bool:
+    def _evict_any(self, ps: PeerState, now: float) -> bool:
         if ps.reclaimable:
-            self._reclaim(next(iter(ps.reclaimable)))
+            self._reclaim(next(iter(ps.reclaimable)), now)
             return True
-        return self._evict_udp(ps) or self._evict_tcp(ps)
+        return self._evict_udp(ps, now) or self._evict_tcp(ps, now)
 
     @staticmethod
     def _live_tcp(ps: PeerState):
@@ -217,9 +220,9 @@ class Limits:
     def added(self, ps: PeerState, flow) -> None:
         """A flow of `ps` entered a table."""
         self.holders.add(ps)
-        heapq.heappush(self._by_flows, (-ps.flows, next(self._tie), ps))
+        heapq.heappush(self.by_flows, (-ps.flows, next(self._tie), ps))
         tie = self._tie
-        if flow.owner is self.exit.tcp:
+        if type(flow) is TcpFlow:
             heapq.heappush(ps.tcp_lru, (flow.last, next(tie), flow))
             _compact_lru(ps.tcp_lru, ps.live_tcp, self._live_tcp(ps), tie)
         else:
@@ -236,18 +239,18 @@ class Limits:
         self.release(flow)
         n = ps.flows
         if n:
-            heapq.heappush(self._by_flows, (-n, next(self._tie), ps))
+            heapq.heappush(self.by_flows, (-n, next(self._tie), ps))
         else:
             self.holders.discard(ps)
 
     def _compact(self) -> None:
         limit = 2 * len(self.holders) + 64
-        if len(self._by_flows) > limit:
-            self._by_flows = [(-_flows(p), next(self._tie), p) for p in self.holders]
-            heapq.heapify(self._by_flows)
-        if len(self._by_buffer) > limit:
-            self._by_buffer = [(-p.buffer, next(self._tie), p) for p in self.holders if p.buffer]
-            heapq.heapify(self._by_buffer)
+        if len(self.by_flows) > limit:
+            self.by_flows = [(-_flows(p), next(self._tie), p) for p in self.holders]
+            heapq.heapify(self.by_flows)
+        if len(self.by_buffer) > limit:
+            self.by_buffer = [(-p.buffer, next(self._tie), p) for p in self.holders if p.buffer]
+            heapq.heapify(self.by_buffer)
 
     @staticmethod
     def _top(heap: list, value):
@@ -261,7 +264,7 @@ class Limits:
 
     # -- TCP buffers ---------------------------------------------------------------------------
 
-    def grant(self, ps: PeerState) -> tuple[int, int, int] | None:
+    def grant(self, ps: PeerState, now: float) -> tuple[int, int, int] | None:
         """Reserve buffers for a new connection of `ps`: (receive level, send level, bytes),
         for the flow's `recv_level`, `send_level` and `grant`; None: refuse it."""
         floor_level = self.floor_level
@@ -272,16 +275,21 @@ class Limits:
             return rl, sl, cost
         floor = self.floor
         if ps.buffer + floor > self.per_peer_buffer:
-            self.exit.stats["refused_buffer_limit"] += 1
+            self._stats["refused_buffer_limit"] += 1
             return None
         while self.buffer + floor > self.max_buffer:
             holders = len(self.holders) + (ps not in self.holders)
             share = min(self.per_peer_buffer, self.max_buffer // holders)
-            hog = self._top(self._by_buffer, _buffer)
-            if ps.buffer + floor > share or hog is None or hog is ps or not self._evict_tcp(hog):
-                self.exit.stats["refused_buffer_limit"] += 1
+            hog = self._top(self.by_buffer, _buffer)
+            if (
+                ps.buffer + floor > share
+                or hog is None
+                or hog is ps
+                or not self._evict_tcp(hog, now)
+            ):
+                self._stats["refused_buffer_limit"] += 1
                 return None
-            self.exit.stats["tcp_evicted_fair_share"] += 1
+            self._stats["tcp_evicted_fair_share"] += 1
         self._add_buffer(ps, floor)
         return floor_level, floor_level, floor
 
@@ -315,7 +323,7 @@ class Limits:
             flow.send_level -= 1
         flow.grant = new
         self._add_buffer(ps, delta)
-        self.exit.stats["tcp_buffer_grown"] += 1
+        self._stats["tcp_buffer_grown"] += 1
         return True
 
     def release(self, flow) -> None:
@@ -328,7 +336,7 @@ class Limits:
         ps.buffer += delta
         self.buffer += delta
         if ps.buffer:
-            heapq.heappush(self._by_buffer, (-ps.buffer, next(self._tie), ps))
+            heapq.heappush(self.by_buffer, (-ps.buffer, next(self._tie), ps))
 
     def set_reclaimable(self, flow) -> None:
         """The connection delivered everything both ways; it may be dropped to make room."""
@@ -337,14 +345,15 @@ class Limits:
         flow.peer.reclaimable[flow] = None
         self.release(flow)
 
-    def audit(self) -> None:
+    def audit(self, peers, tcp_flows: int, udp_flows: int) -> None:
         """Recount everything and check it against the bookkeeping and the limits; raises
-        AssertionError on a difference. O(flows): for tests and the fuzzer, never per packet."""
-        ex = self.exit
+        AssertionError on a difference. `peers`: every PeerState the exit holds; `tcp_flows` and
+        `udp_flows`: the sizes of its tables. O(flows): for tests and the fuzzer (through
+        `Exit.audit`), never per packet."""
         bound = not self.grandfathered  # holdings above lowered limits are allowed to drain
-        peers = [ps for ps in ex._peers.values() if ps.flows]
+        peers = [ps for ps in peers if ps.flows]
         assert set(peers) == self.holders, "holders"
-        assert not bound or ex.flow_count <= self.max_flows, "max_flows"
+        assert not bound or tcp_flows + udp_flows <= self.max_flows, "max_flows"
         total = 0
         for ps in peers:
             assert not bound or ps.flows <= self.per_peer, "max_flows_per_peer"
@@ -357,8 +366,8 @@ class Limits:
         assert total == self.buffer, "buffer bookkeeping"
         assert not bound or total <= self.max_buffer, "max_buffer"
         assert sum(len(ps.reclaimable) for ps in peers) == len(self.reclaimable)
-        assert len(ex.tcp.flows) == sum(len(ps.tcp) for ps in peers), "tcp table"
-        assert len(ex.udp.flows) == sum(len(ps.udp_flows) for ps in peers), "udp table"
+        assert tcp_flows == sum(len(ps.tcp) for ps in peers), "tcp table"
+        assert udp_flows == sum(len(ps.udp_flows) for ps in peers), "udp table"
 
 
 def _flows(ps: PeerState) -> int:
