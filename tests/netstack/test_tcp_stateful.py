@@ -393,7 +393,7 @@ def test_stale_zero_window_then_probe_fills_the_hole(peer_fin) -> None:
     assert c.rx.rcv_adv == c.rx.rcv_nxt == 8193
     assert (p.snd_una, p.snd_max, p.snd_wnd) == (8193, 8194, 0)
     stale = _hold_next_ack(h)  # the answer to the next probe: ACK 8193, window 0
-    h.host_received += c.read_for_host()
+    h.host_received += c.take_peer_data()
     h.pump()
     h.advance(0.1)  # the window update went out; the peer sent 8194.. past the hole at 8193
     high = 10002 if peer_fin else 16385
@@ -406,7 +406,7 @@ def test_stale_zero_window_then_probe_fills_the_hole(peer_fin) -> None:
     assert p.snd_una == p.snd_max == 1 + len(data) + peer_fin  # all acked, the FIN once
     assert c.peer_eof is peer_fin and p.state == ("FIN_WAIT_2" if peer_fin else "ESTABLISHED")
     h.host_eof_sent = True
-    c.host_eof(h.now)
+    c.receive_host_eof(h.now)
     p.close()
     h.pump()
     h.settle(lambda: c.state is State.CLOSED and p.state == "CLOSED", 400.0)
