@@ -31,12 +31,12 @@ from tether.api.app import (
     make_app,
 )
 from tether.api.clientconf import PublicEndpoints
-from tether.api.hub import DeviceHub
 from tether.api.janitor import Janitor, JanitorThread, interval_for
 from tether.api.ratelimit import RateLimit, parse_rate_limit
 from tether.api.registry import DEFAULT_QUARANTINE
 from tether.api.server import ApiHandle, parse_listen, start_api
 from tether.config import store
+from tether.device.hub import DeviceHub
 
 log = logging.getLogger("tether.api")
 

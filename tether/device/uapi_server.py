@@ -3,7 +3,8 @@
 This is how the real `wg show`, `wg set` and `wg syncconf` reach a tetherctl device. wg only
 looks in `/var/run/wireguard` (a compile-time path), which needs root; without root the
 directory can be moved (`--run-dir`, TETHERCTL_RUN_DIR) for our own tools and tests. The socket
-is created under umask 077 (mode 0600) because `set` can replace keys.
+is created under umask 077 (mode 0600) because `set` can replace keys. Requests are decoded by
+uapi.py and applied through uapi_adapter.py, so this module is only the socket.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tether.device.uapi import (
     format_errno,
     format_get_response,
 )
+from tether.device.uapi_adapter import uapi_get, uapi_set
 
 log = logging.getLogger("tether.uapi")
 
@@ -30,10 +32,13 @@ DEFAULT_RUN_DIR = "/var/run/wireguard"
 
 
 def run_dir(explicit: str | None = None) -> str:
+    """Where UAPI sockets live: the option, else TETHERCTL_RUN_DIR, else wg's own directory."""
     return explicit or os.environ.get("TETHERCTL_RUN_DIR") or DEFAULT_RUN_DIR
 
 
 class UapiServer:
+    """Serves one device's UAPI socket on the loop the device runs on."""
+
     def __init__(self, device, directory: str):
         self.device = device
         self.path = os.path.join(directory, f"{device.name}.sock")
@@ -103,9 +108,9 @@ class UapiServer:
             log.info("%s: uapi request refused: %s", self.device.name, event)
             return format_errno(event.errno) if event.reply else b""
         if isinstance(event, GetRequest):
-            return format_get_response(self.device.uapi_get())
+            return format_get_response(uapi_get(self.device))
         try:
-            self.device.uapi_set(event)
+            uapi_set(self.device, event)
         except UapiError as e:
             log.info("%s: uapi set refused: %s", self.device.name, e)
             return format_errno(e.errno)
