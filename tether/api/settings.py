@@ -142,7 +142,7 @@ class ApiSettings:
             log.info("API admin token: %s", self.token_file)
         if self.peer_expiry > 0:
             janitor = JanitorThread(Janitor(app.tether_service), interval_for(self.peer_expiry))
-            handle._extras.append(janitor.start())
+            handle.stop_with_server(janitor.start())
         return handle
 
     def __repr__(self) -> str:  # never show the token in a log line or traceback
