@@ -3,8 +3,6 @@ untouched peers untouched: a peer the change does not name keeps its sessions.""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 
 from hypothesis import given, settings
@@ -16,7 +14,8 @@ from tether.config import ConfigFile
 from tether.config.values import Endpoint
 from tether.device import udp
 from tether.device.change import DeviceChange, PeerChange
-from tether.device.device import Device
+
+from ..device.support import idle_device
 
 PRIV = "4HOYXaS0mtLH9ZChsPaDQ3W/L7Z/rrchr8CMDqZGgXg="
 PRIV2 = "YA0jYI5+nbZwzMZX7i5Mb8Ua0izBH4Z66xUlw1IS62U="
@@ -45,17 +44,8 @@ PEER_A = f"[Peer]\nPublicKey = {A}\nAllowedIPs = 10.0.0.2/32\n"
 PEER_B = f"[Peer]\nPublicKey = {B}\nAllowedIPs = 10.0.0.3/32\nEndpoint = 192.0.2.1:51820\n"
 
 
-@contextlib.contextmanager
 def device():
-    """A device bound on loopback, on a loop that is never run (nothing here needs it)."""
-    loop = asyncio.new_event_loop()
-    dev = Device("trec", bind_host4="127.0.0.1", bind_host6="::1")
-    dev.start(loop, 0)
-    try:
-        yield dev
-    finally:
-        dev.close()
-        loop.close()
+    return idle_device("trec")
 
 
 def touched(change: DeviceChange) -> set[bytes]:

@@ -25,7 +25,7 @@ from tether.netstack.tcp import build_segment
 from tether.netstack.udp import build_udp_packet
 
 from ..netstack.test_exit_support import ip_packet
-from .support import remove_peer, set_peer
+from .support import QuietInside, idle_device, remove_peer, set_peer
 
 net = ipaddress.ip_network
 PRIV = keys.decode("4HOYXaS0mtLH9ZChsPaDQ3W/L7Z/rrchr8CMDqZGgXg=")
@@ -34,42 +34,12 @@ B = keys.decode("vi2iosrlXoDeZT08aXlq4AxXUNKO04NDuEeCw2Z7sD0=")
 A4, A4b, B4 = bytes([10, 0, 0, 2]), bytes([10, 0, 0, 5]), bytes([10, 0, 0, 3])
 
 
-class Recorder:
+class Recorder(QuietInside):
     """An inside that records what the device asks it to forget."""
 
     def __init__(self, context) -> None:
-        self.context = context
+        super().__init__(context)
         self.forgotten: list[tuple[bytes, object]] = []
-
-    def receive_packet(self, peer_key, packet, now):
-        pass
-
-    def take_packets(self):
-        return []
-
-    def next_timer(self):
-        return None
-
-    def handle_timer(self, now):
-        pass
-
-    def set_addresses(self, addresses):
-        pass
-
-    def set_mtu(self, mtu):
-        pass
-
-    def set_exit(self, settings):
-        pass
-
-    def counters(self):
-        return {}
-
-    def refusals(self):
-        return {}
-
-    def close(self):
-        pass
 
     def forget_peer(self, peer_key, now, keep=None):
         self.forgotten.append((peer_key, keep))
@@ -83,18 +53,12 @@ class Recorder:
 @pytest.fixture
 def device():
     """A started device (on loopback, its loop never run) with a Recorder inside, A and B."""
-    loop = asyncio.new_event_loop()
-    dev = Device("tforget", private_key=PRIV, inside_factory=Recorder, bind_host4="127.0.0.1")
-    dev.start(loop, 0)
-    rec = dev.inside
-    set_peer(dev, A, allowed_ips=[net("10.0.0.2/32"), net("10.0.0.5/32")])
-    set_peer(dev, B, allowed_ips=[net("10.0.0.3/32")])
-    assert rec.take() == {}
-    try:
+    with idle_device("tforget", private_key=PRIV, inside_factory=Recorder) as dev:
+        rec = dev.inside
+        set_peer(dev, A, allowed_ips=[net("10.0.0.2/32"), net("10.0.0.5/32")])
+        set_peer(dev, B, allowed_ips=[net("10.0.0.3/32")])
+        assert rec.take() == {}
         yield dev, rec
-    finally:
-        dev.close()
-        loop.close()
 
 
 def test_remove_peer(device):

@@ -135,6 +135,30 @@ class UdpEcho(asyncio.DatagramProtocol):
         self.transport.sendto(data.upper(), addr)
 
 
+def test_actions_run_where_input_arrives_and_replies_come_through_wake():
+    """The host socket is opened and written inside `receive_packet` (before anyone takes
+    packets); the server's answer reaches the device through `wake()`."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        dev = FakeDevice(loop)
+        shell = dev.start(allow_local=True)
+        try:
+            packet = build_udp_packet(PEER4, LO4, 40002, port, b"now")
+            shell.receive_packet(PEER_KEY, packet, time.monotonic())
+            assert len(shell._live) == 1 and dev.wakes == 0
+            (reply,) = await dev.next_packets()
+            assert bytes(parse_udp(parse_ip(reply)).payload) == b"NOW"
+            assert dev.wakes >= 1
+        finally:
+            dev.close()
+            transport.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize("v6", [False, True])
 def test_udp_round_trip_including_fragmented_reply(v6):
     if v6 and not has_ipv6_loopback():

@@ -70,10 +70,14 @@ class Slot:
 
     @property
     def up(self) -> bool:
+        """Whether the device runs (the API addresses only devices that are up)."""
         return self.device is not None
 
 
 class Daemon:
+    """`tetherctl run`: one process, one loop, every device of a config directory kept in line
+    with its file (see the module docstring)."""
+
     def __init__(
         self,
         config_dir: Path,
@@ -114,9 +118,11 @@ class Daemon:
     # -- which files ---------------------------------------------------------------------------
 
     def device_names(self) -> list[str]:
+        """The devices this daemon serves: those named on the command line, else every file."""
         return self.names or store.list_devices(self.config_dir)
 
     def slot(self, name: str) -> Slot:
+        """The slot of a device name, made on first use (a name is known before it is up)."""
         slot = self.slots.get(name)
         if slot is None:
             slot = self.slots[name] = Slot(name, store.device_path(self.config_dir, name))
@@ -328,6 +334,7 @@ class Daemon:
     # -- the main loop ---------------------------------------------------------------------------
 
     async def sync_all(self) -> None:
+        """`sync` every device that has a file or is up (startup, SIGHUP, a fresh watch)."""
         wanted = set(self.device_names())
         for name in sorted(wanted | set(n for n, s in self.slots.items() if s.up)):
             await self.sync(name)
@@ -462,6 +469,7 @@ class Daemon:
                     await self._down(slot)
 
     def stop(self) -> None:
+        """Ask `run()` to shut down in order and return 0 (tests, and the signal handlers)."""
         self._stop.set()
 
     async def _reloads(self) -> None:

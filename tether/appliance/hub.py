@@ -39,12 +39,15 @@ class DaemonHub:
 
     @property
     def config_dir(self) -> Path:
+        """See DeviceHub: the daemon's config directory."""
         return self.daemon.config_dir
 
     def device_names(self) -> list[str]:
+        """See DeviceHub: the devices that are up."""
         return self._call(lambda: sorted(n for n, s in self.daemon.slots.items() if s.up))
 
     def apply_now(self, name: str, changed: Collection[bytes] = ()) -> None:
+        """See DeviceHub: the daemon's own `sync` of that file, awaited."""
         future = asyncio.run_coroutine_threadsafe(self.daemon.apply_now(name), self.loop)
         try:
             future.result(CALL_TIMEOUT)
@@ -62,13 +65,16 @@ class DaemonHub:
         return None if device is None else device.snapshot()
 
     def listen_port(self, name: str) -> int | None:
+        """See DeviceHub: the port the device is bound to."""
         return self._call(lambda: getattr(self._device(name), "listen_port", None))
 
     def peer_is_live(self, name: str, public_key: bytes) -> bool:
+        """See DeviceHub: whether the device's snapshot has the peer."""
         state = self._call(lambda: self._snapshot(name))
         return state is not None and public_key in state.peers
 
     def peer_stats(self, name: str) -> list[PeerStats]:
+        """See DeviceHub: transfer figures from the device's snapshot."""
         state = self._call(lambda: self._snapshot(name))
         if state is None:
             return []
@@ -78,6 +84,8 @@ class DaemonHub:
         ]
 
     def counters(self, name: str) -> DeviceCounters:
+        """See DeviceHub: handshakes and drops from the protocol core, open flows and
+        refusals (of peers still configured) from the exit, all from one snapshot."""
         state = self._call(lambda: self._snapshot(name))
         if state is None:
             return DeviceCounters()

@@ -30,9 +30,11 @@ class DeviceOps(Protocol):
     """What the reconciler needs of a running device: its one snapshot and its one entry point
     (`tether.device.device.Device` offers both)."""
 
-    def snapshot(self) -> RunningState: ...
+    def snapshot(self) -> RunningState:
+        """The device as it runs (what the plan compares the file with)."""
 
-    def apply(self, change: DeviceChange) -> None: ...
+    def apply(self, change: DeviceChange) -> None:
+        """Make the planned change live."""
 
 
 def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) -> DeviceChange:

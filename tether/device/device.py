@@ -94,6 +94,7 @@ class Device:
 
     @property
     def public_key(self) -> bytes | None:
+        """The device's public key (None without a private key)."""
         return self._core.public_key
 
     @property
@@ -131,6 +132,7 @@ class Device:
         log.info("%s: listening on UDP port %d", self.name, self._listen_port)
 
     def close(self) -> None:
+        """Stop serving: socket, timer, pending name lookups and the inside; idempotent."""
         if self.closed:
             return
         self.closed = True

@@ -156,24 +156,30 @@ class ExitShell:
     # -- Inside ------------------------------------------------------------------------------
 
     def receive_packet(self, peer_key: bytes, packet: bytes, now: float) -> None:
+        """Inside: a packet from a peer; the host actions it causes are run at once."""
         self.exit.deliver(peer_key, packet, now)
         self._run_actions()
 
     def take_packets(self) -> list[bytes]:
+        """Inside: the exit's packets toward peers (no host socket is touched here)."""
         return self.exit.take_outbound()
 
     def next_timer(self) -> float | None:
+        """Inside: the exit's next timer."""
         return self.exit.next_deadline()
 
     def handle_timer(self, now: float) -> None:
+        """Inside: run the exit's timers (retransmissions, idle flows) and their actions."""
         self.exit.on_timer(now)
         self._run_actions()
 
     def set_mtu(self, mtu: int) -> None:
+        """Inside: the tunnel MTU changed (the exit's segment sizes follow)."""
         self.exit.set_mtu(mtu)
         self._run_actions()
 
     def set_addresses(self, addresses) -> None:
+        """Inside: the device's own addresses changed (they answer ping; the subnet is peers)."""
         self.exit.set_addresses(addresses)
         self._run_actions()
 
@@ -206,6 +212,7 @@ class ExitShell:
         return self.exit.refusals()
 
     def close(self) -> None:
+        """Inside: the device goes down; every host socket is closed (TCP ones reset)."""
         if self.closed:
             return
         self.closed = True

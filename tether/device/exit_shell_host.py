@@ -159,6 +159,7 @@ class Pinger:
         self._on_batch()
 
     def close(self) -> None:
+        """Stop reading and close the socket (the shell is closing)."""
         try:
             self.loop.remove_reader(self.sock.fileno())
         except (ValueError, RuntimeError):

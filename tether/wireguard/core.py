@@ -152,14 +152,17 @@ class WireGuardCore(HandshakeLayer):
 
     @property
     def private_key(self) -> bytes | None:
+        """Our static private key (None: none; handshakes are then impossible)."""
         return self._private_key
 
     @property
     def public_key(self) -> bytes | None:
+        """Our static public key, what peers configure; None without a private key."""
         return None if self._local is None else self._local.spub
 
     @property
     def mtu(self) -> int:
+        """The tunnel MTU (see `set_mtu`)."""
         return self._mtu
 
     def set_mtu(self, mtu: int) -> None:
@@ -293,6 +296,7 @@ class WireGuardCore(HandshakeLayer):
         return True
 
     def remove_all_peers(self, now: float) -> None:
+        """`wg set replace_peers`: every peer goes, as with `remove_peer`."""
         for public_key in list(self._peers):
             self.remove_peer(public_key, now)
 
@@ -318,6 +322,7 @@ class WireGuardCore(HandshakeLayer):
         return lost
 
     def has_peer(self, public_key: bytes) -> bool:
+        """Whether a peer with this public key is configured."""
         return public_key in self._peers
 
     def peer_status(self, public_key: bytes) -> PeerStatus | None:
