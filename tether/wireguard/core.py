@@ -1,24 +1,20 @@
 """The WireGuard device core, sans-IO: peers, sessions, timers and the per-packet data path.
 
-It speaks the project's one sans-IO convention. Inputs, each with the current monotonic time
-`now` and, where handshakes are made or completed, the wall-clock time `wall` (TAI64N timestamps
-and the last-handshake time need it):
-
-- `receive_datagram(data, source, now, wall)`: a UDP payload from the device's socket;
-- `send_packet(packet, now, wall)`: an IP packet from the inside, routed by destination;
-- `handle_timer(now, wall)`: the clock reached `next_timer()`;
-- configuration commands: `set_private_key`, `add_or_update_peer`, `remove_peer`, `set_mtu`.
-
-Outputs are taken (each `take_*` returns a list and clears it), never read in place:
+It speaks the project's one sans-IO convention. Inputs carry the monotonic time `now` and,
+where handshakes are made or completed, the wall-clock time `wall` (for TAI64N timestamps and
+the last-handshake time): `receive_datagram(data, source, now, wall)` (from the UDP socket),
+`send_packet(packet, now, wall)` (from the inside, routed by destination), `handle_timer(now,
+wall)` (the clock reached `next_timer()`), and the configuration commands. Outputs are taken,
+each `take_*` returning a list and clearing it:
 
 - `take_datagrams()`: (datagram, endpoint) pairs for the UDP socket;
 - `take_packets()`: (peer public key, IP packet) pairs that decrypted, passed the replay
   window and whose source address cryptokey routing assigns to the very peer that sent them;
-- `take_routes_lost()`: public keys of peers that lost inner addresses (removed, AllowedIPs
-  replaced or removed, a prefix taken over by another peer): whatever the inside keeps for such
-  a peer (exit flows) would otherwise be answered to someone else.
+- `take_routes_lost()`: keys of peers that lost inner addresses (removed, AllowedIPs replaced
+  or removed, a prefix taken over by another peer): whatever the inside keeps for such a peer
+  (exit flows) would otherwise be answered to someone else.
 
-Read-only views: `peer_stats()` (one immutable `PeerStatus` per peer), `counters()` (a copy),
+Read-only views: `peer_stats()` (immutable `PeerStatus` values), `counters()` (a copy),
 `has_peer`, `route`. Nothing here reads a clock, a socket or a thread, so tests drive hours of
 protocol time in milliseconds.
 
@@ -40,7 +36,6 @@ never raised: everything a remote sender can cause is a counted drop.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import random
@@ -48,7 +43,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable
 
-from tether.wireguard.allowedips import AllowedIPs, NetworkLike
+from tether.wireguard.allowedips import AllowedIPs, NetworkLike, as_network
 from tether.wireguard.constants import (
     KEEPALIVE_TIMEOUT,
     KEY_LEN,
@@ -234,8 +229,8 @@ class WireGuardCore(HandshakeLayer):
             if not 0 <= persistent_keepalive <= 0xFFFF:
                 raise ValueError("persistent keepalive is 0..65535 seconds")
         if allowed_ips is not UNCHANGED:
-            allowed_ips = [_network(p) for p in allowed_ips]
-        removals = [_network(p) for p in remove_allowed_ips]
+            allowed_ips = [as_network(p) for p in allowed_ips]
+        removals = [as_network(p) for p in remove_allowed_ips]
 
         peer = self._peers.get(public_key)
         if peer is None:
@@ -603,11 +598,3 @@ class WireGuardCore(HandshakeLayer):
             return
         peer.handshake_attempts += 1
         self._send_initiation(peer, now, wall, True)
-
-
-def _network(prefix) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """Config and UAPI hand over parsed networks; only other forms need parsing (with host bits
-    masked, as wg does)."""
-    if isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return prefix
-    return ipaddress.ip_network(prefix, strict=False)
