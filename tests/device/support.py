@@ -61,7 +61,7 @@ class QuietInside:
     def __init__(self, context) -> None:
         self.context = context
 
-    def receive_packet(self, peer_key, packet, now):
+    def receive_packets(self, packets, now):
         pass
 
     def take_packets(self):

@@ -36,9 +36,10 @@ class Reflector(QuietInside):
         self.received: list[tuple[bytes, bytes]] = []
         self.collections = 0
 
-    def receive_packet(self, peer_key, packet, now):
-        self.received.append((peer_key, packet))
-        self.out.append(packet[:12] + packet[16:20] + packet[12:16] + packet[20:])
+    def receive_packets(self, packets, now):
+        for peer_key, packet in packets:
+            self.received.append((peer_key, packet))
+            self.out.append(packet[:12] + packet[16:20] + packet[12:16] + packet[20:])
 
     def take_packets(self):
         self.collections += 1

@@ -164,9 +164,14 @@ def test_real_exit_sockets_are_closed_on_removal():
             lo = bytes([127, 0, 0, 1])
             now = loop.time()
             for key, src in ((A, A4), (B, B4)):
-                dev.inside.receive_packet(key, build_udp_packet(src, lo, 4000, port, b"x"), now)
                 syn = build_segment(src, lo, 5000, tport, 1, 0, 0x02, 65535)
-                dev.inside.receive_packet(key, ip_packet(src, lo, 6, syn), now)
+                dev.inside.receive_packets(
+                    [
+                        (key, build_udp_packet(src, lo, 4000, port, b"x")),
+                        (key, ip_packet(src, lo, 6, syn)),
+                    ],
+                    now,
+                )
             await asyncio.sleep(0.2)
             live = {f.peer.key for f in dev.inside._live}
             assert live == {A, B} and len(dev.inside._live) == 4

@@ -72,9 +72,7 @@ class FakeDevice:
         return self.inside
 
     def inject(self, *packets: bytes) -> None:
-        now = time.monotonic()
-        for p in packets:
-            self.inside.receive_packet(PEER_KEY, p, now)
+        self.inside.receive_packets([(PEER_KEY, p) for p in packets], time.monotonic())
         self.collect()
 
     def wake(self) -> None:
@@ -136,7 +134,7 @@ class UdpEcho(asyncio.DatagramProtocol):
 
 
 def test_actions_run_where_input_arrives_and_replies_come_through_wake():
-    """The host socket is opened and written inside `receive_packet` (before anyone takes
+    """The host socket is opened and written inside `receive_packets` (before anyone takes
     packets); the server's answer reaches the device through `wake()`."""
 
     async def main():
@@ -147,7 +145,7 @@ def test_actions_run_where_input_arrives_and_replies_come_through_wake():
         shell = dev.start(allow_local=True)
         try:
             packet = build_udp_packet(PEER4, LO4, 40002, port, b"now")
-            shell.receive_packet(PEER_KEY, packet, time.monotonic())
+            shell.receive_packets([(PEER_KEY, packet)], time.monotonic())
             assert len(shell._live) == 1 and dev.wakes == 0
             (reply,) = await dev.next_packets()
             assert bytes(parse_udp(parse_ip(reply)).payload) == b"NOW"

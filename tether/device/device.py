@@ -345,9 +345,7 @@ class Device:
             self._forget(lost)
         packets = core.take_packets()
         if packets and inside is not None:
-            now = time.monotonic()
-            for peer_key, packet in packets:
-                inside.receive_packet(peer_key, packet, now)
+            inside.receive_packets(packets, time.monotonic())
         if inside is not None:
             outbound = inside.take_packets()
             if outbound:

@@ -7,8 +7,9 @@
 
 It implements the device's `Inside` protocol (inside.py) and is made from an `InsideContext`,
 never from the device itself. The exit's actions (open a socket, write, close...) are executed
-where the input that caused them arrives: in `receive_packet` (a packet from a peer), in
-`handle_timer`, in `forget_peer` and the other settings, and in each host-socket callback. The
+where the input that caused them arrives: in `receive_packets` (one batch of packets from
+peers, so the exit's per-flow work is done once per batch), in `handle_timer`, in `forget_peer`
+and the other settings, and in each host-socket callback. The
 device then takes the resulting packets toward peers (`take_packets`, which touches no socket).
 Host sockets report through plain `loop.add_reader`/`add_writer` callbacks (no Task, no Future,
 no transport objects per packet); each callback reads in a bounded batch, feeds the exit, runs
@@ -155,9 +156,11 @@ class ExitShell:
 
     # -- Inside ------------------------------------------------------------------------------
 
-    def receive_packet(self, peer_key: bytes, packet: bytes, now: float) -> None:
-        """Inside: a packet from a peer; the host actions it causes are run at once."""
-        self.exit.deliver(peer_key, packet, now)
+    def receive_packets(self, packets: list[tuple[bytes, bytes]], now: float) -> None:
+        """Inside: a batch of packets from peers; the host actions they cause run at once."""
+        deliver = self.exit.deliver
+        for peer_key, packet in packets:
+            deliver(peer_key, packet, now)
         self._run_actions()
 
     def take_packets(self) -> list[bytes]:

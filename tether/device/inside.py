@@ -3,15 +3,20 @@
 A device is the WireGuard side of a tunnel; its inside is whatever the peers' IP packets are
 for (tetherctl's exit, `ExitShell`; a test's recorder). The two meet only here:
 
-- the device feeds the inside (`receive_packet`, `handle_timer`, configuration) and, in the
+- the device feeds the inside (`receive_packets`, `handle_timer`, configuration) and, in the
   same turn, collects what it produced (`take_packets`, `next_timer`);
 - the inside gets an `InsideContext` when it is made, never the device: the event loop for its
   own sockets, the device's settings, and `wake()`, its one way to say "host-side input arrived
   (a socket became readable or writable): collect my packets and my next timer soon".
 
-So input is handled where it arrives: the inside runs the host actions a packet causes inside
-`receive_packet`, and its socket callbacks run theirs before calling `wake()`. No method named
+So input is handled where it arrives: the inside runs the host actions packets cause inside
+`receive_packets`, and its socket callbacks run theirs before calling `wake()`. No method named
 `take_*` writes to a host socket.
+
+Packets arrive as the batch one read of the device's socket decrypted to (the contract sketch
+had one `receive_packet` per packet): the exit does its per-connection work (host writes, ACK
+decisions, segments to send) once per batch, as GRO does in a kernel, which a call per packet
+would turn into one host write and one ACK decision per segment.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ __all__ = ["Inside", "InsideContext", "InsideFactory"]
 class Inside(Protocol):
     """The device's view of its inside; every method runs on the device's loop thread."""
 
-    def receive_packet(self, peer_key: bytes, packet: bytes, now: float) -> None:
-        """A decrypted packet from a peer; the inside runs the host actions it causes at once."""
+    def receive_packets(self, packets: list[tuple[bytes, bytes]], now: float) -> None:
+        """Decrypted (peer public key, IP packet) pairs, in arrival order; the inside runs the
+        host actions they cause before returning."""
 
     def take_packets(self) -> list[bytes]:
         """IP packets toward peers (the device routes them by destination); cleared."""
