@@ -15,7 +15,7 @@ from tether import keys
 from tether.appliance.daemon import Slot
 from tether.appliance.hub import DaemonHub
 from tether.device.device import Device
-from tether.device.hub import DeviceCounters
+from tether.device.hub import DeviceCounters, DeviceHub
 
 from ..device.support import QuietInside, loopback, set_peer
 
@@ -58,6 +58,7 @@ def test_counters_and_peer_stats_come_from_the_snapshot(tmp_path):
         )
         daemon.slots["d0"].device = device
         hub = DaemonHub(daemon)
+        assert isinstance(hub, DeviceHub)
         assert hub.device_names() == ["d0"]
         assert hub.listen_port("d0") == device.listen_port
         assert hub.peer_is_live("d0", K1) and not hub.peer_is_live("d0", GONE)
