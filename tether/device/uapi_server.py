@@ -45,17 +45,29 @@ class UapiServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        """Create the socket and serve it. It is bound and listening under a temporary name
+        and then renamed into place, so that whoever sees the path can connect at once."""
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o755, exist_ok=True)
         self._remove_stale()
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # left by a run of ours that crashed here
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)
         try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        sock.listen(16)
-        sock.setblocking(False)
+            old = os.umask(0o077)
+            try:
+                sock.bind(temporary)
+            finally:
+                os.umask(old)
+            sock.listen(16)
+            sock.setblocking(False)
+            os.rename(temporary, self.path)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
         self._server = await asyncio.start_unix_server(self._serve, sock=sock)
 
     def _remove_stale(self) -> None:
