@@ -2,7 +2,7 @@
 
 Any byte stream, fed in arbitrary pieces, must yield requests or one UapiError and nothing else;
 the split points must not change the outcome; every parsed set request must survive a
-format/parse round trip.
+format/parse round trip and map onto one device change (the UAPI adapter) without error.
 Run: `make fuzz TARGET=uapi SECONDS=300` (see fuzz/README.md).
 """
 
@@ -17,6 +17,7 @@ from tether.device.uapi import (
     format_set_request,
     parse_request,
 )
+from tether.device.uapi_adapter import change_from_request
 
 
 def _read(data: bytes, cuts: list[int]) -> list[object]:
@@ -48,8 +49,13 @@ def TestOneInput(data: bytes) -> None:
     if len(errors) > 1 or (errors and whole[-1] is not errors[0]):
         raise AssertionError("an error must be the last event")
     for event in whole:
-        if isinstance(event, SetRequest) and parse_request(format_set_request(event)) != event:
+        if not isinstance(event, SetRequest):
+            continue
+        if parse_request(format_set_request(event)) != event:
             raise AssertionError("set request did not survive format/parse")
+        change = change_from_request(event)
+        if len(change.peers) != len(event.peers) or change.listen_port != event.listen_port:
+            raise AssertionError("the device change lost part of the request")
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether import keys
-from tether.api.hub import ApplyError, DeviceCounters, PeerStats
 from tether.config import store
+from tether.device.hub import ApplyError, DeviceCounters, PeerStats
 from tether.device.uapi import DeviceSnapshot, format_get_response
 
 SERVER_PRIVATE = "4HOYXaS0mtLH9ZChsPaDQ3W/L7Z/rrchr8CMDqZGgXg="

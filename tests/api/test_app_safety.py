@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tether import keys
 from tether.api.app import make_app
-from tether.api.hub import DeviceCounters
 from tether.api.ratelimit import RateLimit, RateLimiter, parse_rate_limit
 from tether.api.settings import read_token_file
+from tether.device.hub import DeviceCounters
 
 from .conftest import PUBLIC
 from .support import PEER1, SERVER_PRIVATE, call, new_key, write_device

@@ -10,7 +10,8 @@ import pytest
 
 from tether import keys
 from tether.api.app import make_app
-from tether.api.hub import ApplyError, DeviceHub, FileOnlyHub
+from tether.api.hub import FileOnlyHub
+from tether.device.hub import ApplyError, DeviceHub
 from tether.device.uapi import DeviceSnapshot, PeerSnapshot
 
 from .conftest import PUBLIC

@@ -1,8 +1,8 @@
 """Every way a peer loses addresses ends its exit flows at once (issue 9, item 3): the file
-(reconciler → `Device.remove_peer`/`set_peer`), `wg set ... remove`, `replace_peers` and
-allowed-ips over UAPI (`Device.uapi_set`), a prefix taken over by another peer, and a private
-key change that removes the peer with our own key. The core reports who lost addresses
-(`routes_lost`); the device tells the inside in one place (`process_pending`)."""
+(reconciler → `Device.apply`), `wg set ... remove`, `replace_peers` and allowed-ips over UAPI
+(the UAPI adapter → `Device.apply`), a prefix taken over by another peer, and a private key
+change that removes the peer with our own key. The core reports who lost addresses
+(`take_routes_lost`); the device tells the inside in one place (`_collect`)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,20 @@ import functools
 import ipaddress
 import socket
 
+import pytest
+
 from tether import keys
 from tether.appliance.reconcile import reconcile
 from tether.config import ConfigFile
+from tether.device.change import DeviceChange
 from tether.device.device import Device
 from tether.device.exit_shell import ExitShell
 from tether.device.uapi import AllowedIPChange, PeerOp, SetRequest
+from tether.device.uapi_adapter import uapi_set
 from tether.netstack.wire import build_segment, build_udp_packet
 
 from ..netstack.test_exit_support import ip_packet
+from .support import QuietInside, idle_device, remove_peer, set_peer
 
 net = ipaddress.ip_network
 PRIV = keys.decode("4HOYXaS0mtLH9ZChsPaDQ3W/L7Z/rrchr8CMDqZGgXg=")
@@ -28,26 +33,12 @@ B = keys.decode("vi2iosrlXoDeZT08aXlq4AxXUNKO04NDuEeCw2Z7sD0=")
 A4, A4b, B4 = bytes([10, 0, 0, 2]), bytes([10, 0, 0, 5]), bytes([10, 0, 0, 3])
 
 
-class Recorder:
+class Recorder(QuietInside):
     """An inside that records what the device asks it to forget."""
 
-    def __init__(self) -> None:
+    def __init__(self, context) -> None:
+        super().__init__(context)
         self.forgotten: list[tuple[bytes, object]] = []
-
-    def deliver(self, peer_key, packet, now):
-        pass
-
-    def take_outbound(self):
-        return []
-
-    def next_deadline(self):
-        return None
-
-    def on_timer(self, now):
-        pass
-
-    def close(self):
-        pass
 
     def forget_peer(self, peer_key, now, keep=None):
         self.forgotten.append((peer_key, keep))
@@ -58,68 +49,71 @@ class Recorder:
         return out
 
 
-def device() -> tuple[Device, Recorder]:
-    dev = Device("tforget", private_key=PRIV)
-    dev.inside = rec = Recorder()
-    dev.set_peer(A, allowed_ips=[net("10.0.0.2/32"), net("10.0.0.5/32")])
-    dev.set_peer(B, allowed_ips=[net("10.0.0.3/32")])
-    assert rec.take() == {}
-    return dev, rec
+@pytest.fixture
+def device():
+    """A started device (on loopback, its loop never run) with a Recorder inside, A and B."""
+    with idle_device("tforget", private_key=PRIV, inside_factory=Recorder) as dev:
+        rec = dev.inside
+        set_peer(dev, A, allowed_ips=[net("10.0.0.2/32"), net("10.0.0.5/32")])
+        set_peer(dev, B, allowed_ips=[net("10.0.0.3/32")])
+        assert rec.take() == {}
+        yield dev, rec
 
 
-def test_remove_peer():
-    dev, rec = device()
-    dev.remove_peer(A)
+def test_remove_peer(device):
+    dev, rec = device
+    remove_peer(dev, A)
     assert rec.take() == {A: None}  # None: every flow of A goes
 
 
-def test_allowed_ips_changed_keeps_the_addresses_still_routed():
-    dev, rec = device()
-    dev.set_peer(A, allowed_ips=[net("10.0.0.2/32")])
+def test_allowed_ips_changed_keeps_the_addresses_still_routed(device):
+    dev, rec = device
+    set_peer(dev, A, allowed_ips=[net("10.0.0.2/32")])
     keep = rec.take()[A]
     assert keep(A4) and not keep(A4b) and not keep(B4)
-    dev.set_peer(A, allowed_ips=[net("10.0.0.2/32"), net("10.0.0.7/32")])  # only gains
+    set_peer(dev, A, allowed_ips=[net("10.0.0.2/32"), net("10.0.0.7/32")])  # only gains
     assert rec.take() == {}
 
 
-def test_a_prefix_taken_over_by_another_peer():
-    dev, rec = device()
-    dev.set_peer(B, allowed_ips=[net("10.0.0.3/32"), net("10.0.0.5/32")])
+def test_a_prefix_taken_over_by_another_peer(device):
+    dev, rec = device
+    set_peer(dev, B, allowed_ips=[net("10.0.0.3/32"), net("10.0.0.5/32")])
     keep = rec.take()[A]
     assert keep(A4) and not keep(A4b)
-    dev.set_peer(B, allowed_ips=[net("10.0.0.0/24")])  # covers A's host routes: A keeps them
+    set_peer(dev, B, allowed_ips=[net("10.0.0.0/24")])  # covers A's host routes: A keeps them
     assert A not in rec.take()
 
 
-def test_uapi_remove_replace_peers_and_allowed_ips():
-    dev, rec = device()
-    dev.uapi_set(SetRequest(peers=[PeerOp(A, remove=True)]))
+def test_uapi_remove_replace_peers_and_allowed_ips(device):
+    dev, rec = device
+    uapi_set(dev, SetRequest(peers=[PeerOp(A, remove=True)]))
     assert rec.take() == {A: None}
-    dev.uapi_set(
+    uapi_set(
+        dev,
         SetRequest(
             peers=[
                 PeerOp(
                     B, replace_allowed_ips=True, allowed_ips=[AllowedIPChange(net("10.0.0.9/32"))]
                 )
             ]
-        )
+        ),
     )
     assert not rec.take()[B](B4)
-    dev.uapi_set(SetRequest(replace_peers=True))
+    uapi_set(dev, SetRequest(replace_peers=True))
     assert rec.take() == {B: None}
 
 
-def test_uapi_removal_of_one_allowed_ip():
-    dev, rec = device()
-    dev.uapi_set(
-        SetRequest(peers=[PeerOp(A, allowed_ips=[AllowedIPChange(net("10.0.0.5/32"), True)])])
+def test_uapi_removal_of_one_allowed_ip(device):
+    dev, rec = device
+    uapi_set(
+        dev, SetRequest(peers=[PeerOp(A, allowed_ips=[AllowedIPChange(net("10.0.0.5/32"), True)])])
     )
     keep = rec.take()[A]
     assert keep(A4) and not keep(A4b)
 
 
-def test_the_file_path_through_the_reconciler():
-    dev, rec = device()
+def test_the_file_path_through_the_reconciler(device):
+    dev, rec = device
     key = keys.encode
     old = ConfigFile.parse(
         f"[Interface]\nPrivateKey = {key(PRIV)}\n\n[Peer]\nPublicKey = {key(A)}\n"
@@ -135,11 +129,11 @@ def test_the_file_path_through_the_reconciler():
     assert rec.take() == {A: None}
 
 
-def test_private_key_change_removes_the_peer_with_our_new_key():
-    dev, rec = device()
+def test_private_key_change_removes_the_peer_with_our_new_key(device):
+    dev, rec = device
     a_priv = keys.generate_private()
-    dev.set_peer(keys.public_from_private(a_priv), allowed_ips=[net("10.0.0.8/32")])
-    dev.set_private_key(a_priv)
+    set_peer(dev, keys.public_from_private(a_priv), allowed_ips=[net("10.0.0.8/32")])
+    dev.apply(DeviceChange(private_key=a_priv))
     assert rec.take() == {keys.public_from_private(a_priv): None}
 
 
@@ -164,19 +158,23 @@ def test_real_exit_sockets_are_closed_on_removal():
         )
         dev.start(loop, 0)
         try:
-            dev.set_peer(A, allowed_ips=[net("10.0.0.2/32")])
-            dev.set_peer(B, allowed_ips=[net("10.0.0.3/32")])
+            set_peer(dev, A, allowed_ips=[net("10.0.0.2/32")])
+            set_peer(dev, B, allowed_ips=[net("10.0.0.3/32")])
             lo = bytes([127, 0, 0, 1])
             now = loop.time()
             for key, src in ((A, A4), (B, B4)):
-                dev.inside.deliver(key, build_udp_packet(src, lo, 4000, port, b"x"), now)
                 syn = build_segment(src, lo, 5000, tport, 1, 0, 0x02, 65535)
-                dev.inside.deliver(key, ip_packet(src, lo, 6, syn), now)
-            dev.process_pending()
+                dev.inside.receive_packets(
+                    [
+                        (key, build_udp_packet(src, lo, 4000, port, b"x")),
+                        (key, ip_packet(src, lo, 6, syn)),
+                    ],
+                    now,
+                )
             await asyncio.sleep(0.2)
             live = {f.peer.key for f in dev.inside._live}
             assert live == {A, B} and len(dev.inside._live) == 4
-            dev.remove_peer(A)
+            remove_peer(dev, A)
             assert {f.peer.key for f in dev.inside._live} == {B}
             assert dev.inside.exit.counters()["flows_forgotten"] == 2
         finally:

@@ -1,7 +1,8 @@
 """ExitShell on the host's loopback, with a fake device in place of WireGuard.
 
-The fake device does what `Device` does around its `Inside`: hands it packets, collects
-`take_outbound()` after each batch and arms one timer at `next_deadline()`. Test code plays the
+The fake device does what `Device` does around its `Inside`: makes it from an `InsideContext`,
+hands it packets, collects `take_packets()` right after and whenever the shell calls `wake()`,
+and arms one timer at `next_timer()`. Test code plays the
 phone with packets built by our own builders; the phone's TCP is `PeerTcp` (independent of the
 exit's TcpConnection, sharing only the wire-format functions). Servers run on 127.0.0.1/::1 in
 this process, so `allow_local=True`. All traffic stays on loopback (or, for the ping-socket test,
@@ -20,11 +21,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from tether.device.exit_shell import ExitShell, discover_host_addresses
+from tether.device.inside import InsideContext
 from tether.netstack.wire import (
     PROTO_TCP,
     RST,
@@ -59,44 +60,55 @@ def has_ipv6_loopback() -> bool:
 
 
 class FakeDevice:
-    """The parts of `Device` an Inside relies on: loop, addresses, core.mtu, `process_pending`."""
+    """What `Device` does around its `Inside`, with the tunnel replaced by a list of packets."""
 
     def __init__(self, loop, mtu: int = 1420) -> None:
         self.loop = loop
-        self.addresses = [ipaddress.ip_interface("10.7.0.1/24"), ipaddress.ip_interface(
-            "fd00:7::1/64")]  # fmt: skip
-        self.core = SimpleNamespace(mtu=mtu)
+        self.addresses = (ipaddress.ip_interface("10.7.0.1/24"), ipaddress.ip_interface(
+            "fd00:7::1/64"))  # fmt: skip
+        self.mtu = mtu
         self.inside = None
         self.packets: list[bytes] = []
         self.arrived = asyncio.Event()
+        self.wakes = 0
         self._timer = None
+        self._woken = False
 
     def start(self, **kw) -> ExitShell:
-        self.inside = ExitShell(self, **kw)
+        context = InsideContext(self.loop, self.wake, self.mtu, self.addresses, None)
+        self.inside = ExitShell(context, **kw)
         return self.inside
 
     def inject(self, *packets: bytes) -> None:
-        now = time.monotonic()
-        for p in packets:
-            self.inside.deliver(PEER_KEY, p, now)
-        self.process_pending()
+        self.inside.receive_packets([(PEER_KEY, p) for p in packets], time.monotonic())
+        self.collect()
 
-    def process_pending(self) -> None:
-        out = self.inside.take_outbound()
+    def wake(self) -> None:
+        self.wakes += 1
+        if not self._woken:
+            self._woken = True
+            self.loop.call_soon(self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._woken = False
+        self.collect()
+
+    def collect(self) -> None:
+        out = self.inside.take_packets()
         if out:
             self.packets += out
             self.arrived.set()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        d = self.inside.next_deadline()
+        d = self.inside.next_timer()
         if d is not None:
             self._timer = self.loop.call_at(d, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.inside.on_timer(time.monotonic())
-        self.process_pending()
+        self.inside.handle_timer(time.monotonic())
+        self.collect()
 
     async def next_packets(self, timeout: float = 5.0) -> list[bytes]:
         if not self.packets:
@@ -127,6 +139,30 @@ class UdpEcho(asyncio.DatagramProtocol):
 
     def datagram_received(self, data, addr) -> None:
         self.transport.sendto(data.upper(), addr)
+
+
+def test_actions_run_where_input_arrives_and_replies_come_through_wake():
+    """The host socket is opened and written inside `receive_packets` (before anyone takes
+    packets); the server's answer reaches the device through `wake()`."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        dev = FakeDevice(loop)
+        shell = dev.start(allow_local=True)
+        try:
+            packet = build_udp_packet(PEER4, LO4, 40002, port, b"now")
+            shell.receive_packets([(PEER_KEY, packet)], time.monotonic())
+            assert len(shell._live) == 1 and dev.wakes == 0
+            (reply,) = await dev.next_packets()
+            assert bytes(parse_udp(parse_ip(reply)).payload) == b"NOW"
+            assert dev.wakes >= 1
+        finally:
+            dev.close()
+            transport.close()
+
+    run(main())
 
 
 @pytest.mark.parametrize("v6", [False, True])
@@ -424,6 +460,7 @@ def test_selectable_on_a_real_device_via_inside_factory():
     import functools
 
     from tether.config.exit_settings import ExitSettings
+    from tether.device.change import DeviceChange
     from tether.device.device import Device
     from tether.netstack.exit import HOST, PEER, REFUSE, ExitConfig
 
@@ -454,14 +491,17 @@ def test_selectable_on_a_real_device_via_inside_factory():
             assert shell.exit.limits.per_peer == 100  # the default 1024, within MaxFlows
             assert classify(bytes([10, 8, 0, 5])) == PEER
             assert classify(bytes([198, 51, 100, 77])) == HOST  # public, but allow_local
-            assert device.running_state().exit == settings
-            device.set_addresses([ipaddress.ip_interface("10.6.0.1/24")])
-            device.set_mtu(1300)
+            assert device.snapshot().exit == settings
+            device.apply(DeviceChange(addresses=(ipaddress.ip_interface("10.6.0.1/24"),), mtu=1300))
             assert shell.exit.mtu == 1300
             assert classify(bytes([10, 8, 0, 5])) == REFUSE  # a LAN address now
             assert classify(bytes([10, 6, 0, 5])) == PEER
-            device.set_exit(
-                ExitSettings(allow_destinations=(net("10.8.0.0/16"),), max_flows_per_peer=7)
+            device.apply(
+                DeviceChange(
+                    exit=ExitSettings(
+                        allow_destinations=(net("10.8.0.0/16"),), max_flows_per_peer=7
+                    )
+                )
             )
             assert classify(bytes([10, 8, 0, 5])) == HOST
             assert classify(bytes([10, 6, 0, 5])) == REFUSE  # peer to peer is off again
@@ -469,7 +509,7 @@ def test_selectable_on_a_real_device_via_inside_factory():
             defaults = ExitConfig()
             assert (limits.per_peer, limits.per_peer_buffer) == (7, defaults.max_buffer_per_peer)
             assert 100 < limits.max_flows <= defaults.max_flows  # the fd limit may cap it
-            assert device.running_state().exit.allow_destinations == (net("10.8.0.0/16"),)
+            assert device.snapshot().exit.allow_destinations == (net("10.8.0.0/16"),)
         finally:
             device.close()
         assert shell.closed

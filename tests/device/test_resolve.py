@@ -15,6 +15,8 @@ from tether.device.resolve import WORKERS
 from tether.device.uapi_client import get
 from tether.device.uapi_server import UapiServer
 
+from .support import endpoint_of, remove_peer, set_peer
+
 PEER = keys.public_from_private(keys.generate_private())
 OTHER = keys.public_from_private(keys.generate_private())
 RESOLVE_THREAD = "tether-resolve"
@@ -64,8 +66,8 @@ def test_a_hung_resolver_times_out_while_the_loop_keeps_serving(tmp_path, caplog
 
     async def body(device, uapi):
         started = time.monotonic()
-        device.set_peer(PEER, allowed_ips=[], endpoint=Endpoint("hangs.example", 51820))
-        # set_peer did not wait for the resolver (which hangs for 30 s unless released)
+        set_peer(device, PEER, allowed_ips=[], endpoint=Endpoint("hangs.example", 51820))
+        # the change did not wait for the resolver (which hangs for 30 s unless released)
         assert time.monotonic() - started < 5
         # while the resolver hangs: a timer fires and the UAPI socket answers
         loop = asyncio.get_running_loop()
@@ -81,7 +83,7 @@ def test_a_hung_resolver_times_out_while_the_loop_keeps_serving(tmp_path, caplog
         # the answer that comes after the timeout is dropped, and nothing is logged again
         resolver.release.set()
         await asyncio.sleep(0.2)
-        assert device.core.peers[PEER].endpoint is None
+        assert endpoint_of(device, PEER) is None
 
     with_device(tmp_path, body, resolver=resolver, resolve_timeout=0.5)
     lines = [r.getMessage() for r in caplog.records if "cannot resolve" in r.getMessage()]
@@ -95,16 +97,16 @@ def test_the_answer_arrives_later_and_a_newer_endpoint_wins(tmp_path):
     slow = HangingResolver("192.0.2.10")
 
     async def body(device, uapi):
-        device.set_peer(PEER, allowed_ips=[], endpoint=Endpoint("slow.example", 1000))
-        device.set_peer(OTHER, allowed_ips=[], endpoint=Endpoint("slow.example", 2000))
+        set_peer(device, PEER, allowed_ips=[], endpoint=Endpoint("slow.example", 1000))
+        set_peer(device, OTHER, allowed_ips=[], endpoint=Endpoint("slow.example", 2000))
         # PEER's endpoint is replaced (an IP from the file) before the name resolves
-        device.set_peer(PEER, endpoint=Endpoint("198.51.100.5", 3000))
-        assert device.core.peers[PEER].endpoint == ("198.51.100.5", 3000)
+        set_peer(device, PEER, endpoint=Endpoint("198.51.100.5", 3000))
+        assert endpoint_of(device, PEER) == ("198.51.100.5", 3000)
         slow.release.set()
-        await wait_until(lambda: device.core.peers[OTHER].endpoint is not None)
-        assert device.core.peers[OTHER].endpoint == ("192.0.2.10", 2000)
+        await wait_until(lambda: endpoint_of(device, OTHER) is not None)
+        assert endpoint_of(device, OTHER) == ("192.0.2.10", 2000)
         await asyncio.sleep(0.1)
-        assert device.core.peers[PEER].endpoint == ("198.51.100.5", 3000)
+        assert endpoint_of(device, PEER) == ("198.51.100.5", 3000)
 
     with_device(tmp_path, body, resolver=slow, resolve_timeout=10)
 
@@ -113,12 +115,12 @@ def test_a_peer_removed_and_added_again_does_not_get_the_old_answer(tmp_path):
     slow = HangingResolver()
 
     async def body(device, uapi):
-        device.set_peer(PEER, allowed_ips=[], endpoint=Endpoint("slow.example", 1000))
-        device.remove_peer(PEER)
-        device.set_peer(PEER, allowed_ips=[])
+        set_peer(device, PEER, allowed_ips=[], endpoint=Endpoint("slow.example", 1000))
+        remove_peer(device, PEER)
+        set_peer(device, PEER, allowed_ips=[])
         slow.release.set()
         await asyncio.sleep(0.3)
-        assert device.core.peers[PEER].endpoint is None
+        assert endpoint_of(device, PEER) is None
 
     with_device(tmp_path, body, resolver=slow)
 
@@ -129,7 +131,7 @@ def test_hung_lookups_hold_at_most_a_few_threads(tmp_path):
     async def body(device, uapi):
         for i in range(20):
             key = keys.public_from_private(keys.generate_private())
-            device.set_peer(key, allowed_ips=[], endpoint=Endpoint(f"n{i}.example", 1))
+            set_peer(device, key, allowed_ips=[], endpoint=Endpoint(f"n{i}.example", 1))
         await asyncio.sleep(0.1)
         names = [t.name for t in threading.enumerate()]
         assert names.count(RESOLVE_THREAD) == WORKERS
@@ -144,8 +146,8 @@ def test_hung_lookups_hold_at_most_a_few_threads(tmp_path):
 
 def test_localhost_resolves_for_real(tmp_path):
     async def body(device, uapi):
-        device.set_peer(PEER, allowed_ips=[], endpoint=Endpoint("localhost", 51999))
-        await wait_until(lambda: device.core.peers[PEER].endpoint is not None)
-        assert device.core.peers[PEER].endpoint in (("127.0.0.1", 51999), ("::1", 51999))
+        set_peer(device, PEER, allowed_ips=[], endpoint=Endpoint("localhost", 51999))
+        await wait_until(lambda: endpoint_of(device, PEER) is not None)
+        assert endpoint_of(device, PEER) in (("127.0.0.1", 51999), ("::1", 51999))
 
     with_device(tmp_path, body)

@@ -39,6 +39,27 @@ def mtype(datagram: bytes) -> int:
     return struct.unpack_from("<I", datagram)[0]
 
 
+class RecordingCore(WireGuardCore):
+    """A real core whose outputs a test reads as lists: `outgoing` and `delivered` take what the
+    core produced (`take_datagrams`, `take_packets`) and keep everything since the test last
+    cleared them. `delivered` holds (peer public key, packet) pairs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sent: list[tuple[bytes, tuple]] = []
+        self._received: list[tuple[bytes, bytes]] = []
+
+    @property
+    def outgoing(self) -> list[tuple[bytes, tuple]]:
+        self._sent += self.take_datagrams()
+        return self._sent
+
+    @property
+    def delivered(self) -> list[tuple[bytes, bytes]]:
+        self._received += self.take_packets()
+        return self._received
+
+
 class Pair:
     """Cores A (10.0.0.1, knows B's endpoint) and B (10.0.0.2, learns A's by roaming).
 
@@ -50,8 +71,8 @@ class Pair:
         rng = random.Random(seed)
         self.a_key = keys.generate_private()
         self.b_key = keys.generate_private()
-        self.a = WireGuardCore(self.a_key, rng=random.Random(rng.random()), **core_kwargs)
-        self.b = WireGuardCore(self.b_key, rng=random.Random(rng.random()), **core_kwargs)
+        self.a = RecordingCore(self.a_key, rng=random.Random(rng.random()), **core_kwargs)
+        self.b = RecordingCore(self.b_key, rng=random.Random(rng.random()), **core_kwargs)
         self.now = 0.0
         self.ab = self.a.add_or_update_peer(
             self.b.public_key, now=0.0, endpoint=B_ADDR, allowed_ips=["10.0.0.2/32", "fd00::2/128"]
@@ -69,7 +90,7 @@ class Pair:
     def wall(self) -> float:
         return self.now + WALL_OFFSET
 
-    def core_at(self, addr: tuple) -> WireGuardCore | None:
+    def core_at(self, addr: tuple) -> RecordingCore | None:
         return {A_ADDR: self.a, B_ADDR: self.b}.get(addr)
 
     def take(self) -> list[tuple[tuple, tuple, bytes]]:
@@ -93,17 +114,17 @@ class Pair:
                     core.receive_datagram(datagram, src, self.now, self.wall)
         raise AssertionError("the cores kept talking")
 
-    def next_deadline(self) -> float | None:
-        deadlines = [d for d in (self.a.next_deadline(), self.b.next_deadline()) if d is not None]
+    def next_timer(self) -> float | None:
+        deadlines = [d for d in (self.a.next_timer(), self.b.next_timer()) if d is not None]
         return min(deadlines) if deadlines else None
 
     def advance(self, to: float) -> None:
         """Fire every timer up to `to` in order, pumping the network after each."""
         self.pump()
-        while (deadline := self.next_deadline()) is not None and deadline <= to:
+        while (deadline := self.next_timer()) is not None and deadline <= to:
             self.now = max(self.now, deadline)
-            self.a.on_timer(self.now, self.wall)
-            self.b.on_timer(self.now, self.wall)
+            self.a.handle_timer(self.now, self.wall)
+            self.b.handle_timer(self.now, self.wall)
             self.pump()
         self.now = max(self.now, to)
 
@@ -122,10 +143,15 @@ class Pair:
         zero_key_material pending: switching persistent keepalive on sends a keepalive, which
         needs a session, so A initiates; it is switched off again at once."""
         self.a.add_or_update_peer(self.b.public_key, now=self.now, persistent_keepalive=1)
-        self.a.on_timer(self.now, self.wall)
+        self.a.handle_timer(self.now, self.wall)
         self.a.add_or_update_peer(self.b.public_key, now=self.now, persistent_keepalive=0)
         self.pump()
         assert self.ab.current is not None and self.ba.current is not None
+
+
+def drops(core: WireGuardCore) -> dict[str, int]:
+    """The core's drops by reason, from its counters."""
+    return {k[5:]: n for k, n in core.counters().items() if k.startswith("drop_") and n}
 
 
 def payloads(delivered: list) -> list[bytes]:

@@ -81,7 +81,7 @@ def test_sessions_are_rejected_after_180_seconds():
     p.b.send_packet(ip4(B_IP, A_IP, b"late"), p.now, p.wall)
     late = p.b.outgoing.pop()[0]
     p.a.receive_datagram(late, B_ADDR, REJECT_AFTER_TIME + 0.1, p.wall)
-    assert p.a.delivered == [] and p.a.stats.drops["session_expired"] == 1
+    assert p.a.delivered == [] and p.a.counters()["drop_session_expired"] == 1
     # Sending after the limit never uses the old session: the packet waits for a handshake.
     p.now = REJECT_AFTER_TIME
     p.drop_if = lambda src, d: True
@@ -150,7 +150,7 @@ def test_handshake_retransmits_with_jitter_and_gives_up():
     assert len(times) == MAX_TIMER_HANDSHAKES + 2  # the first and 19 retries, as wireguard-go
     assert all(REKEY_TIMEOUT <= gap < REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX for gap in gaps)
     assert len(set(gaps)) > 1  # jittered
-    assert p.a.stats.drops["handshake_gave_up"] == 1 and not p.ab.staged
+    assert p.a.counters()["drop_handshake_gave_up"] == 1 and not p.ab.staged
     gave_up = times[-1] + min(gaps)
     assert gave_up >= 90.0  # REKEY_ATTEMPT_TIME
     assert p.ab.retransmit_handshake_at is None
@@ -160,19 +160,19 @@ def test_handshake_retransmits_with_jitter_and_gives_up():
     )
     p.advance(p.ab.zero_key_material_at)
     assert p.ab.pending is None and len(p.a._index) == 0
-    assert p.a.next_deadline() is None
+    assert p.a.next_timer() is None
 
 
 def test_keys_are_zeroed_after_540_seconds_without_a_handshake():
     p = Pair()
     p.established()
-    assert p.a.next_deadline() == p.b.next_deadline() == 3 * REJECT_AFTER_TIME
+    assert p.a.next_timer() == p.b.next_timer() == 3 * REJECT_AFTER_TIME
     p.advance(3 * REJECT_AFTER_TIME - 0.01)
     assert p.ab.current is not None and p.ba.current is not None
     p.advance(3 * REJECT_AFTER_TIME)
     for peer, core in ((p.ab, p.a), (p.ba, p.b)):
         assert peer.current is peer.previous is peer.next is peer.pending is None
-        assert len(core._index) == 0 and core.next_deadline() is None
+        assert len(core._index) == 0 and core.next_timer() is None
     # A new packet simply starts over.
     p.a_sends(b"again")
     assert payloads(p.b.delivered) == [b"again"]
@@ -195,19 +195,19 @@ def test_persistent_keepalive():
     assert p.ab.persistent_keepalive_at is None
 
 
-def test_next_deadline_is_exact_and_early_calls_do_nothing():
+def test_next_timer_is_exact_and_early_calls_do_nothing():
     p = Pair()
     p.drop_if = lambda src, d: True
     p.a.send_packet(ip4(A_IP, B_IP), 0.0, p.wall)
     p.take()
-    deadline = p.a.next_deadline()
+    deadline = p.a.next_timer()
     assert deadline == p.ab.retransmit_handshake_at
     assert REKEY_TIMEOUT <= deadline < REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX
-    p.a.on_timer(deadline - 1e-6, p.wall)
-    assert p.a.outgoing == [] and p.a.next_deadline() == deadline
-    p.a.on_timer(deadline, p.wall)
+    p.a.handle_timer(deadline - 1e-6, p.wall)
+    assert p.a.outgoing == [] and p.a.next_timer() == deadline
+    p.a.handle_timer(deadline, p.wall)
     assert [mtype(d) for d, _ in p.a.outgoing] == [MESSAGE_INITIATION]
-    assert p.a.next_deadline() == p.ab.retransmit_handshake_at > deadline
+    assert p.a.next_timer() == p.ab.retransmit_handshake_at > deadline
 
 
 def test_handshake_initiations_are_rate_limited_per_peer():
@@ -230,4 +230,4 @@ def test_response_to_an_initiation_older_than_the_retry_interval_is_refused():
     p.b.receive_datagram(initiation, A_ADDR, p.now, p.wall)
     ((response, _),) = p.b.outgoing
     p.a.receive_datagram(response, B_ADDR, p.now, p.wall)
-    assert p.a.stats.drops["stale_response"] == 1 and p.ab.current is None
+    assert p.a.counters()["drop_stale_response"] == 1 and p.ab.current is None

@@ -42,14 +42,14 @@ def test_hooks_set_and_clear_the_paper_deadlines():
     assert peer.send_keepalive_at == 12.0 and peer.need_another_keepalive
     peer.timers_session_derived(2.0)
     assert peer.zero_key_material_at == 2.0 + 3 * REJECT_AFTER_TIME
-    assert queue.next_deadline() == 1.0 + REKEY_TIMEOUT + 0.25
+    assert queue.next_timer() == 1.0 + REKEY_TIMEOUT + 0.25
     peer.timers_handshake_complete(99.0)
     assert peer.retransmit_handshake_at is None and peer.last_handshake_wall == 99.0
-    assert queue.next_deadline() == 12.0
+    assert queue.next_timer() == 12.0
     peer.timers_any_authenticated_packet_sent()
-    assert queue.next_deadline() == peer.new_handshake_at
+    assert queue.next_timer() == peer.new_handshake_at
     peer.timers_any_authenticated_packet_received()
-    assert queue.next_deadline() == peer.zero_key_material_at
+    assert queue.next_timer() == peer.zero_key_material_at
 
 
 def test_pop_expired_returns_timers_in_deadline_order():
@@ -62,10 +62,10 @@ def test_pop_expired_returns_timers_in_deadline_order():
     assert peer.pop_expired(1.5) == ZERO_KEY_MATERIAL
     assert peer.pop_expired(1.5) is None
     queue.reschedule(peer)
-    assert queue.next_deadline() == 2.0
+    assert queue.next_timer() == 2.0
     assert queue.pop_due(2.0) == [peer] and peer.pop_expired(2.0) == RETRANSMIT_HANDSHAKE
     queue.reschedule(peer)
-    assert queue.next_deadline() is None and queue.pop_due(1e9) == []
+    assert queue.next_timer() is None and queue.pop_due(1e9) == []
 
 
 def test_stopped_peers_leave_only_stale_entries():
@@ -73,7 +73,7 @@ def test_stopped_peers_leave_only_stale_entries():
     for i, peer in enumerate(peers):
         peer.timers_handshake_initiated(float(i))
     peers[0].timers_stop()
-    assert queue.next_deadline() == 1.0 + REKEY_TIMEOUT
+    assert queue.next_timer() == 1.0 + REKEY_TIMEOUT
     assert queue.pop_due(100.0) == peers[1:]
 
 
@@ -101,7 +101,7 @@ _OPS = st.sampled_from(
         max_size=120,
     )
 )
-def test_next_deadline_is_always_the_exact_minimum(ops):
+def test_next_timer_is_always_the_exact_minimum(ops):
     queue, peers = make(5, jitter=0.125)
     now = 0.0
     for op, which, dt in ops:
@@ -136,7 +136,7 @@ def test_next_deadline_is_always_the_exact_minimum(ops):
         elif op == "stop":
             peer.timers_stop()
         pending = [d for p in peers if (d := p.earliest_deadline()) is not None]
-        assert queue.next_deadline() == (min(pending) if pending else None)
+        assert queue.next_timer() == (min(pending) if pending else None)
     assert len(queue) <= 257
 
 
@@ -149,5 +149,5 @@ def test_heap_stays_bounded_under_churn():
         # Deadlines that keep moving earlier than the peer's heap entry: a push every time.
         peer.timers_handshake_initiated(now - step * 0.01)
         if step % 3 == 2:
-            assert queue.next_deadline() == min(p.earliest_deadline() for p in peers)
+            assert queue.next_timer() == min(p.earliest_deadline() for p in peers)
     assert len(queue) <= 256

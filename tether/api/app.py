@@ -42,7 +42,6 @@ import bottle
 from tether import keys
 from tether.api import access, metrics
 from tether.api.clientconf import PublicEndpoints, qr_png, qr_svg
-from tether.api.hub import DeviceHub
 from tether.api.peers import (
     ADMIN_GRANT,
     SELF_SERVICE_GRANT,
@@ -57,6 +56,7 @@ from tether.api.peers import (
 from tether.api.ratelimit import RateLimit, RateLimiter
 from tether.api.registry import DEFAULT_QUARANTINE
 from tether.api.state import secret_hash
+from tether.device.hub import DeviceHub
 
 log = logging.getLogger("tether.api")
 

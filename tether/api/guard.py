@@ -80,6 +80,8 @@ class GuardedServer(TcpWSGIServer):
 
     def __init__(
         self,
+        application,
+        socket_map: dict,
         *args,
         per_client: int = DEFAULT_PER_CLIENT,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
@@ -93,7 +95,8 @@ class GuardedServer(TcpWSGIServer):
         self.refused = 0  # connections closed at accept (over the per-client cap, or full)
         self.evicted = 0  # waiting connections closed to make room
         self.timed_out = 0  # connections closed for not sending a request in time
-        super().__init__(*args, **kw)
+        self.socket_map = socket_map  # where new channels register (the loop's map)
+        super().__init__(application, socket_map, *args, **kw)
 
     def key_of(self, addr) -> str | None:
         """The cap's bucket for a peer address; None for a trusted proxy (no cap)."""
@@ -132,7 +135,7 @@ class GuardedServer(TcpWSGIServer):
             self.refused += 1
             conn.close()
             return
-        self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+        self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self.socket_map)
 
     def _open(self) -> int:
         return sum(1 for ch in self.active_channels.values() if not ch.will_close)

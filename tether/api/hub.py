@@ -1,17 +1,13 @@
-"""The seam between the HTTP API (and the `peer` commands) and whatever runs the devices.
+"""The API's hub for processes without the daemon in them: `tetherctl peer ...`, the REPL's
+`start-api`.
 
-The API is a file editor: it changes `<config dir>/<device>.conf` under the directory lock and
-then asks the hub to make the running device match the file *now*. That second step is what lets
-a 200 mean "the peer is in the file and live on the device" without racing the daemon's file
-watcher: the watcher may apply the same change a moment later, which is a no-op.
-
-Two implementations:
+The hub interface (`DeviceHub`) and its values are in `tether.device.hub`, below both the API
+and the appliance. There are two implementations:
 - the appliance's `DaemonHub` (in `tether.appliance`), which applies through the daemon's own
   reconciler and knows every counter;
-- `FileOnlyHub` here, for processes without the daemon in them: `tetherctl peer ...`, the REPL's
-  `start-api`. With a run directory it reads the running device (in another process) through its
-  UAPI socket, and `apply_now` waits until the daemon's watcher has applied the change; without a
-  running device it only edits files.
+- `FileOnlyHub` here. With a run directory it reads the running device (in another process)
+  through its UAPI socket, and `apply_now` waits until the daemon's watcher has applied the
+  change; without a running device it only edits files.
 
 Every method may be called from several WSGI worker threads at once.
 """
@@ -21,70 +17,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from tether.config import store
 from tether.config.errors import ConfigError
 from tether.device import uapi_client
+from tether.device.hub import ApplyError, DeviceCounters, PeerStats
 from tether.device.uapi import DeviceSnapshot, PeerSnapshot, UapiError
 
-
-class ApplyError(Exception):
-    """The running device could not be brought in line with its file; the message is one line
-    and safe to show to an API client (no keys, no paths)."""
-
-
-@dataclass(frozen=True)
-class PeerStats:
-    public_key: bytes
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    last_handshake: float | None = None  # Unix time of the latest handshake; None: never
-
-
-@dataclass(frozen=True)
-class DeviceCounters:
-    handshakes: int = 0  # completed handshakes since the device came up (a counter)
-    drops: Mapping[str, int] = field(default_factory=dict)  # dropped packets by reason (counters)
-    exit_flows: Mapping[str, int] = field(default_factory=dict)  # open exit flows by protocol
-    # packets the exit refused by policy, per peer public key (counters; live peers only)
-    exit_refused: Mapping[bytes, int] = field(default_factory=dict)
-
-
-@runtime_checkable
-class DeviceHub(Protocol):
-    """What the API needs from the thing that runs devices."""
-
-    @property
-    def config_dir(self) -> Path:
-        """Where the device files are (the API edits `<config_dir>/<name>.conf`)."""
-
-    def device_names(self) -> list[str]:
-        """The devices the API may address, sorted (the daemon: those it serves)."""
-
-    def apply_now(self, name: str, changed: Collection[bytes] = ()) -> None:
-        """Make the running device match its file as it is now, and return once it does.
-
-        Called WITHOUT the directory lock held (the daemon may need it, e.g. for SaveConfig).
-        `changed` names the peers (public keys) this request added or removed; a hub that applies
-        the whole file may ignore it. Raises ApplyError when the device cannot be made to match
-        (not running, file refused, timeout). A hub that runs no device returns at once."""
-
-    def listen_port(self, name: str) -> int | None:
-        """The UDP port the running device really listens on (ListenPort may be 0 or absent in
-        the file); None when not known (then the file's ListenPort is used)."""
-
-    def peer_is_live(self, name: str, public_key: bytes) -> bool:
-        """Whether the running device has this peer now."""
-
-    def peer_stats(self, name: str) -> list[PeerStats]:
-        """Transfer and latest handshake of every peer of the running device ([] if none)."""
-
-    def counters(self, name: str) -> DeviceCounters:
-        """Device-wide counters (zeros when nothing is known)."""
+__all__ = ["FileOnlyHub", "live_snapshot"]
 
 
 class FileOnlyHub:

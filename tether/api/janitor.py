@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 
 from tether import keys
-from tether.api.hub import ApplyError
 from tether.api.peers import PeerError, PeerService, owner_applies
 from tether.api.state import StateError
+from tether.device.hub import ApplyError
 
 log = logging.getLogger("tether.api")
 

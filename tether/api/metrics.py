@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tether import keys
-from tether.api.hub import DeviceHub
+from tether.device.hub import DeviceHub
 
 log = logging.getLogger("tether.api")
 

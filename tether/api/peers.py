@@ -43,7 +43,6 @@ from tether.api.clientconf import (
     PublicEndpoints,
     render_client_config,
 )
-from tether.api.hub import ApplyError, DeviceHub
 from tether.api.registry import (
     DEFAULT_QUARANTINE,
     FileRegistry,
@@ -56,6 +55,7 @@ from tether.config import store
 from tether.config.editor import ConfigFile
 from tether.config.errors import ConfigError
 from tether.config.model import Peer
+from tether.device.hub import ApplyError, DeviceHub
 
 log = logging.getLogger("tether.api")
 

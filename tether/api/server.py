@@ -22,9 +22,10 @@ X-Forwarded-For name the client for rate limits and caps; tests/e2e/test_api_tls
 exactly that setup.
 
 `start_api` binds synchronously (so "port in use" is an error for the caller, not a log line in
-a thread) and returns an `ApiHandle`; `ApiHandle.stop()` ends the loop from any thread, closes
-every connection and joins the worker threads. The I/O loop is driven here with a private socket
-map so that it can be stopped cleanly, which `waitress.serve()` cannot do from another thread.
+a thread) and returns a started `ApiHandle`; `ApiHandle.stop()` ends the loop from any thread,
+closes every connection and joins the worker threads. The I/O loop is driven here, by the
+handle's own thread, with a socket map of our own (waitress' public `wasyncore.loop`), so that
+it can be stopped cleanly, which `waitress.serve()` cannot do from another thread.
 """
 
 from __future__ import annotations
@@ -106,6 +107,21 @@ class ApiHandle:
     def servers(self) -> list[GuardedServer]:
         """The listening servers, for tests and metrics that look at their counters."""
         return list(self._servers)
+
+    @property
+    def serving(self) -> bool:
+        """Whether the I/O loop's thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Run the I/O loop in a daemon thread of its own (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tetherctl-api", daemon=True)
+            self._thread.start()
+
+    def stop_with_server(self, companion) -> None:
+        """Have `companion.stop()` called when the server stops (a janitor thread)."""
+        self._extras.append(companion)
 
     @property
     def url(self) -> str:
@@ -197,7 +213,6 @@ def start_api(
     listen = [(srv.effective_host, srv.effective_port) for srv in servers]
     eff_host, eff_port = listen[0][0], int(listen[0][1])
     handle = ApiHandle(eff_host, eff_port, servers, socket_map)
-    handle._thread = threading.Thread(target=handle._run, name="tetherctl-api", daemon=True)
-    handle._thread.start()
+    handle.start()
     log.info("API listening on %s", ", ".join(f"{h}:{p}" for h, p in listen))
     return handle

@@ -31,12 +31,12 @@ from tether.api.app import (
     make_app,
 )
 from tether.api.clientconf import PublicEndpoints
-from tether.api.hub import DeviceHub
 from tether.api.janitor import Janitor, JanitorThread, interval_for
 from tether.api.ratelimit import RateLimit, parse_rate_limit
 from tether.api.registry import DEFAULT_QUARANTINE
 from tether.api.server import ApiHandle, parse_listen, start_api
 from tether.config import store
+from tether.device.hub import DeviceHub
 
 log = logging.getLogger("tether.api")
 
@@ -146,7 +146,7 @@ class ApiSettings:
             log.info("API admin token: %s", self.token_file)
         if self.peer_expiry > 0:
             janitor = JanitorThread(Janitor(app.tether_service), interval_for(self.peer_expiry))
-            handle._extras.append(janitor.start())
+            handle.stop_with_server(janitor.start())
         return handle
 
     def __repr__(self) -> str:  # never show the token in a log line or traceback

@@ -35,13 +35,14 @@ from tether import keys
 from tether.api import registry as api_registry
 from tether.appliance import hooks, notify
 from tether.appliance.hub import DaemonHub
-from tether.appliance.reconcile import reconcile
+from tether.appliance.reconcile import allowed_ips_changed, describe, reconcile
 from tether.appliance.saveconfig import fold_running_state
 from tether.appliance.watcher import WatchLost, watch_config_dir
 from tether.config import filemode, store
 from tether.config.editor import ConfigFile
 from tether.config.errors import ConfigError
 from tether.config.model import DeviceConfig
+from tether.device.change import DeviceChange
 from tether.device.device import Device
 from tether.device.exit_shell import ExitShell
 from tether.device.uapi_server import UapiServer
@@ -69,10 +70,14 @@ class Slot:
 
     @property
     def up(self) -> bool:
+        """Whether the device runs (the API addresses only devices that are up)."""
         return self.device is not None
 
 
 class Daemon:
+    """`tetherctl run`: one process, one loop, every device of a config directory kept in line
+    with its file (see the module docstring)."""
+
     def __init__(
         self,
         config_dir: Path,
@@ -113,9 +118,11 @@ class Daemon:
     # -- which files ---------------------------------------------------------------------------
 
     def device_names(self) -> list[str]:
+        """The devices this daemon serves: those named on the command line, else every file."""
         return self.names or store.list_devices(self.config_dir)
 
     def slot(self, name: str) -> Slot:
+        """The slot of a device name, made on first use (a name is known before it is up)."""
         slot = self.slots.get(name)
         if slot is None:
             slot = self.slots[name] = Slot(name, store.device_path(self.config_dir, name))
@@ -169,30 +176,32 @@ class Daemon:
                 return  # our own write (SaveConfig, API) or a touch without change
             if slot.up:
                 before = slot.applied
-                ops = self._apply(slot, data, cfg)
+                change = self._apply(slot, data, cfg)
                 if before is not None and slot.applied is cfg.config:
-                    await asyncio.to_thread(self._released, name, before, cfg.config, ops)
+                    await asyncio.to_thread(self._released, name, before, cfg.config, change)
             else:
                 await self._up(slot, data, cfg)
 
-    def _apply(self, slot: Slot, data: bytes, cfg: ConfigFile) -> list:
+    def _apply(self, slot: Slot, data: bytes, cfg: ConfigFile) -> DeviceChange:
         try:
-            ops = reconcile(slot.device, slot.applied, cfg.config)
+            change = reconcile(slot.device, slot.applied, cfg.config)
         except (BindError, OSError, ValueError) as e:
             self._report(
                 slot,
                 f"{slot.path.name}: cannot apply: {e} (the last good configuration keeps running)",
             )
-            return []
+            return DeviceChange()
         slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
-        if ops:
-            log.info("%s: applied %s", slot.name, ", ".join(_describe(op) for op in ops))
-        return ops
+        if change:
+            log.info("%s: applied %s", slot.name, ", ".join(describe(change)))
+        return change
 
-    def _released(self, name: str, before: DeviceConfig, after: DeviceConfig, ops) -> None:
+    def _released(
+        self, name: str, before: DeviceConfig, after: DeviceConfig, change: DeviceChange
+    ) -> None:
         """Peers that left the file (by any means) lose their API owner entry and the
         addresses a peer no longer routes enter quarantine (tether.api.registry). Runs off
-        the loop; `ops` (the reconciler's) name the peers whose AllowedIPs changed."""
+        the loop; `change` (the reconciler's) names the peers whose AllowedIPs changed."""
         reg = self._registries.get(name)
         if reg is None:
             reg = self._registries[name] = api_registry.FileRegistry(
@@ -200,11 +209,7 @@ class Daemon:
             )
         quarantine = getattr(self.api, "quarantine", api_registry.DEFAULT_QUARANTINE)
         try:
-            changed = [
-                op.args[0]
-                for op in ops
-                if op.name == "set_peer" and any(k == "allowed_ips" for k, _ in op.changes)
-            ]
+            changed = allowed_ips_changed(change)
             api_registry.record_file_change(
                 reg, before, after, now=time.time(), quarantine=quarantine, changed=changed
             )
@@ -300,7 +305,7 @@ class Daemon:
         slot.applied = slot.applied_bytes = None
 
     async def _save(self, slot: Slot) -> None:
-        state = slot.device.running_state()
+        state = slot.device.snapshot()
 
         def write() -> bytes:
             def change(cfg: ConfigFile) -> bytes:
@@ -329,6 +334,7 @@ class Daemon:
     # -- the main loop ---------------------------------------------------------------------------
 
     async def sync_all(self) -> None:
+        """`sync` every device that has a file or is up (startup, SIGHUP, a fresh watch)."""
         wanted = set(self.device_names())
         for name in sorted(wanted | set(n for n, s in self.slots.items() if s.up)):
             await self.sync(name)
@@ -463,6 +469,7 @@ class Daemon:
                     await self._down(slot)
 
     def stop(self) -> None:
+        """Ask `run()` to shut down in order and return 0 (tests, and the signal handlers)."""
         self._stop.set()
 
     async def _reloads(self) -> None:
@@ -509,9 +516,3 @@ def _origin(error: BaseException) -> tuple:
     if tb is None:
         return (type(error).__name__,)
     return (type(error).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno)
-
-
-def _describe(op) -> str:
-    if op.name in ("set_peer", "remove_peer"):
-        return f"{op.name} {keys.encode(op.args[0])[:8]}…"
-    return op.name

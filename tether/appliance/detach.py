@@ -76,10 +76,13 @@ def check_state_dir(directory: Path, *, create: bool) -> Path:
 
 
 def pidfile_path(directory: Path, name: str) -> Path:
+    """Where the detached daemon of a device records its pid (what `down` signals)."""
     return directory / f"{name}.pid"
 
 
 def read_pid(path: Path) -> int | None:
+    """The pid in a pidfile if that process still exists; None for a stale or missing file,
+    so a crashed daemon never makes `up` refuse or `down` signal a stranger's pid."""
     try:
         pid = int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -190,6 +193,8 @@ def _read_status(fd: int, timeout: float) -> str:
 
 
 def down(name: str, *, directory: Path) -> tuple[bool, str]:
+    """`tetherctl down DEVICE`: stop the detached daemon of a device by its pidfile (SIGTERM:
+    PreDown, SaveConfig, PostDown) and wait for it; (ok, message for the user)."""
     try:
         check_state_dir(directory, create=False)
     except StateDirError as e:

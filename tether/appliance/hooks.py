@@ -28,6 +28,8 @@ _PROGRAM_ERRORS = (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR)
 
 @dataclass
 class HookResult:
+    """What one hook command did: the daemon logs it and decides whether bring-up goes on."""
+
     command: str
     returncode: int
     output: str
@@ -36,10 +38,14 @@ class HookResult:
 
     @property
     def ok(self) -> bool:
+        """Exited 0 in time: what wg-quick calls success."""
         return self.returncode == 0 and not self.timed_out and self.spawn_error is None
 
 
 class HookError(RuntimeError):
+    """A PreUp/PostUp hook failed: it aborts that device's bring-up, as in wg-quick; the
+    message names the hook and its last line of output."""
+
     def __init__(self, phase: str, result: HookResult):
         self.phase = phase
         self.result = result
@@ -56,6 +62,7 @@ class HookError(RuntimeError):
 
 
 def expand(command: str, device: str) -> str:
+    """wg-quick's only substitution: `%i` becomes the device name."""
     return command.replace("%i", device)
 
 

@@ -13,6 +13,8 @@ import time
 
 
 def notify(*fields: str) -> bool:
+    """Send one notification of `KEY=value` fields; False when there is no systemd to tell or
+    the message was lost (never blocks, never raises)."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
@@ -29,10 +31,12 @@ def notify(*fields: str) -> bool:
 
 
 def ready(status: str = "") -> bool:
+    """The daemon serves: systemd considers the unit started (and `up` returns)."""
     return notify("READY=1", *([f"STATUS={status}"] if status else []))
 
 
 def reloading() -> bool:
+    """A SIGHUP re-read has begun; `ready` ends it."""
     # systemd ≥ 253 wants a timestamp with RELOADING=1 for Type=notify-reload; harmless before
     return notify(
         "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
@@ -40,8 +44,10 @@ def reloading() -> bool:
 
 
 def stopping() -> bool:
+    """The orderly shutdown has begun, so systemd waits for it instead of killing."""
     return notify("STOPPING=1")
 
 
 def status(text: str) -> bool:
+    """One line for `systemctl status`: which devices are up, which have problems."""
     return notify(f"STATUS={text}")

@@ -7,107 +7,136 @@ device as it runs (keys, ports, allowed IPs: the device must match the file exac
 endpoint is pushed only when the file changed it, so a roaming phone is not sent back to an
 address it has left every time someone edits another peer.
 
-Peers whose settings did not change get no operation at all, which is what keeps their sessions
-(and the TCP connections inside them) alive across edits.
+Peers whose settings did not change are not named in the change at all, which is what keeps
+their sessions (and the TCP connections inside them) alive across edits. The plan is one
+`DeviceChange` (the value `wg set` requests become too), applied by `Device.apply`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
+from tether import keys
 from tether.config.model import DeviceConfig
 from tether.config.model import Peer as PeerConfig
 from tether.config.values import Endpoint
+from tether.device.change import ZERO_KEY, DeviceChange, PeerChange
 from tether.device.state import PeerState, RunningState
+
+__all__ = ["DeviceOps", "allowed_ips_changed", "describe", "plan", "reconcile"]
 
 
 class DeviceOps(Protocol):
-    """The primitive operations a running device offers the reconciler."""
+    """What the reconciler needs of a running device: its one snapshot and its one entry point
+    (`tether.device.device.Device` offers both)."""
 
-    def running_state(self) -> RunningState: ...
+    def snapshot(self) -> RunningState:
+        """The device as it runs (what the plan compares the file with)."""
 
-    def set_private_key(self, key: bytes | None) -> None: ...
-
-    def set_listen_port(self, port: int) -> None: ...
-
-    def set_mtu(self, mtu: int) -> None: ...
-
-    def set_addresses(self, addresses: list) -> None: ...
-
-    def set_exit(self, settings) -> None: ...
-
-    def set_peer(self, public_key: bytes, **changes) -> None: ...
-
-    def remove_peer(self, public_key: bytes) -> None: ...
+    def apply(self, change: DeviceChange) -> None:
+        """Make the planned change live."""
 
 
-@dataclass(frozen=True)
-class Op:
-    # set_private_key | set_listen_port | set_mtu | set_addresses | set_exit | set_peer |
-    # remove_peer
-    name: str
-    args: tuple = ()
-    changes: tuple = ()  # (field, value) pairs for set_peer
-
-    def apply(self, device: DeviceOps) -> None:
-        getattr(device, self.name)(*self.args, **dict(self.changes))
-
-
-def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) -> list[Op]:
-    ops: list[Op] = []
+def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) -> DeviceChange:
+    """The change that makes a device running as `running` match `new`, given that `last` was
+    the file applied before (None: nothing was)."""
     iface = new.interface
-    # The port comes first: if it cannot be bound, nothing else has changed yet.
+    listen_port = None
     if iface.listen_port is not None and iface.listen_port != running.listen_port:
-        ops.append(Op("set_listen_port", (iface.listen_port,)))
+        listen_port = iface.listen_port
+    private_key = None
     if iface.private_key != running.private_key:
-        ops.append(Op("set_private_key", (iface.private_key,)))
-    if iface.effective_mtu != running.mtu:
-        ops.append(Op("set_mtu", (iface.effective_mtu,)))
+        private_key = iface.private_key if iface.private_key is not None else ZERO_KEY
+    mtu = iface.effective_mtu if iface.effective_mtu != running.mtu else None
+    addresses = None
     if list(iface.addresses) != list(running.addresses):
-        ops.append(Op("set_addresses", (list(iface.addresses),)))
-    if new.exit != running.exit:
-        ops.append(Op("set_exit", (new.exit,)))
+        addresses = tuple(iface.addresses)
+    exit_settings = new.exit if new.exit != running.exit else None
 
     own = iface.public_key  # an X25519 computation: once, not per peer
     wanted = {p.public_key: p for p in new.peers if p.public_key != own}
     before = {p.public_key: p for p in last.peers} if last is not None else {}
-    for key in running.peers:
-        if key not in wanted:
-            ops.append(Op("remove_peer", (key,)))
+    peers = [PeerChange(key, remove=True) for key in running.peers if key not in wanted]
     for key, peer in wanted.items():
-        changes = _peer_changes(running.peers.get(key), before.get(key), peer)
-        if changes is not None:
-            ops.append(Op("set_peer", (key,), tuple(changes.items())))
-    return ops
+        change = _peer_change(running.peers.get(key), before.get(key), peer)
+        if change is not None:
+            peers.append(change)
+    return DeviceChange(
+        private_key=private_key,
+        listen_port=listen_port,
+        mtu=mtu,
+        addresses=addresses,
+        exit=exit_settings,
+        peers=tuple(peers),
+    )
 
 
-def _peer_changes(
+def _peer_change(
     state: PeerState | None, last: PeerConfig | None, peer: PeerConfig
-) -> dict | None:
+) -> PeerChange | None:
+    key = peer.public_key
+    psk = peer.preshared_key if peer.preshared_key is not None else ZERO_KEY
     if state is None:
-        return {
-            "preshared_key": peer.preshared_key,
-            "persistent_keepalive": peer.persistent_keepalive,
-            "allowed_ips": list(peer.allowed_ips),
-            "endpoint": peer.endpoint,
-        }
-    changes: dict = {}
+        return PeerChange(
+            key,
+            preshared_key=psk,
+            endpoint=peer.endpoint,
+            persistent_keepalive=peer.persistent_keepalive,
+            replace_allowed_ips=True,
+            allowed_ips=tuple(peer.allowed_ips),
+        )
+    changed = False
+    preshared_key = None
     if state.preshared_key != peer.preshared_key:
-        changes["preshared_key"] = peer.preshared_key
+        preshared_key, changed = psk, True
+    keepalive = None
     if state.persistent_keepalive != peer.persistent_keepalive:
-        changes["persistent_keepalive"] = peer.persistent_keepalive
-    if list(state.allowed_ips) != list(peer.allowed_ips):
-        changes["allowed_ips"] = list(peer.allowed_ips)
+        keepalive, changed = peer.persistent_keepalive, True
+    replace = list(state.allowed_ips) != list(peer.allowed_ips)
+    changed = changed or replace
     last_endpoint: Endpoint | None = last.endpoint if last is not None else None
+    endpoint = None
     if peer.endpoint is not None and (last is None or peer.endpoint != last_endpoint):
-        changes["endpoint"] = peer.endpoint
-    return changes or None
+        endpoint, changed = peer.endpoint, True
+    if not changed:
+        return None
+    return PeerChange(
+        key,
+        preshared_key=preshared_key,
+        endpoint=endpoint,
+        persistent_keepalive=keepalive,
+        replace_allowed_ips=replace,
+        allowed_ips=tuple(peer.allowed_ips) if replace else (),
+    )
 
 
-def reconcile(device: DeviceOps, last: DeviceConfig | None, new: DeviceConfig) -> list[Op]:
-    """Apply the plan; returns the operations performed (for logs and tests)."""
-    ops = plan(device.running_state(), last, new)
-    for op in ops:
-        op.apply(device)
-    return ops
+def reconcile(device: DeviceOps, last: DeviceConfig | None, new: DeviceConfig) -> DeviceChange:
+    """Apply the plan; returns the change made (for logs and tests)."""
+    change = plan(device.snapshot(), last, new)
+    if change:
+        device.apply(change)
+    return change
+
+
+def allowed_ips_changed(change: DeviceChange) -> list[bytes]:
+    """Public keys of the peers the change gives a new AllowedIPs list (new peers included)."""
+    return [p.public_key for p in change.peers if p.replace_allowed_ips]
+
+
+def describe(change: DeviceChange) -> list[str]:
+    """One word (and a key prefix) per part of the change, for the daemon's "applied" log."""
+    parts = [
+        name
+        for name, value in (
+            ("set_listen_port", change.listen_port),
+            ("set_private_key", change.private_key),
+            ("set_mtu", change.mtu),
+            ("set_addresses", change.addresses),
+            ("set_exit", change.exit),
+        )
+        if value is not None
+    ]
+    for peer in change.peers:
+        word = "remove_peer" if peer.remove else "set_peer"
+        parts.append(f"{word} {keys.encode(peer.public_key)[:8]}…")
+    return parts

@@ -35,6 +35,8 @@ class WatchLost(RuntimeError):
 
 
 def device_of(path: str, directory: Path) -> str | None:
+    """The device a changed path belongs to: a `<name>.conf` directly in the directory with a
+    valid device name; None for anything else (editor swap files, subdirectories)."""
     p = Path(path)
     if p.parent != directory or p.suffix != ".conf":
         return None

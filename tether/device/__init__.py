@@ -1,0 +1,28 @@
+"""The device IO shell: a WireGuard device on a UDP socket and an asyncio loop, the inside it
+hands decrypted packets to (the exit's shell), and the UAPI socket that `wg` talks to.
+
+What other layers may use, by module (`__all__` names modules rather than re-exporting their
+contents, so that importing the hub's types never imports sockets and the exit):
+- `device`: Device, with one entry point `apply(DeviceChange)` and one view `snapshot()`;
+- `change`, `state`: those two values;
+- `inside`: the Inside protocol, InsideContext, InsideFactory;
+- `exit_shell`: ExitShell, the exit's Inside;
+- `hub`: the API's DeviceHub interface and its values, below both API and appliance;
+- `uapi`, `uapi_adapter`, `uapi_client`, `uapi_server`: the UAPI codec, its mapping onto a
+  device, the client `tetherctl show` uses, and the socket;
+- `udp`: BindError (a listen port in use).
+"""
+
+__all__ = [
+    "change",
+    "device",
+    "exit_shell",
+    "hub",
+    "inside",
+    "state",
+    "uapi",
+    "uapi_adapter",
+    "uapi_client",
+    "uapi_server",
+    "udp",
+]

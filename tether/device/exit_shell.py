@@ -5,12 +5,16 @@
     Device(name, ..., exit_settings=config.exit, inside_factory=functools.partial(
         ExitShell, public_addresses=["203.0.113.7"]))   # [Exit], --public-ipv4/-ipv6
 
-It implements the device's `Inside` protocol. The device hands it decrypted packets
-(`deliver`), and asks it for packets toward peers (`take_outbound`), which is also when the
-exit's actions are executed: one batch of packets from the device, one pass over the actions.
+It implements the device's `Inside` protocol (inside.py) and is made from an `InsideContext`,
+never from the device itself. The exit's actions (open a socket, write, close...) are executed
+where the input that caused them arrives: in `receive_packets` (one batch of packets from
+peers, so the exit's per-flow work is done once per batch), in `handle_timer`, in `forget_peer`
+and the other settings, and in each host-socket callback. The
+device then takes the resulting packets toward peers (`take_packets`, which touches no socket).
 Host sockets report through plain `loop.add_reader`/`add_writer` callbacks (no Task, no Future,
-no transport objects per packet); each callback reads in a bounded batch, feeds the exit, and
-asks the device, once per loop iteration at most (`_kick`), to collect the resulting packets.
+no transport objects per packet); each callback reads in a bounded batch, feeds the exit, runs
+the actions, and calls the context's `wake()`, which has the device collect the exit's packets
+and next timer once per loop iteration however many sockets reported in it.
 
 Sockets: a connected non-blocking UDP socket per UDP flow; a non-blocking TCP socket per TCP
 flow (TCP_NODELAY: the exit already coalesces per batch, and the peer does its own Nagle); one
@@ -36,6 +40,7 @@ from dataclasses import replace
 
 from tether import keys
 from tether.device.exit_shell_host import Pinger, discover_host_addresses, raise_nofile_limit
+from tether.device.inside import InsideContext
 from tether.netstack.exit import (
     READ_CHUNK,
     EchoSend,
@@ -56,7 +61,6 @@ log = logging.getLogger("tether.exit")
 
 UDP_BATCH = 64  # datagrams read per readable callback
 TCP_BATCH = 4  # reads per readable callback (each up to READ_CHUNK)
-ACTION_PASSES = 16  # rounds of actions → host events → actions within one take_outbound
 HOST_ADDRESS_REFRESH = 30.0
 _FD_RESERVE = 256  # descriptors kept for everything that is not a flow
 _IP_MTU = getattr(socket, "IP_MTU", 14)
@@ -102,7 +106,7 @@ class ExitShell:
 
     def __init__(
         self,
-        device,
+        context: InsideContext,
         *,
         allow_local: bool = False,
         config: ExitConfig | None = None,
@@ -110,33 +114,28 @@ class ExitShell:
         host_addresses: tuple | None = None,
         public_addresses=(),
     ) -> None:
-        self.device = device
-        self.loop = device.loop
-        settings = getattr(device, "exit_settings", None)
+        self.context = context
+        self.loop = context.loop
+        settings = context.exit_settings
         self._base = config or ExitConfig()
         self._fd_cap = raise_nofile_limit() - _FD_RESERVE
         cfg = replace(self._base, **limits_from(settings, self._base, self._fd_cap))
         if mtu is None:
-            mtu = device.core.mtu
+            mtu = context.mtu
         self.exit = Exit(
-            device.addresses,
+            list(context.addresses),
             mtu=mtu,
             allow_local=allow_local,
             public_addresses=public_addresses,
             config=cfg,
         )
-        if settings is not None:
-            self.set_exit(settings)
-        self._static_host = host_addresses
-        self._refresh: object | None = None
-        self._refresh_host_addresses()
         self._udp_buf = bytearray(65536)
         self._udp_view = memoryview(self._udp_buf)
         self._tcp_buf = bytearray(READ_CHUNK)
         self._tcp_view = memoryview(self._tcp_buf)
         self._pingers: dict[int, Pinger | None] = {}
         self._live: set = set()  # flows holding a host socket
-        self._kicked = False
+        self._in_actions = False
         self.closed = False
         self._handlers = {
             UdpOpen: self._udp_open,
@@ -150,27 +149,43 @@ class ExitShell:
             TcpResumeReading: self._tcp_resume,
             EchoSend: self._echo_send,
         }
+        if settings is not None:
+            self.set_exit(settings)
+        self._static_host = host_addresses
+        self._refresh: object | None = None
+        self._refresh_host_addresses()
 
     # -- Inside ------------------------------------------------------------------------------
 
-    def deliver(self, peer_key: bytes, packet: bytes, now: float) -> None:
-        self.exit.receive_packet(peer_key, packet, now)
-
-    def take_outbound(self) -> list[bytes]:
+    def receive_packets(self, packets: list[tuple[bytes, bytes]], now: float) -> None:
+        """Inside: a batch of packets from peers; the host actions they cause run at once."""
+        deliver = self.exit.receive_packet
+        for peer_key, packet in packets:
+            deliver(peer_key, packet, now)
         self._run_actions()
+
+    def take_packets(self) -> list[bytes]:
+        """Inside: the exit's packets toward peers (no host socket is touched here)."""
         return self.exit.take_packets()
 
-    def next_deadline(self) -> float | None:
+    def next_timer(self) -> float | None:
+        """Inside: the exit's next timer."""
         return self.exit.next_timer()
 
-    def on_timer(self, now: float) -> None:
+    def handle_timer(self, now: float) -> None:
+        """Inside: run the exit's timers (retransmissions, idle flows) and their actions."""
         self.exit.handle_timer(now)
+        self._run_actions()
 
     def set_mtu(self, mtu: int) -> None:
+        """Inside: the tunnel MTU changed (the exit's segment sizes follow)."""
         self.exit.set_mtu(mtu)
+        self._run_actions()
 
     def set_addresses(self, addresses) -> None:
+        """Inside: the device's own addresses changed (they answer ping; the subnet is peers)."""
         self.exit.set_addresses(addresses)
+        self._run_actions()
 
     def set_exit(self, settings) -> None:
         """The `[Exit]` section (an ExitSettings), applied at once: its destination rules to
@@ -181,16 +196,28 @@ class ExitShell:
             settings.allow_destinations, settings.deny_destinations, settings.peer_to_peer
         )
         self.exit.set_limits(**limits_from(settings, self._base, self._fd_cap))
+        self._run_actions()
 
     def forget_peer(self, peer_key: bytes, now: float, keep=None) -> None:
-        """The peer was removed or lost addresses: its flows end now (`Exit.forget_peer`); the
-        device's `process_pending`, which follows, closes their sockets."""
+        """The peer was removed or lost addresses: its flows end now (`Exit.forget_peer`) and
+        their host sockets close at once."""
         n = self.exit.forget_peer(peer_key, now, keep)
+        self._run_actions()
         if n:
             what = "was removed" if keep is None else "lost addresses"
             log.info("exit: peer %s %s: ended %d exit flows", keys.encode(peer_key), what, n)
 
+    def counters(self) -> dict[str, int]:
+        """Open flows by protocol, for metrics."""
+        counts = self.exit.counters()
+        return {"udp_flows": counts["udp_flows"], "tcp_flows": counts["tcp_flows"]}
+
+    def refusals(self) -> dict[bytes, int]:
+        """Packets refused by policy, per peer public key."""
+        return self.exit.refusals()
+
     def close(self) -> None:
+        """Inside: the device goes down; every host socket is closed (TCP ones reset)."""
         if self.closed:
             return
         self.closed = True
@@ -219,26 +246,27 @@ class ExitShell:
         self.exit.set_host_addresses(local, broadcast)
 
     def _run_actions(self) -> None:
+        """Execute the exit's actions until it has none. An action whose outcome is known at
+        once (a failed connect or send) feeds the exit, which may add actions: those run in
+        the same drain, after the batch that caused them."""
+        if self._in_actions:
+            return  # called from inside a handler: the drain below picks them up
         ex = self.exit
         handlers = self._handlers
-        for _ in range(ACTION_PASSES):
-            actions = ex.take_actions()
-            if not actions:
-                return
-            for a in actions:
-                handlers[type(a)](a)
+        self._in_actions = True
+        try:
+            while actions := ex.take_actions():
+                for a in actions:
+                    handlers[type(a)](a)
+        finally:
+            self._in_actions = False
 
-    def _kick(self) -> None:
-        """Have the device collect the exit's output, once per loop iteration however many
-        sockets reported in it."""
-        if not self._kicked and not self.closed:
-            self._kicked = True
-            self.loop.call_soon(self._kick_now)
-
-    def _kick_now(self) -> None:
-        self._kicked = False
+    def _host_input(self) -> None:
+        """A host socket fed the exit: run what it caused, and have the device collect the
+        exit's packets and timer (once per loop iteration, however many sockets report)."""
+        self._run_actions()
         if not self.closed:
-            self.device.process_pending()
+            self.context.wake()
 
     # -- UDP ---------------------------------------------------------------------------------
 
@@ -297,7 +325,7 @@ class ExitShell:
                 ex.receive_udp_error(flow, e.errno, now)
                 continue
             ex.receive_udp_datagram(flow, view[:n], now)
-        self._kick()
+        self._host_input()
 
     def _udp_close(self, a: UdpClose) -> None:
         flow = a.flow
@@ -349,7 +377,7 @@ class ExitShell:
             self.exit.receive_tcp_connect_failed(flow, err, time.monotonic())
         else:
             self._tcp_established(flow)
-        self._kick()
+        self._host_input()
 
     def _tcp_established(self, flow) -> None:
         h = flow.handle
@@ -389,7 +417,7 @@ class ExitShell:
             ex.receive_tcp_data(flow, view[:n], now)
             if n < budget:
                 break  # the socket is most likely drained
-        self._kick()
+        self._host_input()
 
     def _tcp_pause(self, a: TcpPauseReading) -> None:
         h = a.flow.handle
@@ -447,7 +475,7 @@ class ExitShell:
             self._close_tcp(flow, abort=False)
             return
         self.exit.receive_tcp_writable(flow, time.monotonic())
-        self._kick()
+        self._host_input()
 
     def _tcp_broken(self, flow) -> None:
         """A send failed (reset, broken pipe): the exit resets the peer and then closes us."""
@@ -460,7 +488,7 @@ class ExitShell:
             return
         self._stop_reading(h)
         self.exit.receive_tcp_reset(flow, time.monotonic())
-        self._kick()
+        self._host_input()
 
     @staticmethod
     def _shutdown(h: _TcpSock) -> None:
@@ -511,7 +539,7 @@ class ExitShell:
         pinger = self._pingers.get(a.version, False)
         if pinger is False:
             try:
-                pinger = Pinger(self, a.version)
+                pinger = Pinger(self.loop, a.version, self._echo_reply, self._host_input)
             except OSError as e:
                 pinger = None
                 log.warning(
@@ -525,4 +553,9 @@ class ExitShell:
         if pinger is None:
             self.exit.receive_echo_failed(a.version, None, time.monotonic())
             return
-        pinger.send(a.host, a.seq, a.payload)
+        err = pinger.send(a.host, a.seq, a.payload)
+        if err is not None:
+            self.exit.receive_echo_failed(a.version, err, time.monotonic())
+
+    def _echo_reply(self, version: int, src: bytes, seq: int, payload: bytes, now: float) -> None:
+        self.exit.receive_echo_reply(version, src, seq, payload, now)

@@ -12,6 +12,7 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 from tether.netstack.wire import (
     ICMPV4_ECHO_REPLY,
@@ -77,12 +78,27 @@ def raise_nofile_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-class Pinger:
-    """One ping socket for one address family, shared by every peer."""
+# (version, source address bytes, sequence number, payload, now) of one echo reply
+EchoReply = Callable[[int, bytes, int, bytes, float], None]
 
-    def __init__(self, shell, version: int) -> None:
-        self.shell = shell
+
+class Pinger:
+    """One ping socket for one address family, shared by every peer.
+
+    Replies go to `on_reply` one by one, and `on_batch` runs after each readable callback's
+    batch (the shell then runs the exit's actions and wakes the device)."""
+
+    def __init__(
+        self,
+        loop,
+        version: int,
+        on_reply: EchoReply,
+        on_batch: Callable[[], None],
+    ) -> None:
+        self.loop = loop
         self.version = version
+        self._on_reply = on_reply
+        self._on_batch = on_batch
         fam = socket.AF_INET if version == 4 else socket.AF_INET6
         proto = socket.IPPROTO_ICMP if version == 4 else socket.IPPROTO_ICMPV6
         self.family = fam
@@ -105,22 +121,23 @@ class Pinger:
         # A ping socket sets the identifier itself; a raw one sends ours and sees every echo
         # reply on the host, so ours is random and replies are filtered by it.
         self.ident = random.getrandbits(16)
-        shell.loop.add_reader(sock.fileno(), self._readable)
+        loop.add_reader(sock.fileno(), self._readable)
         log.info("exit: IPv%d ping via %s socket", version, "raw" if self.raw else "ping")
 
-    def send(self, host: str, seq: int, payload) -> None:
+    def send(self, host: str, seq: int, payload) -> int | None:
+        """Send one echo request; the errno if the host refused it (logged at debug level),
+        so the exit can answer the peer as a failed send deserves."""
         zero = bytes(4)  # ICMPv4 has no pseudo-header; for ICMPv6 the kernel sums it
         msg = build_icmp(zero, zero, self.request, 0, (self.ident << 16) | seq, payload)
         try:
             self.sock.sendto(msg, (host, 0))
         except OSError as e:
-            self.shell.exit.receive_echo_failed(
-                self.version, e.errno or errno.EIO, time.monotonic()
-            )
             log.debug("exit: ping %s: %s", host, e)
+            return e.errno or errno.EIO
+        return None
 
     def _readable(self) -> None:
-        sock, ex, v4, raw = self.sock, self.shell.exit, self.version == 4, self.raw
+        sock, on_reply, v4, raw = self.sock, self._on_reply, self.version == 4, self.raw
         now = time.monotonic()
         for _ in range(PING_BATCH):
             try:
@@ -139,14 +156,13 @@ class Pinger:
                 src = socket.inet_pton(self.family, addr[0].split("%", 1)[0])
             except OSError:
                 continue
-            ex.receive_echo_reply(
-                self.version, src, int.from_bytes(data[6:8], "big"), data[8:], now
-            )
-        self.shell._kick()
+            on_reply(self.version, src, int.from_bytes(data[6:8], "big"), data[8:], now)
+        self._on_batch()
 
     def close(self) -> None:
+        """Stop reading and close the socket (the shell is closing)."""
         try:
-            self.shell.loop.remove_reader(self.sock.fileno())
+            self.loop.remove_reader(self.sock.fileno())
         except (ValueError, RuntimeError):
             pass
         self.sock.close()

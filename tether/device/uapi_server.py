@@ -3,7 +3,8 @@
 This is how the real `wg show`, `wg set` and `wg syncconf` reach a tetherctl device. wg only
 looks in `/var/run/wireguard` (a compile-time path), which needs root; without root the
 directory can be moved (`--run-dir`, TETHERCTL_RUN_DIR) for our own tools and tests. The socket
-is created under umask 077 (mode 0600) because `set` can replace keys.
+is created under umask 077 (mode 0600) because `set` can replace keys. Requests are decoded by
+uapi.py and applied through uapi_adapter.py, so this module is only the socket.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tether.device.uapi import (
     format_errno,
     format_get_response,
 )
+from tether.device.uapi_adapter import uapi_get, uapi_set
 
 log = logging.getLogger("tether.uapi")
 
@@ -30,27 +32,42 @@ DEFAULT_RUN_DIR = "/var/run/wireguard"
 
 
 def run_dir(explicit: str | None = None) -> str:
+    """Where UAPI sockets live: the option, else TETHERCTL_RUN_DIR, else wg's own directory."""
     return explicit or os.environ.get("TETHERCTL_RUN_DIR") or DEFAULT_RUN_DIR
 
 
 class UapiServer:
+    """Serves one device's UAPI socket on the loop the device runs on."""
+
     def __init__(self, device, directory: str):
         self.device = device
         self.path = os.path.join(directory, f"{device.name}.sock")
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        """Create the socket and serve it. It is bound and listening under a temporary name
+        and then renamed into place, so that whoever sees the path can connect at once."""
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o755, exist_ok=True)
         self._remove_stale()
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # left by a run of ours that crashed here
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)
         try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        sock.listen(16)
-        sock.setblocking(False)
+            old = os.umask(0o077)
+            try:
+                sock.bind(temporary)
+            finally:
+                os.umask(old)
+            sock.listen(16)
+            sock.setblocking(False)
+            os.rename(temporary, self.path)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
         self._server = await asyncio.start_unix_server(self._serve, sock=sock)
 
     def _remove_stale(self) -> None:
@@ -103,9 +120,9 @@ class UapiServer:
             log.info("%s: uapi request refused: %s", self.device.name, event)
             return format_errno(event.errno) if event.reply else b""
         if isinstance(event, GetRequest):
-            return format_get_response(self.device.uapi_get())
+            return format_get_response(uapi_get(self.device))
         try:
-            self.device.uapi_set(event)
+            uapi_set(self.device, event)
         except UapiError as e:
             log.info("%s: uapi set refused: %s", self.device.name, e)
             return format_errno(e.errno)

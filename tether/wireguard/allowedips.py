@@ -53,7 +53,9 @@ class _Family:
         )
 
 
-def _as_network(prefix: NetworkLike) -> Network:
+def as_network(prefix: NetworkLike) -> Network:
+    """A prefix in any accepted form as a network, host bits masked off as wg does (config and
+    UAPI hand over parsed networks, which pass through as they are)."""
     if isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return prefix
     if isinstance(prefix, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
@@ -85,7 +87,7 @@ class AllowedIPs:
         """Give `prefix` (host bits masked off) to `peer`; returns the masked network."""
         if peer is None:
             raise ValueError("peer must not be None: None means 'no route' to lookup()")
-        network = _as_network(prefix)
+        network = as_network(prefix)
         family = self._family(network)
         length = network.prefixlen
         table = family.by_length.get(length)
@@ -105,7 +107,7 @@ class AllowedIPs:
 
     def remove(self, prefix: NetworkLike, peer: object) -> bool:
         """Drop `prefix` if `peer` owns it; returns whether anything was removed."""
-        network = _as_network(prefix)
+        network = as_network(prefix)
         family = self._family(network)
         length = network.prefixlen
         table = family.by_length.get(length)
@@ -139,7 +141,7 @@ class AllowedIPs:
         """Owner of the longest prefix, `prefix`'s own length or shorter, that contains all of
         `prefix`: the peer whose addresses an insert of `prefix` would take over (longer
         prefixes inside it keep theirs)."""
-        network = _as_network(prefix)
+        network = as_network(prefix)
         family = self._family(network)
         address = int(network.network_address)
         floor = family.width - network.prefixlen

@@ -1,16 +1,22 @@
 """The WireGuard device core, sans-IO: peers, sessions, timers and the per-packet data path.
 
-The IO shell feeds it datagrams from the UDP socket (`receive_datagram`), IP packets from the
-exit netstack (`send_packet`) and timer expiries (`on_timer`), always with the current monotonic
-time `now` and, where handshakes are made or completed, the wall-clock time `wall` (TAI64N
-timestamps and `last_handshake_wall` need it). After each call it drains two lists:
+It speaks the project's one sans-IO convention. Inputs carry the monotonic time `now` and,
+where handshakes are made or completed, the wall-clock time `wall` (for TAI64N timestamps and
+the last-handshake time): `receive_datagram(data, source, now, wall)` (from the UDP socket),
+`send_packet(packet, now, wall)` (from the inside, routed by destination), `handle_timer(now,
+wall)` (the clock reached `next_timer()`), and the configuration commands. Outputs are taken,
+each `take_*` returning a list and clearing it:
 
-- `outgoing`: (datagram, endpoint) pairs for the UDP socket;
-- `delivered`: (peer, ip_packet) pairs that decrypted, passed the replay window and whose source
-  address cryptokey routing assigns to the very peer that sent them.
+- `take_datagrams()`: (datagram, endpoint) pairs for the UDP socket;
+- `take_packets()`: (peer public key, IP packet) pairs that decrypted, passed the replay
+  window and whose source address cryptokey routing assigns to the very peer that sent them;
+- `take_routes_lost()`: keys of peers that lost inner addresses (removed, AllowedIPs replaced
+  or removed, a prefix taken over by another peer): whatever the inside keeps for such a peer
+  (exit flows) would otherwise be answered to someone else.
 
-and sleeps until `next_deadline()`. Nothing here reads a clock, a socket or a thread, so tests
-drive hours of protocol time in milliseconds.
+Read-only views: `peer_stats()` (immutable `PeerStatus` values), `counters()` (a copy),
+`has_peer`, `route`. Nothing here reads a clock, a socket or a thread, so tests drive hours of
+protocol time in milliseconds.
 
 Behaviour follows wireguard-go's device/ package (receive.go, send.go, timers.go, noise-protocol
 state handling) and the paper §5-§6; deliberate differences are:
@@ -24,22 +30,20 @@ state handling) and the paper §5-§6; deliberate differences are:
   sides' sessions then expire far apart;
 - changing the private key drops every session (wireguard-go lets old sessions keep receiving).
 
-`outgoing` datagrams and `delivered` packets are `bytes`. Drops are counted by reason in
-`stats.drops`, never raised: everything a remote sender can cause is a counted drop.
+Datagrams and packets are `bytes`. Drops are counted by reason (`counters()["drop_<reason>"]`),
+never raised: everything a remote sender can cause is a counted drop.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import random
 import struct
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from tether.wireguard.allowedips import AllowedIPs, NetworkLike
+from tether.wireguard.allowedips import AllowedIPs, NetworkLike, as_network
 from tether.wireguard.constants import (
     KEEPALIVE_TIMEOUT,
     KEY_LEN,
@@ -63,9 +67,10 @@ from tether.wireguard.crypto import CryptoError
 from tether.wireguard.handshakes import HandshakeLayer
 from tether.wireguard.messages import MessageError, message_type
 from tether.wireguard.noise import LocalIdentity
-from tether.wireguard.peer import DEFAULT_MAX_STAGED, Peer
+from tether.wireguard.peer import DEFAULT_MAX_STAGED, Peer, PeerStatus
 from tether.wireguard.ratelimit import DEFAULT_UNDER_LOAD_RATE, HandshakeRateLimiter, LoadMonitor
 from tether.wireguard.session import IndexTable, Session
+from tether.wireguard.stats import CoreStats
 from tether.wireguard.timers import (
     NEW_HANDSHAKE,
     PERSISTENT_KEEPALIVE,
@@ -75,7 +80,7 @@ from tether.wireguard.timers import (
     TimerQueue,
 )
 
-__all__ = ["DEFAULT_MTU", "UNCHANGED", "CoreStats", "Peer", "WireGuardCore"]
+__all__ = ["DEFAULT_MTU", "UNCHANGED", "Peer", "PeerStatus", "WireGuardCore"]
 
 DEFAULT_MTU = 1420
 # An IP packet whose transport message (header, padding, tag) would not fit one UDP datagram.
@@ -94,29 +99,6 @@ class _Unchanged:
 
 UNCHANGED = _Unchanged()
 """Sentinel for `add_or_update_peer` arguments that leave a setting as it is."""
-
-
-@dataclass
-class CoreStats:
-    """Counters for `wg show`-style diagnostics and metrics; drops are keyed by reason."""
-
-    drops: Counter = field(default_factory=Counter)
-    initiations_sent: int = 0
-    initiations_received: int = 0  # authenticated and admitted (fresh timestamp, not a flood)
-    responses_sent: int = 0
-    responses_received: int = 0  # authenticated
-    handshakes_completed: int = 0  # initiator: response consumed; responder: key confirmed
-    cookie_replies_sent: int = 0
-    cookie_replies_received: int = 0  # authenticated
-    keepalives_received: int = 0
-
-    @property
-    def handshakes_sent(self) -> int:
-        return self.initiations_sent
-
-    @property
-    def handshakes_received(self) -> int:
-        return self.initiations_received
 
 
 class WireGuardCore(HandshakeLayer):
@@ -145,21 +127,18 @@ class WireGuardCore(HandshakeLayer):
             jitter_source = rng
         self._index = IndexTable(lambda: int.from_bytes(self._random_bytes(4), "little"))
         self._timers = TimerQueue(lambda: jitter_source.random() * REKEY_TIMEOUT_JITTER_MAX)
-        self.mtu = mtu
-        self.max_staged = max_staged
-        self.peers: dict[bytes, Peer] = {}
-        self.allowed_ips = AllowedIPs()
-        self._lookup = self.allowed_ips.lookup
+        self._mtu = mtu
+        self._max_staged = max_staged
+        self._peers: dict[bytes, Peer] = {}
+        self._allowed_ips = AllowedIPs()
+        self._lookup = self._allowed_ips.lookup
         self._load = LoadMonitor(under_load_rate)
         self._ratelimiter = HandshakeRateLimiter()
-        self.outgoing: list[tuple[bytes, tuple]] = []
-        self.delivered: list[tuple[Peer, bytes]] = []
-        # Public keys of peers that lost inner addresses since the shell last emptied this set:
-        # removed, AllowedIPs replaced or removed, or a prefix taken over by another peer. State
-        # the inside keeps for such a peer (exit flows) would now be answered to someone else.
-        self.routes_lost: set[bytes] = set()
-        self.stats = CoreStats()
-        self.local: LocalIdentity | None = None
+        self._datagrams: list[tuple[bytes, tuple]] = []  # take_datagrams()
+        self._packets: list[tuple[bytes, bytes]] = []  # take_packets()
+        self._routes_lost: set[bytes] = set()  # take_routes_lost()
+        self._stats = CoreStats()
+        self._local: LocalIdentity | None = None
         self._private_key: bytes | None = None
         self._checker: CookieChecker | None = None
         self.set_private_key(private_key, 0.0)
@@ -168,11 +147,22 @@ class WireGuardCore(HandshakeLayer):
 
     @property
     def private_key(self) -> bytes | None:
+        """Our static private key (None: none; handshakes are then impossible)."""
         return self._private_key
 
     @property
     def public_key(self) -> bytes | None:
-        return None if self.local is None else self.local.spub
+        """Our static public key, what peers configure; None without a private key."""
+        return None if self._local is None else self._local.spub
+
+    @property
+    def mtu(self) -> int:
+        """The tunnel MTU (see `set_mtu`)."""
+        return self._mtu
+
+    def set_mtu(self, mtu: int) -> None:
+        """The tunnel MTU that transport messages are padded toward (§5.4.6)."""
+        self._mtu = mtu
 
     def set_private_key(self, key: bytes | None, now: float) -> None:
         """Set (or clear, with None or all zeros) our static key, as `wg set private-key`.
@@ -190,15 +180,15 @@ class WireGuardCore(HandshakeLayer):
         if key == self._private_key:
             return
         self._private_key = key
-        self.local = None if key is None else LocalIdentity(key)
+        self._local = None if key is None else LocalIdentity(key)
         self._checker = None
-        if self.local is not None:
-            self._checker = CookieChecker(self.local.spub, random=self._random_bytes)
-        if self.local is not None and self.local.spub in self.peers:
-            self.remove_peer(self.local.spub, now)
-        for peer in self.peers.values():
+        if self._local is not None:
+            self._checker = CookieChecker(self._local.spub, random=self._random_bytes)
+        if self._local is not None and self._local.spub in self._peers:
+            self.remove_peer(self._local.spub, now)
+        for peer in self._peers.values():
             peer.drop_sessions(self._index)
-            peer.set_local(self.local)
+            peer.set_local(self._local)
             peer.last_sent_handshake = -math.inf
 
     def add_or_update_peer(
@@ -216,16 +206,17 @@ class WireGuardCore(HandshakeLayer):
         """Create or change a peer live, leaving its sessions (and other peers) untouched.
 
         `preshared_key` None or all zeros means none; `persistent_keepalive` is seconds, 0 or
-        None meaning off (switching it on sends a keepalive at the next `on_timer`, as
+        None meaning off (switching it on sends a keepalive at the next `handle_timer`, as
         wireguard-go sends one at once). Allowed-IPs are applied in the order: replace (drop
         all), `remove_allowed_ips`, then `allowed_ips` inserted (taking a prefix over from any
         other peer). Raises ValueError for bad values, before changing anything, and for our
-        own public key, which the caller should treat as a no-op as wireguard-go does.
+        own public key, which the caller should treat as a no-op as wireguard-go does. Returns
+        the live Peer, for tests of the protocol itself; shells use the read-only views.
         """
         public_key = bytes(public_key)
         if len(public_key) != KEY_LEN:
             raise ValueError("a public key is 32 bytes")
-        if self.local is not None and public_key == self.local.spub:
+        if self._local is not None and public_key == self._local.spub:
             raise ValueError("a device cannot have its own public key as a peer")
         if preshared_key is not UNCHANGED and preshared_key is not None:
             preshared_key = bytes(preshared_key)
@@ -238,24 +229,24 @@ class WireGuardCore(HandshakeLayer):
             if not 0 <= persistent_keepalive <= 0xFFFF:
                 raise ValueError("persistent keepalive is 0..65535 seconds")
         if allowed_ips is not UNCHANGED:
-            allowed_ips = [_network(p) for p in allowed_ips]
-        removals = [_network(p) for p in remove_allowed_ips]
+            allowed_ips = [as_network(p) for p in allowed_ips]
+        removals = [as_network(p) for p in remove_allowed_ips]
 
-        peer = self.peers.get(public_key)
+        peer = self._peers.get(public_key)
         if peer is None:
-            if len(self.peers) >= MAX_PEERS:
+            if len(self._peers) >= MAX_PEERS:
                 raise ValueError(f"a device has at most {MAX_PEERS} peers")
             peer = Peer(
                 public_key,
-                local=self.local,
-                table=self.allowed_ips,
+                local=self._local,
+                table=self._allowed_ips,
                 timer_queue=self._timers,
-                max_staged=self.max_staged,
+                max_staged=self._max_staged,
             )
-            self.peers[public_key] = peer
+            self._peers[public_key] = peer
         if preshared_key is not UNCHANGED and preshared_key != peer.preshared_key:
             peer.preshared_key = preshared_key
-            peer.set_local(self.local)
+            peer.set_local(self._local)
         if endpoint is not UNCHANGED:
             peer.endpoint = endpoint
         if persistent_keepalive is not UNCHANGED:
@@ -265,43 +256,89 @@ class WireGuardCore(HandshakeLayer):
                 peer.persistent_keepalive_at = None
             elif not was:
                 peer.timers_fire_persistent_keepalive_now(now)
-        table = self.allowed_ips
+        table = self._allowed_ips
         had: set = set()  # prefixes the peer owned before a replace: re-inserting takes nothing
         if replace_allowed_ips:
             had = set(table.entries_for_peer(peer))
             if not had <= set(allowed_ips if allowed_ips is not UNCHANGED else ()):
-                self.routes_lost.add(public_key)
+                self._routes_lost.add(public_key)
             table.remove_by_peer(peer)
         for network in removals:
             if table.remove(network, peer):  # a no-op unless this peer owns it
-                self.routes_lost.add(public_key)
+                self._routes_lost.add(public_key)
         if allowed_ips is not UNCHANGED:
             for network in allowed_ips:
                 if network not in had:
                     owner = table.owner_of(network)
                     if owner is not None and owner is not peer:
-                        self.routes_lost.add(owner.public_key)
+                        self._routes_lost.add(owner.public_key)
                 table.insert(network, peer)
         return peer
 
     def remove_peer(self, public_key: bytes, now: float) -> bool:
         """Remove a peer with its sessions, indices, allowed-IPs, staged packets and timers."""
-        peer = self.peers.pop(bytes(public_key), None)
+        peer = self._peers.pop(bytes(public_key), None)
         if peer is None:
             return False
         peer.drop_sessions(self._index)
         flushed = peer.flush_staged()
         if flushed:
-            self.stats.drops["peer_removed"] += flushed
-        self.allowed_ips.remove_by_peer(peer)
+            self._stats.drops["peer_removed"] += flushed
+        self._allowed_ips.remove_by_peer(peer)
         peer.timers_stop()
         peer.removed = True
-        self.routes_lost.add(peer.public_key)
+        self._routes_lost.add(peer.public_key)
         return True
 
     def remove_all_peers(self, now: float) -> None:
-        for public_key in list(self.peers):
+        """`wg set replace_peers`: every peer goes, as with `remove_peer`."""
+        for public_key in list(self._peers):
             self.remove_peer(public_key, now)
+
+    # ------------------------------------------------------------------ outputs and views
+
+    def take_datagrams(self) -> list[tuple[bytes, tuple]]:
+        """(datagram, endpoint) pairs to send, oldest first; the core forgets them."""
+        datagrams = self._datagrams
+        self._datagrams = []
+        return datagrams
+
+    def take_packets(self) -> list[tuple[bytes, bytes]]:
+        """(peer public key, IP packet) pairs received from peers, oldest first."""
+        packets = self._packets
+        self._packets = []
+        return packets
+
+    def take_routes_lost(self) -> set[bytes]:
+        """Public keys of peers that lost inner addresses since the last call (see the module
+        docstring); a peer still configured keeps the addresses `route` still gives it."""
+        lost = self._routes_lost
+        self._routes_lost = set()
+        return lost
+
+    def has_peer(self, public_key: bytes) -> bool:
+        """Whether a peer with this public key is configured."""
+        return public_key in self._peers
+
+    def peer_status(self, public_key: bytes) -> PeerStatus | None:
+        """One peer's reported fields, or None if there is no such peer."""
+        peer = self._peers.get(public_key)
+        return None if peer is None else peer.status()
+
+    def route(self, address: bytes) -> bytes | None:
+        """The public key of the peer whose AllowedIPs cover `address` (4 or 16 bytes), the
+        peer a packet to it goes to and the only one that may send from it; None if no peer."""
+        peer = self._lookup(address)
+        return None if peer is None else peer.public_key
+
+    def peer_stats(self) -> tuple[PeerStatus, ...]:
+        """Every peer's reported fields, in the order the peers were added."""
+        return tuple(peer.status() for peer in self._peers.values())
+
+    def counters(self) -> Counter:
+        """The device's counters, a copy: handshake messages by kind (`initiations_sent`,
+        `handshakes_completed`, ...) and drops by reason as `drop_<reason>`."""
+        return self._stats.snapshot()
 
     # ------------------------------------------------------------------ data path: receive
 
@@ -316,7 +353,7 @@ class WireGuardCore(HandshakeLayer):
         try:
             mtype = message_type(data)
         except MessageError:
-            self.stats.drops["malformed"] += 1
+            self._stats.drops["malformed"] += 1
             return
         if mtype == MESSAGE_COOKIE_REPLY:
             self._receive_cookie_reply(data, now)
@@ -333,7 +370,7 @@ class WireGuardCore(HandshakeLayer):
         now: float,
         wall: float,
     ) -> None:
-        drops = self.stats.drops
+        drops = self._stats.drops
         session = self._index.entries.get(receiver)
         if session.__class__ is not Session:
             drops["unknown_index"] += 1
@@ -368,7 +405,7 @@ class WireGuardCore(HandshakeLayer):
         peer.new_handshake_at = None  # timers_any_authenticated_packet_received, inlined
         length = len(plaintext)
         if not length:
-            self.stats.keepalives_received += 1
+            self._stats.keepalives_received += 1
             return
         if peer.send_keepalive_at is None:
             peer.timers_data_received(now)
@@ -401,7 +438,7 @@ class WireGuardCore(HandshakeLayer):
         if self._lookup(src) is not peer:
             drops["source_not_allowed"] += 1
             return
-        self.delivered.append((peer, plaintext if total == length else plaintext[:total]))
+        self._packets.append((peer.public_key, plaintext if total == length else plaintext[:total]))
 
     def _confirm(
         self, peer: Peer, session: Session, source: tuple, now: float, wall: float
@@ -410,7 +447,7 @@ class WireGuardCore(HandshakeLayer):
         peer.confirm(session, self._index)
         peer.endpoint = source
         peer.timers_handshake_complete(wall)
-        self.stats.handshakes_completed += 1
+        self._stats.handshakes_completed += 1
         self._send_staged(peer, now, wall)
 
     # ------------------------------------------------------------------ data path: send
@@ -428,19 +465,19 @@ class WireGuardCore(HandshakeLayer):
         elif version == 6 and size >= 40:
             dst = ip_packet[24:40]
         else:
-            self.stats.drops["bad_ip"] += 1
+            self._stats.drops["bad_ip"] += 1
             return False
         peer = self._lookup(dst)
         if peer is None:
-            self.stats.drops["no_route"] += 1
+            self._stats.drops["no_route"] += 1
             return False
         if size > MAX_PACKET_SIZE:
-            self.stats.drops["too_big"] += 1
+            self._stats.drops["too_big"] += 1
             return False
-        self.send_to_peer(peer, ip_packet, now, wall)
+        self._send_to_peer(peer, ip_packet, now, wall)
         return True
 
-    def send_to_peer(self, peer: Peer, ip_packet: bytes, now: float, wall: float) -> None:
+    def _send_to_peer(self, peer: Peer, ip_packet: bytes, now: float, wall: float) -> None:
         """Encrypt `ip_packet` for `peer` now, or stage it and start a handshake."""
         session = peer.current
         if (
@@ -450,12 +487,12 @@ class WireGuardCore(HandshakeLayer):
             and now - session.created < REJECT_AFTER_TIME
         ):
             # The common case, inlined: a live session and nothing queued ahead of this packet.
-            datagram = session.seal(ip_packet, self.mtu)
+            datagram = session.seal(ip_packet, self._mtu)
             endpoint = peer.endpoint
             if endpoint is None:
-                self.stats.drops["no_endpoint"] += 1
+                self._stats.drops["no_endpoint"] += 1
             else:
-                self.outgoing.append((datagram, endpoint))
+                self._datagrams.append((datagram, endpoint))
                 peer.tx_bytes += len(datagram)
             if peer.persistent_keepalive:
                 peer.timers_any_authenticated_packet_traversal(now)
@@ -468,10 +505,10 @@ class WireGuardCore(HandshakeLayer):
                 self._send_initiation(peer, now, wall, False)
             return
         if peer.removed:
-            self.stats.drops["peer_removed"] += 1
+            self._stats.drops["peer_removed"] += 1
             return
         if not peer.stage(ip_packet):
-            self.stats.drops["queue_full"] += 1
+            self._stats.drops["queue_full"] += 1
         self._send_staged(peer, now, wall)
 
     def _send_staged(self, peer: Peer, now: float, wall: float) -> None:
@@ -483,7 +520,7 @@ class WireGuardCore(HandshakeLayer):
         if session is None or not session.can_send(now):
             self._send_initiation(peer, now, wall, False)
             return
-        mtu = self.mtu
+        mtu = self._mtu
         data_sent = False
         while staged and session.send_counter < REJECT_AFTER_MESSAGES:
             packet = staged.popleft()
@@ -510,18 +547,18 @@ class WireGuardCore(HandshakeLayer):
     def _send(self, peer: Peer, datagram: bytes) -> None:
         endpoint = peer.endpoint
         if endpoint is None:
-            self.stats.drops["no_endpoint"] += 1
+            self._stats.drops["no_endpoint"] += 1
             return
-        self.outgoing.append((datagram, endpoint))
+        self._datagrams.append((datagram, endpoint))
         peer.tx_bytes += len(datagram)
 
     # ------------------------------------------------------------------ timers
 
-    def next_deadline(self) -> float | None:
+    def next_timer(self) -> float | None:
         """The exact monotonic time of the earliest pending timer of any peer, or None."""
-        return self._timers.next_deadline()
+        return self._timers.next_timer()
 
-    def on_timer(self, now: float, wall: float) -> None:
+    def handle_timer(self, now: float, wall: float) -> None:
         """Run every timer due at `now`; safe to call early or more often than needed."""
         timers = self._timers
         for peer in timers.pop_due(now):
@@ -545,7 +582,7 @@ class WireGuardCore(HandshakeLayer):
                     peer.drop_sessions(self._index)
                     flushed = peer.flush_staged()
                     if flushed:
-                        self.stats.drops["keys_zeroed"] += flushed
+                        self._stats.drops["keys_zeroed"] += flushed
             timers.reschedule(peer)
 
     def _expired_retransmit_handshake(self, peer: Peer, now: float, wall: float) -> None:
@@ -555,17 +592,9 @@ class WireGuardCore(HandshakeLayer):
             peer.send_keepalive_at = None
             flushed = peer.flush_staged()
             if flushed:
-                self.stats.drops["handshake_gave_up"] += flushed
+                self._stats.drops["handshake_gave_up"] += flushed
             if peer.zero_key_material_at is None:
                 peer.timers_session_derived(now)
             return
         peer.handshake_attempts += 1
         self._send_initiation(peer, now, wall, True)
-
-
-def _network(prefix) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """Config and UAPI hand over parsed networks; only other forms need parsing (with host bits
-    masked, as wg does)."""
-    if isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return prefix
-    return ipaddress.ip_network(prefix, strict=False)

@@ -3,7 +3,7 @@
 Split out of core.py, which it is a base class of, to keep each module readable: everything
 here runs once per handshake (a few per peer every two minutes), while core.py holds the
 per-packet data path, configuration and timer dispatch. The methods use the core's state
-(`peers`, `stats`, `outgoing`, the index table, the cookie checker, load monitor and rate
+(`_peers`, `_stats`, `_datagrams`, the index table, the cookie checker, load monitor and rate
 limiter) and call back into its send path (`_send`, `_send_keepalive`).
 
 Order of checks for an incoming initiation or response, as wireguard-go does them: mac1 (one
@@ -22,7 +22,7 @@ REKEY_TIMEOUT later. Only one such resend is made per initiation, so forged cook
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from tether.wireguard.constants import (
     KEY_LEN,
@@ -47,11 +47,7 @@ from tether.wireguard.noise import (
 from tether.wireguard.peer import Peer
 from tether.wireguard.ratelimit import HandshakeRateLimiter, LoadMonitor
 from tether.wireguard.session import IndexTable, PendingInitiation, Session
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from tether.wireguard.core import CoreStats
+from tether.wireguard.stats import CoreStats
 
 __all__ = ["RESPONSE_MAX_DELAY", "HandshakeLayer"]
 
@@ -63,10 +59,10 @@ class HandshakeLayer:
     """Handshake message processing; see the module docstring. Not used on its own."""
 
     # Provided by WireGuardCore.
-    peers: dict[bytes, Peer]
-    stats: CoreStats
-    outgoing: list[tuple[bytes, tuple]]
-    local: LocalIdentity | None
+    _peers: dict[bytes, Peer]
+    _stats: CoreStats
+    _datagrams: list[tuple[bytes, tuple]]
+    _local: LocalIdentity | None
     _index: IndexTable
     _checker: CookieChecker | None
     _load: LoadMonitor
@@ -78,7 +74,7 @@ class HandshakeLayer:
     def _receive_handshake(
         self, mtype: int, data: bytes, source: tuple, now: float, wall: float
     ) -> None:
-        drops = self.stats.drops
+        drops = self._stats.drops
         checker = self._checker
         if checker is None:
             drops["no_private_key"] += 1
@@ -93,8 +89,8 @@ class HandshakeLayer:
                 drops["bad_source"] += 1
                 return
             if not checker.check_mac2(data, src, now):
-                self.outgoing.append((checker.create_reply(data, src, now), source))
-                self.stats.cookie_replies_sent += 1
+                self._datagrams.append((checker.create_reply(data, src, now), source))
+                self._stats.cookie_replies_sent += 1
                 return
             if not self._ratelimiter.allow(source[0], now):
                 drops["ratelimited"] += 1
@@ -105,13 +101,13 @@ class HandshakeLayer:
             self._consume_response(data, source, now, wall)
 
     def _consume_initiation(self, data: bytes, source: tuple, now: float) -> None:
-        drops = self.stats.drops
+        drops = self._stats.drops
         try:
-            opened = open_initiation(self.local, parse_initiation(data))
+            opened = open_initiation(self._local, parse_initiation(data))
         except MessageError:
             drops["handshake_invalid"] += 1
             return
-        peer = self.peers.get(opened.initiator_static)
+        peer = self._peers.get(opened.initiator_static)
         if peer is None or peer.keys is None:
             drops["unknown_peer"] += 1
             return
@@ -123,7 +119,7 @@ class HandshakeLayer:
         if not peer.initiation_guard.admit(state.timestamp, now):
             drops["initiation_replay_or_flood"] += 1
             return
-        self.stats.initiations_received += 1
+        self._stats.initiations_received += 1
         peer.timers_any_authenticated_packet_traversal(now)
         peer.timers_any_authenticated_packet_received()
         peer.endpoint = source
@@ -137,18 +133,18 @@ class HandshakeLayer:
                 sender=self._index.allocate(), epriv=self._random_bytes(KEY_LEN)
             )
         except MessageError:  # the initiator's ephemeral was a low-order point
-            self.stats.drops["handshake_invalid"] += 1
+            self._stats.drops["handshake_invalid"] += 1
             return
         packet = peer.cookie_generator.add_macs(response.pack(), now)
         peer.add_session(Session(keypair, peer, now), self._index)
         peer.timers_session_derived(now)
         peer.timers_any_authenticated_packet_traversal(now)
         peer.timers_any_authenticated_packet_sent()
-        self.stats.responses_sent += 1
+        self._stats.responses_sent += 1
         self._send(peer, packet)
 
     def _consume_response(self, data: bytes, source: tuple, now: float, wall: float) -> None:
-        drops = self.stats.drops
+        drops = self._stats.drops
         try:
             msg = parse_response(data)
         except MessageError:
@@ -168,8 +164,8 @@ class HandshakeLayer:
             return
         peer = pending.peer
         peer.pending = None
-        self.stats.responses_received += 1
-        self.stats.handshakes_completed += 1
+        self._stats.responses_received += 1
+        self._stats.handshakes_completed += 1
         peer.endpoint = source
         peer.rx_bytes += len(data)
         peer.timers_any_authenticated_packet_traversal(now)
@@ -182,7 +178,7 @@ class HandshakeLayer:
         self._send_keepalive(peer, now, wall)
 
     def _receive_cookie_reply(self, data: bytes, now: float) -> None:
-        drops = self.stats.drops
+        drops = self._stats.drops
         try:
             reply = parse_cookie_reply(data)
         except MessageError:
@@ -198,7 +194,7 @@ class HandshakeLayer:
         except MessageError:
             drops["cookie_invalid"] += 1
             return
-        self.stats.cookie_replies_received += 1
+        self._stats.cookie_replies_received += 1
         if (
             entry.__class__ is PendingInitiation
             and entry is peer.pending
@@ -209,7 +205,7 @@ class HandshakeLayer:
             packet = peer.cookie_generator.add_macs(entry.packet, now)
             peer.timers_any_authenticated_packet_traversal(now)
             peer.timers_any_authenticated_packet_sent()
-            self.stats.initiations_sent += 1
+            self._stats.initiations_sent += 1
             self._send(peer, packet)
 
     def _send_initiation(self, peer: Peer, now: float, wall: float, is_retry: bool) -> None:
@@ -221,7 +217,7 @@ class HandshakeLayer:
         peer.last_sent_handshake = now
         keys = peer.keys
         if keys is None or keys.ss is None:
-            self.stats.drops["handshake_impossible"] += 1
+            self._stats.drops["handshake_impossible"] += 1
             return
         index = self._index
         index.remove(peer.pending)
@@ -236,6 +232,6 @@ class HandshakeLayer:
         packet = peer.cookie_generator.add_macs(body, now)
         peer.timers_any_authenticated_packet_traversal(now)
         peer.timers_any_authenticated_packet_sent()
-        self.stats.initiations_sent += 1
+        self._stats.initiations_sent += 1
         self._send(peer, packet)
         peer.timers_handshake_initiated(now)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import math
 from collections import deque
+from dataclasses import dataclass
 
 from tether.wireguard.allowedips import AllowedIPs, Network
 from tether.wireguard.cookie import CookieGenerator
@@ -26,11 +27,26 @@ from tether.wireguard.noise import InitiationGuard, LocalIdentity, PeerKeys
 from tether.wireguard.session import IndexTable, PendingInitiation, Session
 from tether.wireguard.timers import PeerTimers, TimerQueue
 
-__all__ = ["DEFAULT_MAX_STAGED", "Peer"]
+__all__ = ["DEFAULT_MAX_STAGED", "Peer", "PeerStatus"]
 
 # Packets staged per peer while no session can carry them; the oldest are dropped first, as
 # wireguard-go drops its oldest staged batch, because a fresh packet is more likely still wanted.
 DEFAULT_MAX_STAGED = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """One peer as `wg show` and the UAPI `get` report it, as an immutable value: what the core
+    hands to shells, reconcilers and metrics instead of its live `Peer` objects."""
+
+    public_key: bytes
+    preshared_key: bytes | None
+    endpoint: tuple | None  # (host, port) as the socket layer reports it
+    allowed_ips: tuple[Network, ...]  # in the table's order (most recently inserted last)
+    persistent_keepalive: int  # seconds, 0 = off
+    rx_bytes: int
+    tx_bytes: int
+    last_handshake: float | None  # wall-clock (Unix) time of the latest handshake; None: never
 
 
 class Peer(PeerTimers):
@@ -98,6 +114,19 @@ class Peer(PeerTimers):
     def allowed_ips(self) -> list[Network]:
         """This peer's prefixes in the table's order (most recently inserted last)."""
         return self._table.entries_for_peer(self)
+
+    def status(self) -> PeerStatus:
+        """A snapshot of the reported fields."""
+        return PeerStatus(
+            self.public_key,
+            self.preshared_key,
+            self.endpoint,
+            tuple(self._table.entries_for_peer(self)),
+            self.persistent_keepalive,
+            self.rx_bytes,
+            self.tx_bytes,
+            self.last_handshake_wall,
+        )
 
     def set_local(self, local: LocalIdentity | None) -> None:
         """Recompute the handshake keys for our (new) static identity or preshared key."""

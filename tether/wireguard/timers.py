@@ -17,7 +17,7 @@ The `timers_*` hooks are named and placed as wireguard-go places its calls, so t
 read side by side. Instead of one OS timer per (peer, timer), all deadlines live in one
 `TimerQueue`, a binary heap with lazy invalidation: a hook only pushes when a deadline moves
 *earlier* than the peer's heap entry, so the per-packet hooks (which mostly move deadlines later
-or clear them) cost a comparison. `TimerQueue.next_deadline` repairs the top entry against the
+or clear them) cost a comparison. `TimerQueue.next_timer` repairs the top entry against the
 peer's true earliest deadline before answering, so the answer is exact and the IO shell can
 sleep until precisely then.
 """
@@ -65,8 +65,9 @@ class TimerQueue:
     """Earliest deadline across all peers: a heap of (deadline, seq, peer) with lazy repair.
 
     Invariant: a peer with any pending timer has an entry whose deadline equals its
-    `_timer_key`, and `_timer_key` is no later than its earliest pending deadline. Entries whose
-    deadline differs from their peer's `_timer_key` are stale and skipped.
+    `queued_at`, and `queued_at` is no later than its earliest pending deadline. Entries whose
+    deadline differs from their peer's `queued_at` are stale and skipped. `queued_at` is the
+    queue's bookkeeping, kept on the peer so that the per-packet hooks compare one slot.
     """
 
     __slots__ = ("_heap", "_seq", "_compact_at", "jitter")
@@ -81,7 +82,7 @@ class TimerQueue:
         self.jitter = jitter
 
     def push(self, peer: PeerTimers, deadline: float) -> None:
-        peer._timer_key = deadline
+        peer.queued_at = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), peer))
         if len(self._heap) > self._compact_at:
             self._compact()
@@ -89,7 +90,7 @@ class TimerQueue:
     def reschedule(self, peer: PeerTimers) -> None:
         """Make sure the peer's earliest deadline is covered by an entry (after firing it)."""
         earliest = peer.earliest_deadline()
-        if earliest is not None and (peer._timer_key is None or earliest < peer._timer_key):
+        if earliest is not None and (peer.queued_at is None or earliest < peer.queued_at):
             self.push(peer, earliest)
 
     def _settle(self) -> tuple[float, int, PeerTimers] | None:
@@ -98,19 +99,20 @@ class TimerQueue:
         while heap:
             top = heap[0]
             deadline, _, peer = top
-            if peer._timer_key != deadline:
+            if peer.queued_at != deadline:
                 heapq.heappop(heap)
                 continue
             earliest = peer.earliest_deadline()
             if earliest == deadline:
                 return top
             heapq.heappop(heap)
-            peer._timer_key = None
+            peer.queued_at = None
             if earliest is not None:
                 self.push(peer, earliest)
         return None
 
-    def next_deadline(self) -> float | None:
+    def next_timer(self) -> float | None:
+        """The exact earliest pending deadline of any peer, or None."""
         top = self._settle()
         return None if top is None else top[0]
 
@@ -125,7 +127,7 @@ class TimerQueue:
                 break
             heapq.heappop(heap)
             peer = top[2]
-            peer._timer_key = None
+            peer.queued_at = None
             due.append(peer)
         return due
 
@@ -135,7 +137,7 @@ class TimerQueue:
         fresh = []
         for entry in self._heap:
             deadline, _, peer = entry
-            if peer._timer_key == deadline and id(peer) not in seen:
+            if peer.queued_at == deadline and id(peer) not in seen:
                 seen.add(id(peer))
                 fresh.append(entry)
         heapq.heapify(fresh)
@@ -158,7 +160,7 @@ class PeerTimers:
         "handshake_attempts",
         "need_another_keepalive",
         "sent_last_minute_handshake",
-        "_timer_key",
+        "queued_at",
         "_timer_queue",
     )
 
@@ -175,11 +177,13 @@ class PeerTimers:
         self.handshake_attempts = 0
         self.need_another_keepalive = False
         self.sent_last_minute_handshake = False
-        self._timer_key: float | None = None
+        # The deadline of this peer's live TimerQueue entry, None when it has none; the queue
+        # maintains it (see TimerQueue's invariant), the hooks only read it.
+        self.queued_at: float | None = None
         self._timer_queue = queue
 
     def _armed(self, deadline: float) -> None:
-        key = self._timer_key
+        key = self.queued_at
         if key is None or deadline < key:
             self._timer_queue.push(self, deadline)
 
@@ -212,7 +216,7 @@ class PeerTimers:
         """Cancel everything (peer removed); its heap entries become stale."""
         for attr in _TIMER_ATTRS:
             setattr(self, attr, None)
-        self._timer_key = None
+        self.queued_at = None
 
     # The hooks. Each docstring says when the core calls it.
 
