@@ -51,14 +51,20 @@ class Request:
         if self._timer is not None:
             self._timer.cancel()
 
+    def give_up_after(self, timeout: float) -> None:
+        """On the loop: report a timeout unless an answer comes first."""
+        self._timer = self.loop.call_later(
+            timeout, self._finish, None, f"no answer within {timeout:g} s"
+        )
+
     def _finish(self, address: tuple[str, int] | None, reason: str | None) -> None:
         if self.finished:
             return  # timed out or cancelled first
         self.cancel()
         self._done(address, reason)
 
-    def _post(self, address: tuple[str, int] | None, reason: str | None) -> None:
-        """From a worker thread: hand the answer to the loop."""
+    def answer(self, address: tuple[str, int] | None, reason: str | None) -> None:
+        """From a worker thread: hand the answer (or the reason there is none) to the loop."""
         try:
             self.loop.call_soon_threadsafe(self._finish, address, reason)
         except RuntimeError:
@@ -84,9 +90,7 @@ class Resolver:
         """Start resolving `host`; `done` runs on `loop` with the address, or with None and
         the reason (including a timeout). Call it on the loop; it never blocks."""
         request = Request(loop, host, port, done)
-        request._timer = loop.call_later(
-            timeout, request._finish, None, f"no answer within {timeout:g} s"
-        )
+        request.give_up_after(timeout)
         with self._lock:
             self._queue.append(request)
             start = self._running < self._workers
@@ -112,10 +116,10 @@ class Resolver:
             try:
                 infos = self._getaddrinfo(request.host, request.port, type=socket.SOCK_DGRAM)
             except OSError as e:
-                request._post(None, e.strerror or str(e))
+                request.answer(None, e.strerror or str(e))
                 continue
             except Exception as e:  # a resolver must not kill its worker; report, go on
-                request._post(None, f"{type(e).__name__}: {e}")
+                request.answer(None, f"{type(e).__name__}: {e}")
                 continue
             address = pick_address(infos, request.port)
-            request._post(address, None if address else "no IPv4 or IPv6 address")
+            request.answer(address, None if address else "no IPv4 or IPv6 address")
