@@ -37,17 +37,8 @@ AllowedIPs = 192.168.90.1/32
 
 
 @pytest.fixture
-def env(tmp_path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    return {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO),
-        "TETHERCTL_CONFIG_DIR": str(conf),
-        "TETHERCTL_RUN_DIR": str(tmp_path / "run"),
-        "TETHERCTL_STATE_DIR": str(tmp_path / "state"),
-        "TETHERCTL_PUBLIC_IPV4": "88.42.58.36",
-    }
+def env(cli_env):
+    return {**cli_env, "TETHERCTL_PUBLIC_IPV4": "88.42.58.36"}
 
 
 def conf(env) -> Path:

@@ -29,19 +29,11 @@ AllowedIPs = 10.60.0.2/32
 
 
 @pytest.fixture
-def env(tmp_path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
+def env(cli_env):
+    conf = Path(cli_env["TETHERCTL_CONFIG_DIR"])
     (conf / "tp0.conf").write_text(DEVICE)
     os.chmod(conf / "tp0.conf", 0o600)
-    return {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO),
-        "TETHERCTL_CONFIG_DIR": str(conf),
-        "TETHERCTL_RUN_DIR": str(tmp_path / "run"),
-        "TETHERCTL_STATE_DIR": str(tmp_path / "state"),
-        "TETHERCTL_PUBLIC_IPV4": "203.0.113.7",
-    }
+    return {**cli_env, "TETHERCTL_PUBLIC_IPV4": "203.0.113.7"}
 
 
 def tetherctl(env, *args, timeout=60):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import random
 from pathlib import Path
@@ -11,16 +10,9 @@ FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
 KEY = b"vi2iosrlXoDeZT08aXlq4AxXUNKO04NDuEeCw2Z7sD0="
 
 
-def load_target(name: str = "fuzz_api"):
-    spec = importlib.util.spec_from_file_location(name, FUZZ / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_fuzz_target_smoke(caplog):
+def test_fuzz_target_smoke(caplog, fuzz_target):
     caplog.set_level(logging.CRITICAL)
-    target = load_target()
+    target = fuzz_target("fuzz_api")
     rnd = random.Random(4321)
     # method, prefix, route, flags, more, remote; then etype \0 key \0 query \0 forwarded-for
     seeds = [
@@ -57,8 +49,8 @@ def test_fuzz_target_smoke(caplog):
         target.TestOneInput(bytes(base))
 
 
-def test_state_fuzz_target_smoke():
-    target = load_target("fuzz_api_state")
+def test_state_fuzz_target_smoke(fuzz_target):
+    target = fuzz_target("fuzz_api_state")
     rnd = random.Random(77)
     good = (
         b'{"schema": 1, "owners": {"10NguWHSLJ0tUOr4AkbTtOEYHoagq1KH/PJSIJ3SwFs=": '
@@ -82,9 +74,9 @@ def test_state_fuzz_target_smoke():
         target.TestOneInput(bytes(base))
 
 
-def test_fuzz_options_smoke():
+def test_fuzz_options_smoke(fuzz_target):
     """fuzz/fuzz_options.py: `--api-listen` texts and `<device>.env` files (read, update)."""
-    target = load_target("fuzz_options")
+    target = fuzz_target("fuzz_options")
     rnd = random.Random(2024)
     seeds = [
         b"127.0.0.1:9090\0TETHERCTL_LOG=verbose\n\0PUBLIC_IPV4\x00198.51.100.7",

@@ -144,6 +144,26 @@ def test_interface_changes():
         assert state.private_key == key(PRIV2) and len(state.addresses) == 2
 
 
+def test_listen_port_zero_keeps_the_port_it_has():
+    """`ListenPort = 0` is "any port": an edit of something else must not move the device to a
+    new random port (every client would lose it); changing to 0 from a real port does."""
+    any_port = ConfigFile.parse(f"[Interface]\nPrivateKey = {PRIV}\nListenPort = 0\n\n{PEER_A}")
+    with device() as dev:
+        reconcile(dev, None, any_port.config)
+        port = dev.snapshot().listen_port
+        edited = ConfigFile.parse(
+            f"[Interface]\nPrivateKey = {PRIV}\nListenPort = 0\n\n{PEER_A}{PEER_B}"
+        )
+        change = reconcile(dev, any_port.config, edited.config)
+        assert names(change) == ["set_peer"] and dev.snapshot().listen_port == port
+        fixed = conf(PEER_A)
+        reconcile(dev, edited.config, fixed.config)
+        assert dev.snapshot().listen_port == PORT
+        change = reconcile(dev, fixed.config, any_port.config)
+        assert "set_listen_port" in names(change)
+        assert dev.snapshot().listen_port not in (0, PORT)
+
+
 def test_roamed_endpoint_is_not_reset_by_unrelated_edits():
     old = conf(PEER_B)
     with device() as dev:

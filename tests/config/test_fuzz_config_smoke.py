@@ -1,7 +1,6 @@
 """Runs fuzz/fuzz_config.py's TestOneInput on the corpus and a few hundred mutations of it,
 without atheris, so the target cannot rot (the long runs are `make fuzz TARGET=config`)."""
 
-import importlib.util
 import random
 from pathlib import Path
 
@@ -9,15 +8,8 @@ TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_config.py"
 CORPUS = Path(__file__).parent / "corpus"
 
 
-def load_target():
-    spec = importlib.util.spec_from_file_location("fuzz_config", TARGET)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_fuzz_config_smoke():
-    target = load_target()
+def test_fuzz_config_smoke(fuzz_target):
+    target = fuzz_target("fuzz_config")
     files = [p.read_bytes() for p in sorted(CORPUS.glob("*.conf"))]
     assert any(b"[Exit]" in f for f in files)
     for data in files:

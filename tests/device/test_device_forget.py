@@ -23,7 +23,7 @@ from tether.device.uapi import AllowedIPChange, PeerOp, SetRequest
 from tether.device.uapi_adapter import uapi_set
 from tether.netstack.wire import build_segment, build_udp_packet
 
-from ..netstack.test_exit_support import ip_packet
+from ..netstack.support import ip_packet
 from .support import QuietInside, idle_device, remove_peer, set_peer
 
 net = ipaddress.ip_network

@@ -40,7 +40,7 @@ from tether.netstack.wire import (
     parse_udp,
 )
 
-from ..netstack.test_exit_support import PeerTcp, ip_packet
+from ..netstack.support import PeerTcp, ip_packet
 
 PEER_KEY = b"K" * 32
 PEER4 = bytes([10, 7, 0, 2])

@@ -4,7 +4,6 @@ parsing our replies over a fake socket in /var/run/wireguard."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import ipaddress
 import os
 import random
@@ -439,11 +438,8 @@ def test_random_bytes_only_raise_uapi_error(data):
 # --- the fuzz target, so it cannot rot -----------------------------------------------------
 
 
-def test_fuzz_target_smoke():
-    path = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_uapi.py"
-    spec = importlib.util.spec_from_file_location("fuzz_uapi", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_fuzz_target_smoke(fuzz_target):
+    module = fuzz_target("fuzz_uapi")
     rnd = random.Random(6479)
     seeds = [WG_SET, WG_REMOVE, b"get=1\n\n", b"get=1\n\n" + WG_SET]
     for i in range(400):

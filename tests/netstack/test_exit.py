@@ -30,7 +30,7 @@ from tether.netstack.wire import (
     parse_udp,
 )
 
-from .test_exit_support import (
+from .support import (
     NET4,
     NET6,
     OTHER_KEY,

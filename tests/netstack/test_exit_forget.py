@@ -13,7 +13,7 @@ from tether.netstack.wire import (
     fragment_ipv4,
 )
 
-from .test_exit_support import (
+from .support import (
     NET4,
     NET6,
     OTHER_KEY,

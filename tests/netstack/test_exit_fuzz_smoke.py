@@ -1,6 +1,5 @@
 """Runs fuzz/fuzz_exit.py's TestOneInput on a few thousand inputs, without atheris."""
 
-import importlib.util
 import random
 import struct
 from pathlib import Path
@@ -8,13 +7,6 @@ from pathlib import Path
 from tether.netstack.wire import SYN, build_echo, build_segment, build_udp_packet
 
 TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_exit.py"
-
-
-def load_target():
-    spec = importlib.util.spec_from_file_location("fuzz_exit", TARGET)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def raw(packet: bytes, peer: int = 0) -> bytes:
@@ -36,8 +28,8 @@ def seeds() -> list[bytes]:
     ]
 
 
-def test_fuzz_exit_smoke():
-    target = load_target()
+def test_fuzz_exit_smoke(fuzz_target):
+    target = fuzz_target("fuzz_exit")
     rnd = random.Random(4321)
     base = seeds()
     for s in base:

@@ -11,7 +11,7 @@ from tether.netstack.exit import START_BUFFER, ExitConfig, TcpClose, UdpClose
 from tether.netstack.tcp import TcpConfig
 from tether.netstack.wire import RST, build_udp_packet, parse_ip, parse_segment
 
-from .test_exit_support import (
+from .support import (
     NET4,
     OTHER_KEY,
     PEER4,

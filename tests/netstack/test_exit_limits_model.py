@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tether.netstack.exit import ExitConfig, TcpConnect, UdpOpen
 from tether.netstack.wire import build_udp_packet
 
-from .test_exit_support import NET4, FakeHost, Harness, PeerTcp
+from .support import NET4, FakeHost, Harness, PeerTcp
 
 PEERS = [bytes([65 + i]) * 32 for i in range(4)]
 ADDR = {key: bytes([10, 9, 0, 2 + i]) for i, key in enumerate(PEERS)}

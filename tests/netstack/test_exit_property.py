@@ -34,7 +34,7 @@ from tether.netstack.wire import (
     parse_ip,
 )
 
-from .test_exit_support import (
+from .support import (
     NET4,
     NET6,
     OTHER_KEY,
@@ -304,7 +304,7 @@ class StreamHost:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
-    from .test_exit_support import PeerTcp
+    from .support import PeerTcp
 
     h = Harness(mtu=1280)
     host = StreamHost(h)

@@ -27,7 +27,7 @@ from tether.netstack.wire import (
     parse_segment,
 )
 
-from .test_exit_support import (
+from .support import (
     NET4,
     NET6,
     PEER4,

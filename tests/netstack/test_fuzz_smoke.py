@@ -1,19 +1,11 @@
 """Runs the atheris target's TestOneInput on a few hundred inputs, without atheris."""
 
-import importlib.util
 import random
 from pathlib import Path
 
 from tether.netstack.wire import build_echo, build_ipv4, build_ipv6, build_udp_packet
 
 TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_ip_packets.py"
-
-
-def load_target():
-    spec = importlib.util.spec_from_file_location("fuzz_ip_packets", TARGET)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def seeds() -> list[bytes]:
@@ -30,8 +22,8 @@ def seeds() -> list[bytes]:
     ]
 
 
-def test_fuzz_target_smoke():
-    target = load_target()
+def test_fuzz_target_smoke(fuzz_target):
+    target = fuzz_target("fuzz_ip_packets")
     rnd = random.Random(1234)
     base = seeds()
     for i in range(600):

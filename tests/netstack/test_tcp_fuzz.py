@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
 TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_tcp.py"
 
 
-def load_target():
-    spec = importlib.util.spec_from_file_location("fuzz_tcp", TARGET)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_fuzz_target_survives_random_programs() -> None:
-    target = load_target()
+def test_fuzz_target_survives_random_programs(fuzz_target) -> None:
+    target = fuzz_target("fuzz_tcp")
     rng = random.Random(20241125)
     for i in range(400):
         n = rng.choice([0, 1, 10, 100, 400, 2000])
@@ -34,7 +26,7 @@ def test_fuzz_target_survives_random_programs() -> None:
         target.TestOneInput(data)
 
 
-def test_fuzz_target_accepts_degenerate_inputs() -> None:
-    target = load_target()
+def test_fuzz_target_accepts_degenerate_inputs(fuzz_target) -> None:
+    target = fuzz_target("fuzz_tcp")
     for data in (b"", b"\xff" * 64, bytes(64), bytes(range(256)) * 8):
         target.TestOneInput(data)

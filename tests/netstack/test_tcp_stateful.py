@@ -1,7 +1,7 @@
 """TcpConnection against the simulated peer TCP over a lossy, reordering, duplicating fake link.
 
 Hypothesis drives writes, reads, closes, aborts, time and link "weather" (random loss, duplication,
-jitter) plus explicit drops, duplicates and early deliveries; the peer (`test_tcp_simpeer.SimPeer`)
+jitter) plus explicit drops, duplicates and early deliveries; the peer (`simpeer.SimPeer`)
 checks every segment. Invariants: what each side received is a prefix of what the other sent, and
 no buffer exceeds its bound. At the end the link heals: everything must arrive exactly, both ways,
 and closing must end in CLOSED with no timer left.
@@ -9,11 +9,8 @@ and closing must end in CLOSED with no timer left.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
-import sys
-from pathlib import Path
 
 import hypothesis.strategies as st
 import pytest
@@ -22,20 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from tether.netstack.tcp import ConnectionClosed, State, TcpConfig
 
-
-def _load_sim():
-    """The harness module (a sibling test file: tests are not a package here)."""
-    name = "tcp_simpeer_harness"
-    if name not in sys.modules:
-        path = Path(__file__).with_name("test_tcp_simpeer.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-Harness = _load_sim().Harness
+from .simpeer import Harness
 
 CONFIGS = st.builds(
     TcpConfig,

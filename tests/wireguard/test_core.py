@@ -17,7 +17,7 @@ from tether.wireguard.constants import (
 )
 from tether.wireguard.core import UNCHANGED, WireGuardCore
 
-from .test_core_support import (
+from .support import (
     A_ADDR,
     A_IP,
     B_ADDR,

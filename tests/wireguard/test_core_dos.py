@@ -16,7 +16,7 @@ from tether.wireguard.constants import (
 from tether.wireguard.cookie import CookieGenerator
 from tether.wireguard.ratelimit import HandshakeRateLimiter, LoadMonitor
 
-from .test_core_support import A_ADDR, A_IP, B_ADDR, B_IP, WALL_OFFSET, Pair, ip4, mtype, payloads
+from .support import A_ADDR, A_IP, B_ADDR, B_IP, WALL_OFFSET, Pair, ip4, mtype, payloads
 
 
 def spoofed_initiations(responder_public: bytes, count: int, seed: int = 0):

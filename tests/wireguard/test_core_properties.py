@@ -32,7 +32,7 @@ from tether.wireguard.constants import (
 )
 from tether.wireguard.core import WireGuardCore
 
-from .test_core_support import A_ADDR, A_IP, B_ADDR, B_IP, WALL_OFFSET, ip4
+from .support import A_ADDR, A_IP, B_ADDR, B_IP, WALL_OFFSET, ip4
 
 _KEYS = [keys.generate_private() for _ in range(2)]
 

@@ -16,7 +16,7 @@ from tether.wireguard.constants import (
     REKEY_TIMEOUT_JITTER_MAX,
 )
 
-from .test_core_support import A_ADDR, A_IP, B_ADDR, B_IP, Pair, ip4, is_transport, mtype, payloads
+from .support import A_ADDR, A_IP, B_ADDR, B_IP, Pair, ip4, is_transport, mtype, payloads
 
 
 def sent_by(p: Pair, addr: tuple, since: float = -1.0) -> list[tuple[float, int, int]]:

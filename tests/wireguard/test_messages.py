@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -150,17 +148,9 @@ def test_building_checks_field_sizes(build):
 # --- the fuzz target, as a smoke test ----------------------------------------------------------
 
 
-def _load_fuzz_target():
-    path = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_wire_messages.py"
-    spec = importlib.util.spec_from_file_location("fuzz_wire_messages", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_fuzz_target_smoke():
+def test_fuzz_target_smoke(fuzz_target):
     """A few hundred random and mutated datagrams; any exception escaping is a bug."""
-    target = _load_fuzz_target()
+    target = fuzz_target("fuzz_wire_messages")
     rng = random.Random(0x7E7E)
     for seed in target.SEEDS:
         target.TestOneInput(seed)

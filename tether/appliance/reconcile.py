@@ -43,7 +43,12 @@ def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) ->
     iface = new.interface
     listen_port = None
     if iface.listen_port is not None and iface.listen_port != running.listen_port:
-        listen_port = iface.listen_port
+        # `ListenPort = 0` means "any port": the device already has one, so only a file that
+        # changed to 0 from a real port asks for a new one. Rebinding on every edit would move
+        # the device to a fresh random port each time and strand every client.
+        was = last.interface.listen_port if last is not None else 0
+        if iface.listen_port != 0 or was:
+            listen_port = iface.listen_port
     private_key = None
     if iface.private_key != running.private_key:
         private_key = iface.private_key if iface.private_key is not None else ZERO_KEY
