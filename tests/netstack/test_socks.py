@@ -171,6 +171,18 @@ def test_every_reply_code_maps_to_what_a_direct_connect_would_give(code, err):
     assert client.result.err == err and not client.result.proxy_fault
 
 
+def test_a_probe_only_authenticates():
+    probe = SocksClient(None, "", 0, CREDS, 0.0)
+    assert probe.take_data() == HELLO
+    probe.receive_data(b"\x05\x02", 0.0)
+    assert probe.take_data() == AUTH
+    probe.receive_data(b"\x01\x00", 0.0)
+    assert probe.result == SocksReady(("", 0), b"") and probe.take_data() == b""
+    probe = SocksClient(None, "", 0, None, 0.0)
+    probe.receive_data(b"\x05\x00", 0.0)
+    assert probe.result == SocksReady(("", 0), b"") and probe.take_data() == b"\x05\x01\x00"
+
+
 def test_the_deadline():
     client = SocksClient(CONNECT, "198.18.4.2", 80, None, 100.0, timeout=10.0)
     assert client.next_timer() == 110.0

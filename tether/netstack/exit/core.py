@@ -345,9 +345,7 @@ class Exit:
         if ps is None:
             if len(self._peers) >= 4096:
                 self._forget_idle_peers()
-            ps = self._peers[peer_key] = PeerState(
-                peer_key, self.config, self.egress_for(peer_key)
-            )
+            ps = self._peers[peer_key] = PeerState(peer_key, self.config, self.egress_for(peer_key))
         return ps
 
     def _forget_idle_peers(self) -> None:

@@ -99,13 +99,15 @@ class SocksClient:
     `host` is the destination (an IP address as text; for UDP ASSOCIATE the address and port
     the datagrams will come from, `0.0.0.0`/0 when unknown); `credentials` (user name,
     password) are offered besides "no authentication" when given. The deadline (`now +
-    timeout`) covers everything from the start: the TCP connect, which the shell makes, too."""
+    timeout`) covers everything from the start: the TCP connect, which the shell makes, too.
+    With `command` None the client only authenticates (a health probe of the proxy): it is
+    ready, with no bound address, once the proxy accepted it."""
 
     __slots__ = ("_conn", "_credentials", "_request", "_buffer", "_stage", "_deadline", "result")
 
     def __init__(
         self,
-        command: SOCKS5Command,
+        command: SOCKS5Command | None,
         host: str,
         port: int,
         credentials: tuple[bytes, bytes] | None,
@@ -115,7 +117,9 @@ class SocksClient:
     ) -> None:
         self._conn = SOCKS5Connection()
         self._credentials = credentials
-        self._request = SOCKS5CommandRequest.from_address(command, (host, port))
+        self._request = (
+            SOCKS5CommandRequest.from_address(command, (host, port)) if command else None
+        )
         self._buffer = bytearray()
         self._stage = _AUTH
         self._deadline = now + timeout
@@ -225,6 +229,10 @@ class SocksClient:
         return chunk
 
     def _send_command(self) -> None:
+        if self._request is None:  # a probe: authenticated is all it wanted to know
+            self._stage = _DONE
+            self.result = SocksReady(("", 0), bytes(self._buffer))
+            return
         self._conn.send(self._request)
         self._stage = _COMMAND
 
