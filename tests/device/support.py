@@ -12,7 +12,7 @@ import time
 
 from tether.device.change import DeviceChange, PeerChange
 from tether.device.device import Device
-from tether.device.exit_shell import ExitShell
+from tether.device.exit import ExitShell
 from tether.device.inside import InsideContext
 
 from ..netstack.support import PeerTcp

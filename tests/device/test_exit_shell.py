@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.device.exit_shell import ExitShell, discover_host_addresses
+from tether.device.exit import ExitShell, discover_host_addresses
 from tether.netstack.wire import (
     PROTO_TCP,
     RST,

@@ -25,7 +25,7 @@ DEFAULT_MAX_FLOWS = 16384  # all peers together; also bounded by the descriptor 
 DEFAULT_MAX_FLOWS_PER_PEER = 1024  # TCP and UDP flows of one peer
 DEFAULT_MAX_BUFFER = 1 << 30  # TCP buffer memory of the whole device
 DEFAULT_MAX_BUFFER_PER_PEER = 128 << 20
-FLOWS_MAX = 1 << 20  # the descriptor limit's ceiling (exit_shell_host.raise_nofile_limit)
+FLOWS_MAX = 1 << 20  # the descriptor limit's ceiling (device.exit.host.raise_nofile_limit)
 
 
 def _parse_flows(value: str) -> int:

@@ -1,6 +1,6 @@
 """What the exit's IO shell keeps in a TCP flow's `handle`: its host socket and the state of
-reading and writing it. Apart from `exit_shell` so that the upstream-proxy part of the shell
-(`exit_egress`), which makes these sockets for proxied flows, needs nothing else of it."""
+reading and writing it. Apart from `shell` so that the upstream-proxy part of the shell
+(`egress`), which makes these sockets for proxied flows, needs nothing else of it."""
 
 from __future__ import annotations
 
@@ -27,4 +27,4 @@ class TcpSock:
         self.shutdown_after = False  # shutdown(SHUT_WR) once pending is written
         self.close_after = False  # close once pending is written
         self.closed = False
-        self.setup = None  # the SOCKS negotiation in progress (exit_egress), with its timer
+        self.setup = None  # the SOCKS negotiation in progress (egress), with its timer

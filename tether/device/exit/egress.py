@@ -23,7 +23,7 @@ key, after its policy judged the destination) and hands each flow's `Proxy` over
 Fail closed: nothing here ever opens a socket toward a flow's destination. A proxy that cannot
 be reached, refuses the credentials, breaks the protocol or does not answer within
 NEGOTIATION_TIMEOUT fails the flow with ENETUNREACH (the peer gets ICMP network unreachable, a
-hard error for its connect), and is marked down (`exit_proxy.Proxy`: flows fail at once while
+hard error for its connect), and is marked down (`proxy.Proxy`: flows fail at once while
 it is, probes bring it back, `status` is the `tetherctl_egress_up` gauge); a reply code fails
 the flow as the matching direct failure would (RST for "refused", ICMP unreachable or
 administratively prohibited).
@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from tether.config.egress import Egress
-from tether.device.exit_proxy import Negotiation, Proxy, is_ip, open_socket
-from tether.device.exit_sockets import TcpSock
+from tether.device.exit.proxy import Negotiation, Proxy, is_ip, open_socket
+from tether.device.exit.sockets import TcpSock
 from tether.device.resolve import Resolver
 from tether.netstack.exit.socks import (
     CONNECT,

@@ -28,7 +28,7 @@ the public ones the operator named come in as `public_addresses`. The device's `
 that have an `ExitConfig` field (MaxFlows, MaxBufferPerPeer) when the exit is made.
 
 Flows whose egress is an upstream proxy (`Egress = socks5://...` in `[Exit]` or a `[Peer]`) are
-handed to `exit_egress` when they open; once the proxy has connected a TCP flow, its socket is
+handed to `egress` when they open; once the proxy has connected a TCP flow, its socket is
 an ordinary flow socket here. Nothing in this module opens a socket toward the destination of a
 proxied flow.
 """
@@ -44,14 +44,14 @@ import time
 from dataclasses import replace
 
 from tether import keys
-from tether.device.exit_egress import Egresses
-from tether.device.exit_shell_host import (
+from tether.device.exit.egress import Egresses
+from tether.device.exit.host import (
     Pinger,
     discover_host_addresses,
     limits_from,
     raise_nofile_limit,
 )
-from tether.device.exit_sockets import TcpSock
+from tether.device.exit.sockets import TcpSock
 from tether.device.inside import InsideContext
 from tether.device.resolve import Resolver
 from tether.netstack.exit import (

@@ -2,7 +2,7 @@
 the process may hold (and so how many flows the exit may open), and the ping sockets that
 carry peers' echo requests.
 
-Kept apart from `exit_shell` so that module stays about sockets per flow.
+Kept apart from `shell` so that module stays about sockets per flow.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The exit shell's upstream proxies themselves (see `exit_egress` for the flows through them):
+"""The exit shell's upstream proxies themselves (see `egress` for the flows through them):
 where a proxy is (a name is resolved off the loop, `tether.device.resolve`, when the proxy is
 configured and again RESOLVE_REFRESH seconds after each answer, the last answer being used
 meanwhile), whether it works, and one SOCKS exchange with it on the loop (`Negotiation`).
