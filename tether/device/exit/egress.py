@@ -229,16 +229,17 @@ class Egresses:
             return
         try:
             relay.udp = open_socket(address, socket.SOCK_DGRAM)
-            relay.udp.bind(("::" if ":" in address[0] else "0.0.0.0", 0))
+            # a UDP connect sends nothing: it binds the socket to the address and port the
+            # datagrams toward the proxy will come from, which the request must name (dante
+            # relays only what comes from the address the client declared)
+            relay.udp.connect(address)
             relay.control = open_socket(address, socket.SOCK_STREAM)
         except OSError as e:
             self._udp_failed(flow, e.errno or errno.EIO)
             return
-        # the address the datagrams come from: the port is ours, the address "unknown" (the
-        # proxy takes the control connection's), as RFC 1928 §6 allows
-        wildcard, port = relay.udp.getsockname()[:2]
+        source, port = relay.udp.getsockname()[:2]
         client = SocksClient(
-            UDP_ASSOCIATE, wildcard, port, proxy.credentials, now, timeout=NEGOTIATION_TIMEOUT
+            UDP_ASSOCIATE, source, port, proxy.credentials, now, timeout=NEGOTIATION_TIMEOUT
         )
         relay.setup = Negotiation(
             self.loop, relay.control, client, lambda r: self._udp_done(flow, r, address)
