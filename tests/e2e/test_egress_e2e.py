@@ -157,7 +157,9 @@ def test_wrong_credentials_fail_fast_with_a_clear_log_line(lab, tmp_path):
     wrong = EGRESS.replace("s3cret%23pw", "not-it")
     topo, _ = build(lab, tmp_path, exit_extra=f"Egress = {wrong}\n")
     start = time.monotonic()
-    result = ok(topo.check("unreachable", INET4, "8080"), topo)
+    result = topo.check("unreachable", INET4, "8080")
+    assert sent_directly(lab, topo.exit_ns) == 0
+    result = ok(result, topo)
     assert result["tcp"]["seconds"] < 3, result
     assert time.monotonic() - start < 30
     wait_for(

@@ -121,6 +121,8 @@ class Device:
                     name=self.name,
                 )
             )
+            if self._peer_egress:  # applied before the start: the peers' first flows need it
+                self._inside.set_peer_egress(dict(self._peer_egress))
         self._collect()
 
     def _bind(self, port: int) -> None:

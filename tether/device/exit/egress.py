@@ -172,10 +172,13 @@ class Egresses:
         if address is None:
             self.exit.receive_tcp_connect_failed(flow, PROXY_DOWN, now)
             return
+        sock = None
         try:
             sock = open_socket(address, socket.SOCK_STREAM)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
+            if sock is not None:
+                sock.close()
             self.exit.receive_tcp_connect_failed(flow, e.errno or errno.EIO, now)
             return
         h = flow.handle = TcpSock(sock)
