@@ -128,6 +128,9 @@ def test_a_peer_override_one_client_direct_one_proxied(lab, tmp_path):
     assert whoami(topo, client=1) == EXIT_OUT
     assert udp_whoami(topo, client=0) == PROXY_OUT
     assert udp_whoami(topo, client=1) == EXIT_OUT
+    # tetherctl's own key: not in what describes the device to WireGuard
+    shown = lab.sh("wg", "showconf", topo.dev).stdout
+    assert "[Peer]" in shown and "Egress" not in shown and "socks5" not in shown
 
 
 def test_the_proxy_stopped_mid_run_fails_closed(lab, tmp_path):
