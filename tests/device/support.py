@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import socket
 import time
+
+import pytest
 
 from tether.device.change import DeviceChange, PeerChange
 from tether.device.device import Device
@@ -197,3 +200,18 @@ async def drive(dev: FakeDevice, client: PeerTcp, until, timeout: float = 30.0) 
             answers += client.receive(p)
         answers += client.output()
         dev.inject(*answers)
+
+
+async def echo_handler(reader, writer) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+def skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must be able to run this test (run it as root)")
+    pytest.skip(reason)

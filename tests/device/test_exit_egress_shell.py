@@ -2,23 +2,33 @@
 loop with real sockets: a proxy that cannot be reached fails TCP and UDP flows at once, with
 ICMP, and nothing reaches the flows' destinations directly; the proxy is marked down (the
 gauge), logged once (without the password), and new flows fail without trying it again; a proxy
-given by name is resolved in a worker thread, never on the loop. The proxy answering (CONNECT,
-UDP ASSOCIATE, its reply codes) is tested end to end against dante in
-tests/e2e/test_egress_e2e.py, the SOCKS state machine in tests/netstack/test_socks.py."""
+given by name is resolved in a worker thread, never on the loop. Through Debian's danted on
+loopback: TCP CONNECT carrying data, the proxy's refusals reaching the peer as a direct failure
+would (RST, ICMP administratively prohibited), UDP ASSOCIATE per flow, associations ending with
+their flows' idle expiry, and flows ending with their association. User names, the proxy in
+its own namespace and the fail-closed counters are in tests/e2e/test_egress_e2e.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import socket
+import subprocess
 import threading
+import time
+from pathlib import Path
+
+import pytest
 
 from tether.config.egress import parse_egress
 from tether.config.exit_settings import ExitSettings
-from tether.netstack.wire import build_udp_packet, parse_icmp, parse_ip
+from tether.netstack.exit import ExitConfig
+from tether.netstack.wire import build_udp_packet, parse_icmp, parse_ip, parse_udp
 
 from ..netstack.support import PeerTcp
-from .support import FakeDevice, run
+from .support import FakeDevice, drive, echo_handler, run, skip_or_fail
 
 PEER4 = bytes([10, 7, 0, 2])
 LO4 = bytes([127, 0, 0, 1])
@@ -107,5 +117,154 @@ def test_a_proxy_named_by_host_is_resolved_off_the_loop():
             assert calls and all(h == "proxy.test" and t != loop_thread for h, t in calls)
         finally:
             dev.close()
+
+    run(main())
+
+
+# -- through a real proxy: Debian's danted on loopback, with its own config ---------------------
+
+DANTED = "/usr/sbin/danted"
+DANTED_CONF = """\
+logoutput: stderr
+internal: 127.0.0.1 port = {port}
+external: 127.0.0.1
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}
+socks block {{ from: 0.0.0.0/0 to: 127.0.0.1/32 port = {blocked} }}
+socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect udpassociate udpreply
+    log: connect disconnect error }}
+"""
+
+
+class Danted:
+    """danted as a process of the test on a loopback port (no authentication: the e2e tests do
+    user names; here the shell's handling of what the proxy does is the point)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port, self.blocked = closed_port(), closed_port()
+        conf = tmp / "danted.conf"
+        conf.write_text(DANTED_CONF.format(port=self.port, blocked=self.blocked))
+        self.log = tmp / "danted.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [DANTED, "-f", str(conf), "-p", str(tmp / "danted.pid")],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while " running" not in self.log.read_text():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.05)
+
+    @property
+    def egress(self):
+        return parse_egress(f"socks5://127.0.0.1:{self.port}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def danted(tmp_path):
+    if os.geteuid() != 0 or not Path(DANTED).exists():
+        skip_or_fail("needs root and Debian's dante-server (/usr/sbin/danted)")
+    proxy = Danted(tmp_path)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+async def proxied_shell(egress, **kw):
+    dev = FakeDevice(asyncio.get_running_loop())
+    shell = dev.start(allow_local=True, **kw)
+    shell.set_exit(ExitSettings(egress=egress))
+    return dev, shell
+
+
+def test_tcp_through_the_proxy_and_its_refusals_as_a_direct_failure_would_be(danted):
+    data = os.urandom(200_000)
+
+    async def main():
+        server = await asyncio.start_server(echo_handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        dev, shell = await proxied_shell(danted.egress)
+        try:
+            client = PeerTcp(PEER4, LO4, 41000, port)
+            dev.inject(client.syn())
+            await drive(dev, client, lambda: client.state == "ESTABLISHED")
+            client.send(data)
+            dev.inject(*client.output())
+            await drive(dev, client, lambda: len(client.received) >= len(data))
+            assert bytes(client.received) == data and not client.reset
+            assert shell.egress_status() == {danted.egress.label: True}
+            # the proxy's "connection refused": the SYN is reset, as a direct refusal is
+            refused = PeerTcp(PEER4, LO4, 41001, closed_port())
+            dev.inject(refused.syn())
+            await drive(dev, refused, lambda: refused.reset, timeout=10)
+            assert refused.state != "ESTABLISHED"
+            # "not allowed by ruleset": ICMP administratively prohibited
+            dev.inject(PeerTcp(PEER4, LO4, 41002, danted.blocked).syn())
+            (pkt,) = await dev.next_packets()
+            assert icmp_of(pkt) == (3, 13)
+            # the destination's refusals say nothing against the proxy
+            assert shell.egress_status() == {danted.egress.label: True}
+        finally:
+            dev.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+    assert "udpassociate" not in danted.log.read_text()
+
+
+def udp_echo_server() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def udp_round_trip(dev, server, sport: int, payload: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    dev.inject(build_udp_packet(PEER4, LO4, sport, server.getsockname()[1], payload))
+    data, addr = await asyncio.wait_for(loop.sock_recvfrom(server, 2048), 5)
+    await loop.sock_sendto(server, data.upper(), addr)
+    (pkt,) = await dev.next_packets()
+    return bytes(parse_udp(parse_ip(pkt)).payload)
+
+
+def test_udp_association_per_flow_idle_expiry_and_the_proxy_ending_it(danted):
+    async def main():
+        server = udp_echo_server()
+        config = ExitConfig(udp_idle=1.0, udp_idle_unreplied=1.0)
+        dev, shell = await proxied_shell(danted.egress, config=config)
+        try:
+            assert await udp_round_trip(dev, server, 40000, b"one") == b"ONE"
+            assert await udp_round_trip(dev, server, 40001, b"two") == b"TWO"
+            assert shell.counters()["udp_flows"] == 2
+            # idle flows expire like direct ones, and their associations end with them
+            for _ in range(100):
+                if shell.counters()["udp_flows"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert shell.counters()["udp_flows"] == 0
+            await asyncio.sleep(0.3)
+            assert danted.log.read_text().count("udpassociate ]") == 2, danted.log.read_text()
+            # the proxy ending the association (its control connection closing) ends the flow
+            assert await udp_round_trip(dev, server, 40002, b"three") == b"THREE"
+            danted.stop()
+            for _ in range(100):
+                if shell.counters()["udp_flows"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert shell.counters()["udp_flows"] == 0
+        finally:
+            dev.close()
+            server.close()
 
     run(main())

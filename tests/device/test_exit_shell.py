@@ -40,7 +40,7 @@ from tether.netstack.wire import (
 )
 
 from ..netstack.support import PeerTcp, ip_packet
-from .support import PEER_KEY, FakeDevice, drive, run
+from .support import PEER_KEY, FakeDevice, drive, echo_handler, run, skip_or_fail
 
 PEER4 = bytes([10, 7, 0, 2])
 PEER6 = bytes.fromhex("fd000007000000000000000000000002")
@@ -147,15 +147,6 @@ def test_udp_to_closed_port_gets_port_unreachable():
 
 
 # -- TCP ---------------------------------------------------------------------------------------
-
-
-async def echo_handler(reader, writer) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize("v6", [False, True])
@@ -268,12 +259,6 @@ def ping_possible() -> str | None:
         except OSError as e:
             reason = str(e)
     return f"no ping socket and no raw socket ({reason})"
-
-
-def skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must be able to run this test (run it as root)")
-    pytest.skip(reason)
 
 
 async def ping_through_shell(v6: bool = False) -> dict[int, bool]:
