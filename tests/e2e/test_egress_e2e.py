@@ -24,10 +24,14 @@ API = "127.0.0.1:9191"  # the daemon's API inside the exit namespace (for /metri
 LABEL = f"socks5://tproxy@{PROXY}:1080"
 
 
-def build(lab, tmp_path, *, exit_extra="", peer_extra=None, clients=1, files=None):
+def build(lab, tmp_path, *, exit_extra="", peer_extra=None, clients=1, files=None, exit_hosts=""):
+    """The topology with danted between exit and inet; `exit_hosts`: /etc/hosts lines for the
+    exit namespace (names for the proxy)."""
     proxy = {}
 
     def prepare(topo):
+        if exit_hosts:
+            lab.etc_file(topo.exit_ns, "hosts", "127.0.0.1 localhost\n" + exit_hosts)
         proxy["dante"] = dante = Dante(lab, tmp_path, topo.exit_ns, topo.inet_ns)
         dante.start()
         uplink_counters(lab, topo.exit_ns)
@@ -176,12 +180,15 @@ def test_wrong_credentials_fail_fast_with_a_clear_log_line(lab, tmp_path):
 
 
 def test_a_live_change_of_egress_in_the_file_applies_to_new_flows(lab, tmp_path):
-    topo, _ = build(lab, tmp_path)
+    """... with the proxy given by a host name, which the daemon resolves (off its loop)."""
+    topo, _ = build(lab, tmp_path, exit_hosts=f"{PROXY} socks.test\n")
     assert whoami(topo) == EXIT_OUT
     text = topo.path.read_text()
-    topo.path.write_text(text.replace("[Exit]\n", f"[Exit]\nEgress = {EGRESS}\n", 1))
+    named = EGRESS.replace(PROXY, "socks.test")
+    topo.path.write_text(text.replace("[Exit]\n", f"[Exit]\nEgress = {named}\n", 1))
     wait_for(lambda: whoami(topo) == PROXY_OUT, 15, "the proxy to be used")
     assert udp_whoami(topo) == PROXY_OUT
+    assert 'egress="socks5://tproxy@socks.test:1080"} 1.0' in metrics(topo)
     # a [Peer] override back to direct, live too
     text = topo.path.read_text()
     key = topo.clients[0]["pub"]
