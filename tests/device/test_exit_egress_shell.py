@@ -24,6 +24,8 @@ import pytest
 
 from tether.config.egress import parse_egress
 from tether.config.exit_settings import ExitSettings
+from tether.device.exit import egress as exit_egress
+from tether.device.exit import proxy as exit_proxy
 from tether.netstack.exit import ExitConfig
 from tether.netstack.wire import build_udp_packet, parse_icmp, parse_ip, parse_udp
 
@@ -268,3 +270,30 @@ def test_udp_association_per_flow_idle_expiry_and_the_proxy_ending_it(danted):
             server.close()
 
     run(main())
+
+
+def test_a_silent_proxy_fails_the_flow_at_its_deadline(monkeypatch, caplog):
+    """A proxy that takes the connection and says nothing: the flow fails when the negotiation's
+    deadline passes (as a connect timeout would), and the proxy is down."""
+    monkeypatch.setattr(exit_egress, "NEGOTIATION_TIMEOUT", 0.5)
+    monkeypatch.setattr(exit_proxy, "PROBE_TIMEOUT", 0.5)
+    caplog.set_level(logging.INFO, "tether.exit")
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+
+    async def main():
+        egress = parse_egress(f"socks5://127.0.0.1:{silent.getsockname()[1]}")
+        dev, shell = await proxied_shell(egress)
+        try:
+            start = time.monotonic()
+            dev.inject(PeerTcp(PEER4, LO4, 41000, closed_port()).syn())
+            (pkt,) = await dev.next_packets(timeout=5)
+            assert icmp_of(pkt) == (3, 0) and 0.4 < time.monotonic() - start < 3
+            assert shell.egress_status() == {egress.label: False}
+        finally:
+            dev.close()
+
+    try:
+        run(main())
+    finally:
+        silent.close()
+    assert "did not answer in time" in caplog.text
