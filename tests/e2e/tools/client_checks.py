@@ -104,10 +104,26 @@ def dns(host: str, port: int) -> dict:
     return {"ok": ok, "answers": answers}
 
 
+def connect(host: str, port: int, timeout: float = 10) -> socket.socket:
+    """`socket.create_connection`, but a connect that did not happen raises its error. When
+    the answer (an ICMP error or a RST) arrives within a fraction of a millisecond, as it may
+    from the exit, Linux can let a non-blocking connect report success although no SYN-ACK
+    came (a capture shows SYN out, ICMP in, nothing else): such a socket has no peer and its
+    SO_ERROR still holds the error."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.getpeername()
+    except OSError:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ENOTCONN
+        sock.close()
+        raise OSError(err, os.strerror(err)) from None  # ConnectionRefusedError for a RST
+    return sock
+
+
 def refused(host: str, port: int) -> dict:
     start = time.monotonic()
     try:
-        socket.create_connection((host, port), timeout=10).close()
+        connect(host, port).close()
         return {"ok": False, "error": "connected"}
     except ConnectionRefusedError:
         return {"ok": True, "seconds": time.monotonic() - start}
@@ -309,11 +325,7 @@ def unreachable(host: str, port: int) -> dict:
     unreachable, not a timeout) and a UDP exchange gets no answer or an ICMP error."""
     start = time.monotonic()
     try:
-        with socket.create_connection((host, port), timeout=10) as s:
-            # When the ICMP error arrives within a fraction of a millisecond (seen under load),
-            # Linux may let a non-blocking connect report success although no SYN-ACK came
-            # (a capture shows SYN out, ICMP in, nothing else); such a socket has no peer
-            s.getpeername()
+        connect(host, port).close()
         tcp = {"ok": False, "error": "connected"}
     except TimeoutError:
         tcp = {"ok": False, "error": "timed out"}
