@@ -7,9 +7,9 @@ for proxied flows and the exit's for direct ones:
 
 danted runs as a process of the test with its own config and pid file, and authenticates with
 `socksmethod: username` against a user that exists only for it: danted runs in a private mount
-namespace (`unshare --mount`) where copies of /etc/passwd and /etc/shadow with that user added
-are bind-mounted over the real ones. Nothing on the host changes; killing the process group
-removes it all.
+namespace (`unshare --mount`) where a passwd and a shadow file of its own (root, nobody and
+that user) are bind-mounted over the real ones. Nothing on the host changes; killing the
+process group removes it all.
 """
 
 from __future__ import annotations
@@ -78,13 +78,19 @@ class Dante:
             text=True,
             check=True,
         ).stdout.strip()
-        passwd = Path("/etc/passwd").read_text()
+        # only the users danted needs (root, nobody) and ours: no copy of the host's hashes
         self.passwd = self.tmp / "passwd"
-        self.passwd.write_text(passwd + f"{USER}:x:64999:64999::/nonexistent:/usr/sbin/nologin\n")
-        shadow = Path("/etc/shadow").read_text() if Path("/etc/shadow").exists() else ""
+        self.passwd.write_text(
+            "root:x:0:0:root:/root:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            f"{USER}:x:64999:64999::/nonexistent:/usr/sbin/nologin\n"
+        )
         self.shadow = self.tmp / "shadow"
-        self.shadow.write_text(shadow + f"{USER}:{digest}:19000:0:99999:7:::\n")
-        os.chmod(self.shadow, 0o640)
+        self.shadow.touch(mode=0o600)
+        self.shadow.write_text(
+            f"root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n"
+            f"{USER}:{digest}:19000:0:99999:7:::\n"
+        )
 
     def start(self) -> None:
         mark = self.log.read_text().count(" running") if self.log.exists() else 0
