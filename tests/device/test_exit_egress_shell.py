@@ -27,6 +27,7 @@ from tether.config.exit_settings import ExitSettings
 from tether.device.exit import egress as exit_egress
 from tether.device.exit import proxy as exit_proxy
 from tether.netstack.exit import ExitConfig
+from tether.netstack.tcp import TcpConfig
 from tether.netstack.wire import build_udp_packet, parse_icmp, parse_ip, parse_udp
 
 from ..netstack.support import PeerTcp
@@ -297,3 +298,44 @@ def test_a_silent_proxy_fails_the_flow_at_its_deadline(monkeypatch, caplog):
     finally:
         silent.close()
     assert "did not answer in time" in caplog.text
+
+
+def test_a_destination_that_never_answers_fails_its_flow_not_the_proxy(monkeypatch, caplog):
+    """Abuse: a peer connects through the proxy to hosts that drop SYNs. The proxy accepted us
+    and is waiting for the destination: that flow fails as a direct connect timeout would (after
+    the connect timeout, not the proxy's shorter negotiation deadline), and the proxy stays up,
+    so the next flow (any peer's) still goes through it."""
+    monkeypatch.setattr(exit_egress, "NEGOTIATION_TIMEOUT", 0.5)
+    caplog.set_level(logging.INFO, "tether.exit")
+    connects = []
+
+    async def socks_then_silence(reader, writer):
+        await reader.readexactly(3)  # VER 5, one method: none
+        writer.write(b"\x05\x00")
+        await writer.drain()
+        connects.append(await reader.read(64))  # the CONNECT: never answered
+        await reader.read()
+
+    async def main():
+        server = await asyncio.start_server(socks_then_silence, "127.0.0.1", 0)
+        egress = parse_egress(f"socks5://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        dev, shell = await proxied_shell(
+            egress, config=ExitConfig(tcp=TcpConfig(connect_timeout=1.5))
+        )
+        try:
+            start = time.monotonic()
+            dev.inject(PeerTcp(PEER4, LO4, 41000, 9).syn())
+            (pkt,) = await dev.next_packets(timeout=5)
+            assert icmp_of(pkt)[0] == 3 and 1.4 < time.monotonic() - start < 4
+            assert shell.egress_status() == {egress.label: True}
+            dev.inject(PeerTcp(PEER4, LO4, 41001, 9).syn())  # tried through the proxy again
+            deadline = time.monotonic() + 3
+            while len(connects) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(connects) == 2
+        finally:
+            dev.close()
+            server.close()
+
+    run(main())
+    assert "is down" not in caplog.text

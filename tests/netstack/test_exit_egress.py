@@ -52,11 +52,35 @@ def test_flows_carry_the_egress_of_their_peer_when_they_open():
     h.x.set_egress(None, {PEER_KEY: OTHER_PROXY})
     (later,) = opened(h, syn(sport=4))
     assert later.flow.egress is OTHER_PROXY
-    # flows already open keep the way they opened with
-    assert (direct.flow.egress, proxied.flow.egress, udp.flow.egress) == (None, PROXY, PROXY)
     h.x.forget_peer(PEER_KEY, h.now)  # a new state for the peer picks the egress up afresh
     (again,) = opened(h, syn(sport=5))
     assert again.flow.egress is OTHER_PROXY
+
+
+def test_a_peer_whose_egress_changes_loses_the_flows_it_has_open():
+    """Put behind a proxy, a peer must not keep leaving from the host's own address through
+    a flow it keeps busy: its connections are reset both ways, its UDP flows end; other peers'
+    flows, and peers whose egress stays, are left alone."""
+    h = Harness()
+    (tcp,) = opened(h, syn(sport=1))
+    h.x.receive_tcp_connected(tcp.flow, h.now)
+    h.out()
+    (udp,) = opened(h, build_udp_packet(PEER4, NET4, 5000, 53, b"q"))
+    (other,) = opened(h, syn(OTHER4, sport=3), peer=OTHER_KEY)
+    h.actions()
+    h.x.set_egress(None, {OTHER_KEY: None}, h.now)  # nobody's egress changes
+    assert h.actions() == [] and h.x.counters()["flows_egress_changed"] == 0
+    h.x.set_egress(PROXY, {OTHER_KEY: None}, h.now)  # the peer goes behind the proxy
+    acts = h.actions()
+    assert {(type(a), a.flow) for a in acts} == {(TcpClose, tcp.flow), (UdpClose, udp.flow)}
+    assert other.flow not in {a.flow for a in acts}
+    (rst,) = [p for p in h.out() if parse_ip(p).protocol == PROTO_TCP]
+    assert parse_segment(*_tcp(rst)).flags & RST  # the app hears it at once
+    assert h.x.counters()["flows_egress_changed"] == 2
+    (again,) = opened(h, build_udp_packet(PEER4, NET4, 5000, 53, b"q2"))
+    assert again.flow.egress is PROXY  # the next datagram opens a flow the new way
+    h.x.set_egress(PROXY, {OTHER_KEY: None}, h.now)  # the same proxy again: nothing ends
+    assert h.actions() == []
 
 
 def test_the_policy_judges_before_anything_reaches_the_proxy():

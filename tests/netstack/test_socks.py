@@ -193,6 +193,39 @@ def test_the_deadline():
     assert client.next_timer() is None
 
 
+def test_a_connect_that_waits_after_authentication_is_the_destinations_fault():
+    """The proxy accepted us and is trying the destination, which drops SYNs: the flow fails
+    like a direct connect timeout (ETIMEDOUT), after the direct connect timeout, and the proxy
+    is not blamed (else any peer could mark it down for all by connecting to such a host)."""
+    client = SocksClient(
+        CONNECT, "198.18.4.2", 80, CREDS, 100.0, timeout=10.0, connect_timeout=30.0
+    )
+    client.take_data()
+    client.receive_data(b"\x05\x02", 100.5)  # user name / password, please
+    client.take_data()
+    assert client.next_timer() == 110.0  # still the proxy's deadline
+    client.receive_data(b"\x01\x00", 101.0)  # accepted: CONNECT goes out
+    assert client.take_data().startswith(b"\x05\x01\x00")
+    assert client.next_timer() == 131.0  # the destination's: a direct connect's 30 s
+    client.handle_timer(130.9)
+    assert client.result is None
+    client.handle_timer(131.0)
+    assert client.result == SocksFailed(
+        errno.ETIMEDOUT, "the destination did not answer through the proxy in time", False
+    )
+
+
+def test_a_udp_associate_that_waits_after_authentication_is_the_proxys_fault():
+    client = SocksClient(UDP_ASSOCIATE, "0.0.0.0", 0, None, 100.0, timeout=10.0,
+                         connect_timeout=30.0)  # fmt: skip
+    client.take_data()
+    client.receive_data(b"\x05\x00", 100.5)
+    client.take_data()
+    assert client.next_timer() == 110.0  # an association depends on the proxy alone
+    client.handle_timer(110.0)
+    assert client.result == SocksFailed(PROXY_DOWN, "the proxy did not answer in time", True)
+
+
 def test_credentials_never_show_in_a_failure():
     client = SocksClient(CONNECT, "198.18.4.2", 80, (b"user", b"Secret-xyz"), 0.0)
     client.receive_data(b"\x05\x02\x01\x01", 0.0)

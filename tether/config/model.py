@@ -202,6 +202,14 @@ def _build(section: Section, kind: str, table: dict, fn: str, make):
         if spec is None:
             raise ConfigError(fn, line.lineno, f"unknown key {line.key!r} in [{kind}]")
         canonical, parser, repeatable = spec
+        if low == "egress" and line.raw[line.vend : line.vend + 1] == "#":
+            # `socks5://user:12#secret@host:port` would be cut to `socks5://user:12`, a proxy
+            # "user" on port 12, with half the password in logs: a comment glued to a proxy
+            # URL is far more likely a '#' that needed percent-encoding.
+            raise ConfigError(
+                fn, line.lineno, f"{canonical}: a '#' right after the value starts a comment; "
+                "in a user name or password write '#' as %23 (or leave a space before a comment)",
+            )  # fmt: skip
         try:
             if low in LIST_KEYS:
                 parsed = [parser(item) for item in v.split_list(line.value)]

@@ -26,7 +26,10 @@ NEGOTIATION_TIMEOUT fails the flow with ENETUNREACH (the peer gets ICMP network 
 hard error for its connect), and is marked down (`proxy.Proxy`: flows fail at once while
 it is, probes bring it back, `status` is the `tetherctl_egress_up` gauge); a reply code fails
 the flow as the matching direct failure would (RST for "refused", ICMP unreachable or
-administratively prohibited).
+administratively prohibited). Once the proxy has accepted us, a CONNECT that waits is waiting
+for the destination: it gets the direct connect timeout and fails only its flow (ETIMEDOUT, ICMP
+host unreachable), so a peer connecting to hosts that drop SYNs cannot mark the proxy down for
+everyone.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ __all__ = ["Egresses", "UdpRelay"]
 
 log = logging.getLogger("tether.exit")
 
-NEGOTIATION_TIMEOUT = 10.0  # connect to the proxy and its answer to CONNECT / UDP ASSOCIATE
+NEGOTIATION_TIMEOUT = 10.0  # connect to the proxy, authentication, and UDP ASSOCIATE's answer
 UDP_QUEUE = 16  # datagrams a flow holds while its association is made
 UDP_BATCH = 64
 _READ = 4096
@@ -133,7 +136,9 @@ class Egresses:
             return None if egress is None or egress.is_direct else self.proxies[egress]
 
         self.exit.set_egress(
-            pick(self._default), {key: pick(e) for key, e in self._per_peer.items()}
+            pick(self._default),
+            {key: pick(e) for key, e in self._per_peer.items()},
+            time.monotonic(),
         )
         for proxy in fresh:
             proxy.probe()
@@ -185,8 +190,9 @@ class Egresses:
         h.connecting = True
         self.live.add(flow)
         client = SocksClient(
-            CONNECT, flow.host, flow.port, proxy.credentials, now, timeout=NEGOTIATION_TIMEOUT
-        )
+            CONNECT, flow.host, flow.port, proxy.credentials, now, timeout=NEGOTIATION_TIMEOUT,
+            connect_timeout=self.exit.config.tcp.connect_timeout,
+        )  # fmt: skip
         h.setup = Negotiation(self.loop, sock, client, lambda r: self._tcp_done(flow, r))
         h.setup.start(address)
 

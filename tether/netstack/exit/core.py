@@ -164,15 +164,34 @@ class Exit:
         connection's MSS was fixed by its handshake)."""
         self._output.mtu = mtu
 
-    def set_egress(self, default=None, per_peer: Mapping[bytes, object] | None = None) -> None:
-        """How new flows leave: `per_peer[key]` for that peer's, else `default`. The values
-        are the shell's own descriptors of an upstream proxy, opaque here; None means the
-        host's own sockets (for a peer key in `per_peer` too: an override to go direct). Flows
-        already open keep the way they opened with."""
+    def set_egress(
+        self, default=None, per_peer: Mapping[bytes, object] | None = None, now: float | None = None
+    ) -> None:
+        """How flows leave: `per_peer[key]` for that peer's, else `default`. The values are the
+        shell's own descriptors of an upstream proxy, opaque here; None means the host's own
+        sockets (for a peer key in `per_peer` too: an override to go direct).
+
+        A peer whose egress changes loses the flows it has open: its TCP connections are reset
+        both ways (the app reconnects, the new way), its UDP flows go as a NAT mapping goes (the
+        next datagram opens a flow the new way). Left running, a busy UDP flow or a long TCP
+        connection would keep leaving the old way indefinitely: from the host's own address
+        after the operator put the peer behind a proxy, which fail-closed egress must not do."""
+        if now is not None:
+            self._now = now
         self._egress_default = default
         self._egress_peers = dict(per_peer or {})
+        ended = 0
         for key, ps in self._peers.items():
-            ps.egress = self._egress_peers.get(key, default)
+            egress = self._egress_peers.get(key, default)
+            if egress is not ps.egress:
+                ps.egress = egress
+                tcp, udp = list(ps.tcp.values()), list(ps.udp_flows.values())
+                for flow in tcp:
+                    self.tcp.evict(flow, self._now, reset=True)
+                for flow in udp:
+                    self.udp.evict(flow, self._now)
+                ended += len(tcp) + len(udp)
+        self._stats["flows_egress_changed"] += ended
 
     def egress_for(self, peer_key: bytes):
         """The egress a new flow of this peer takes (see `set_egress`)."""

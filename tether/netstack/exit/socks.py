@@ -103,7 +103,10 @@ class SocksClient:
     With `command` None the client only authenticates (a health probe of the proxy): it is
     ready, with no bound address, once the proxy accepted it."""
 
-    __slots__ = ("_conn", "_credentials", "_request", "_buffer", "_stage", "_deadline", "result")
+    __slots__ = (
+        "_conn", "_credentials", "_request", "_buffer", "_stage", "_deadline", "_connect_timeout",
+        "_now", "result",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -114,6 +117,7 @@ class SocksClient:
         now: float,
         *,
         timeout: float = 10.0,
+        connect_timeout: float | None = None,
     ) -> None:
         self._conn = SOCKS5Connection()
         self._credentials = credentials
@@ -123,6 +127,8 @@ class SocksClient:
         self._buffer = bytearray()
         self._stage = _AUTH
         self._deadline = now + timeout
+        self._connect_timeout = connect_timeout
+        self._now = now
         self.result: SocksReady | SocksFailed | None = None
         methods = [SOCKS5AuthMethod.NO_AUTH_REQUIRED]
         if credentials is not None:
@@ -138,14 +144,30 @@ class SocksClient:
         return self._deadline if self.result is None else None
 
     def handle_timer(self, now: float) -> None:
+        """The deadline passed. Before the proxy has accepted us, that is the proxy's fault;
+        after, a CONNECT is waiting for the destination, which may simply not answer (a host
+        that drops SYNs): that fails this flow like a direct connect timeout, and must not
+        mark the proxy down, or any peer could take the egress down for every other one by
+        connecting to such a host."""
         if self.result is None and now >= self._deadline:
-            self._fail("the proxy did not answer in time", fault=True)
+            if self._stage == _COMMAND and self._request is not None and self._is_connect():
+                self._fail(
+                    "the destination did not answer through the proxy in time",
+                    fault=False,
+                    err=errno.ETIMEDOUT,
+                )
+            else:
+                self._fail("the proxy did not answer in time", fault=True)
+
+    def _is_connect(self) -> bool:
+        return self._request is not None and self._request.command == CONNECT
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes read from the proxy; b"" means it closed the connection. Never raises: a
         malformed reply ends the negotiation as a `SocksFailed`."""
         if self.result is not None:
             return
+        self._now = now
         if not data:
             self._fail("the proxy closed the connection during the SOCKS negotiation", fault=True)
             return
@@ -235,6 +257,10 @@ class SocksClient:
             return
         self._conn.send(self._request)
         self._stage = _COMMAND
+        if self._connect_timeout is not None and self._is_connect():
+            # Authenticated: from here on the wait is for the destination, which gets as long
+            # as a direct connect would (`connect_timeout`), not the proxy's own deadline.
+            self._deadline = self._now + self._connect_timeout
 
     def _fail(self, reason: str, fault: bool, err: int = PROXY_DOWN) -> None:
         self._stage = _DONE
