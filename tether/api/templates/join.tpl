@@ -6,6 +6,7 @@
 <meta name="referrer" content="no-referrer">
 <meta name="robots" content="noindex, nofollow">
 <title>{{title}}</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="{{root}}static/join.css">
 % if ready:
 <script src="{{root}}static/vendor/nacl.min.js" defer></script>
