@@ -38,7 +38,7 @@ from pathlib import Path
 from tether import keys
 from tether.config import store
 from tether.config.model import Peer
-from tether.device import uapi_client
+from tether.device.uapi import client as uapi_client
 
 REPO = Path(__file__).resolve().parents[1]
 

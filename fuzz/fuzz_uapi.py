@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sys
 
-from tether.device.uapi import (
+from tether.device.uapi.adapter import change_from_request
+from tether.device.uapi.protocol import (
     RequestReader,
     SetRequest,
     UapiError,
     format_set_request,
     parse_request,
 )
-from tether.device.uapi_adapter import change_from_request
 
 
 def _read(data: bytes, cuts: list[int]) -> list[object]:

@@ -96,7 +96,7 @@ def test_remove(env):
 
 
 def test_up_and_down(env, tmp_path):
-    from tether.device.uapi_client import get
+    from tether.device.uapi.client import get
 
     device(env)
     new = tmp_path / "copy.conf"
@@ -121,7 +121,7 @@ def test_get_config(env):
 
 
 def test_save_config(env, tmp_path):
-    from tether.device.uapi_client import request
+    from tether.device.uapi.client import request
 
     text = DEVICE.replace("ListenPort = 0\n", "")  # a random port, not pinned by SaveConfig
     device(env, text=text)

@@ -144,7 +144,7 @@ def test_usage_errors_are_2(env):
 
 
 def test_with_a_running_daemon_add_waits_until_live(env, tmp_path):
-    from tether.device.uapi_client import get
+    from tether.device.uapi.client import get
 
     up = tetherctl(env, "up", "tp0", timeout=90)
     if up.returncode != 0:

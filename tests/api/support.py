@@ -19,7 +19,7 @@ import pytest
 from tether import keys
 from tether.config import store
 from tether.device.hub import ApplyError, DeviceCounters, PeerStats
-from tether.device.uapi import DeviceSnapshot, format_get_response
+from tether.device.uapi.protocol import DeviceSnapshot, format_get_response
 
 SERVER_PRIVATE = "4HOYXaS0mtLH9ZChsPaDQ3W/L7Z/rrchr8CMDqZGgXg="
 SERVER_PUBLIC = "UESAy9LgT3PR77Tl1RCnHuj+ZtFvYMeWahnTIEhEvXM="

@@ -12,7 +12,7 @@ from tether import keys
 from tether.api.app import make_app
 from tether.api.hub import FileOnlyHub
 from tether.device.hub import ApplyError, DeviceHub
-from tether.device.uapi import DeviceSnapshot, PeerSnapshot
+from tether.device.uapi.protocol import DeviceSnapshot, PeerSnapshot
 
 from .conftest import PUBLIC
 from .support import PEER1, SERVER_PRIVATE, FakeHub, FakeUapi, call, new_key

@@ -18,7 +18,7 @@ import pytest
 
 from tether import keys
 from tether.config.editor import ConfigFile
-from tether.device.uapi_client import get
+from tether.device.uapi.client import get
 
 REPO = Path(__file__).resolve().parents[2]
 

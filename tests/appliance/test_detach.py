@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tether import keys
-from tether.device.uapi_client import get
+from tether.device.uapi.client import get
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,8 @@ from tether.config import ConfigFile
 from tether.device.change import DeviceChange
 from tether.device.device import Device
 from tether.device.exit_shell import ExitShell
-from tether.device.uapi import AllowedIPChange, PeerOp, SetRequest
-from tether.device.uapi_adapter import uapi_set
+from tether.device.uapi.adapter import uapi_set
+from tether.device.uapi.protocol import AllowedIPChange, PeerOp, SetRequest
 from tether.netstack.wire import build_segment, build_udp_packet
 
 from ..netstack.support import ip_packet

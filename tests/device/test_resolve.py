@@ -12,8 +12,8 @@ from tether import keys
 from tether.config.values import Endpoint
 from tether.device.device import Device
 from tether.device.resolve import WORKERS
-from tether.device.uapi_client import get
-from tether.device.uapi_server import UapiServer
+from tether.device.uapi.client import get
+from tether.device.uapi.server import UapiServer
 
 from .support import endpoint_of, remove_peer, set_peer
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether import keys
-from tether.device.uapi import (
+from tether.device.uapi.protocol import (
     EINVAL,
     EIO,
     EMSGSIZE,

@@ -16,9 +16,9 @@ from tether.config.values import Endpoint
 from tether.device import udp
 from tether.device.change import ZERO_KEY, DeviceChange, PeerChange
 from tether.device.state import PeerState, RunningState
-from tether.device.uapi import EADDRINUSE, UapiError, parse_request
-from tether.device.uapi import Endpoint as UapiEndpoint
-from tether.device.uapi_adapter import change_from_request, snapshot_for_get, uapi_get, uapi_set
+from tether.device.uapi.adapter import change_from_request, snapshot_for_get, uapi_get, uapi_set
+from tether.device.uapi.protocol import EADDRINUSE, UapiError, parse_request
+from tether.device.uapi.protocol import Endpoint as UapiEndpoint
 
 from .support import idle_device
 

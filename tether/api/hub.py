@@ -22,9 +22,9 @@ from pathlib import Path
 
 from tether.config import store
 from tether.config.errors import ConfigError
-from tether.device import uapi_client
 from tether.device.hub import ApplyError, DeviceCounters, PeerStats
-from tether.device.uapi import DeviceSnapshot, PeerSnapshot, UapiError
+from tether.device.uapi import client as uapi_client
+from tether.device.uapi.protocol import DeviceSnapshot, PeerSnapshot, UapiError
 
 __all__ = ["FileOnlyHub", "live_snapshot"]
 

@@ -24,7 +24,7 @@ from tether.api.peers import PeerError, PeerService, parse_public_key
 from tether.cli import devenv
 from tether.cli.parser import add_family, fail
 from tether.config import store
-from tether.device.uapi_server import run_dir as default_run_dir
+from tether.device.uapi.server import run_dir as default_run_dir
 
 
 def add_dir_options(p) -> None:

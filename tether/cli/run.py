@@ -20,7 +20,7 @@ import sys
 from tether.api import public
 from tether.appliance import detach
 from tether.config import filemode, store
-from tether.device.uapi_server import DEFAULT_RUN_DIR, run_dir
+from tether.device.uapi.server import DEFAULT_RUN_DIR, run_dir
 
 # The original tool's levels (verbose, error, silent) beside Python's usual names.
 LOG_LEVELS = {

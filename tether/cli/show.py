@@ -11,9 +11,9 @@ import sys
 import time
 
 from tether import keys
-from tether.device.uapi import UapiError
-from tether.device.uapi_client import get
-from tether.device.uapi_server import run_dir
+from tether.device.uapi.client import get
+from tether.device.uapi.protocol import UapiError
+from tether.device.uapi.server import run_dir
 
 
 def register(sub) -> None:

@@ -8,8 +8,8 @@ contents, so that importing the hub's types never imports sockets and the exit):
 - `inside`: the Inside protocol, InsideContext, InsideFactory;
 - `exit_shell`: ExitShell, the exit's Inside;
 - `hub`: the API's DeviceHub interface and its values, below both API and appliance;
-- `uapi`, `uapi_adapter`, `uapi_client`, `uapi_server`: the UAPI codec, its mapping onto a
-  device, the client `tetherctl show` uses, and the socket;
+- `uapi` (a subpackage): `protocol` (the UAPI text codec), `adapter` (its mapping onto a
+  device's entry point and view), `client` (what `tetherctl show` uses), `server` (the socket);
 - `udp`: BindError (a listen port in use).
 """
 
@@ -21,8 +21,5 @@ __all__ = [
     "inside",
     "state",
     "uapi",
-    "uapi_adapter",
-    "uapi_client",
-    "uapi_server",
     "udp",
 ]

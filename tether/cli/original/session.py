@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.config import store
-from tether.device.uapi_server import run_dir as default_run_dir
+from tether.device.uapi.server import run_dir as default_run_dir
 
 INITIAL_DNAME = "bywg0"  # the original's default device
 LOG_NAMES = {"v": "verbose", "e": "error", "s": "silent"}  # its one-letter --log values

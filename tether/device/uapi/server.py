@@ -4,7 +4,7 @@ This is how the real `wg show`, `wg set` and `wg syncconf` reach a tetherctl dev
 looks in `/var/run/wireguard` (a compile-time path), which needs root; without root the
 directory can be moved (`--run-dir`, TETHERCTL_RUN_DIR) for our own tools and tests. The socket
 is created under umask 077 (mode 0600) because `set` can replace keys. Requests are decoded by
-uapi.py and applied through uapi_adapter.py, so this module is only the socket.
+`protocol` and applied through `adapter`, so this module is only the socket.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import os
 import socket
 import stat
 
-from tether.device.uapi import (
+from tether.device.uapi.adapter import uapi_get, uapi_set
+from tether.device.uapi.protocol import (
     EIO,
     GetRequest,
     RequestReader,
@@ -24,7 +25,6 @@ from tether.device.uapi import (
     format_errno,
     format_get_response,
 )
-from tether.device.uapi_adapter import uapi_get, uapi_set
 
 log = logging.getLogger("tether.uapi")
 

@@ -14,7 +14,7 @@ import ipaddress
 from tether.config.values import Endpoint
 from tether.device.change import DeviceChange, PeerChange
 from tether.device.state import RunningState
-from tether.device.uapi import (
+from tether.device.uapi.protocol import (
     EADDRINUSE,
     EINVAL,
     DeviceSnapshot,
@@ -23,7 +23,7 @@ from tether.device.uapi import (
     SetRequest,
     UapiError,
 )
-from tether.device.uapi import Endpoint as UapiEndpoint
+from tether.device.uapi.protocol import Endpoint as UapiEndpoint
 from tether.device.udp import BindError
 
 __all__ = ["change_from_request", "snapshot_for_get", "uapi_get", "uapi_set"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 
-from tether.device.uapi import (
+from tether.device.uapi.protocol import (
     DeviceSnapshot,
     PeerSnapshot,
     UapiError,
