@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import json
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 from tether import keys
 from tether.config import store
@@ -181,39 +175,3 @@ class FakeUapi:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-
-
-# -- the join page in a browser ------------------------------------------------------------------
-
-JOIN_BROWSER = Path(__file__).resolve().parents[1] / "e2e" / "tools" / "join_browser.py"
-
-
-def require_browser() -> None:
-    """Skip (fail in CI) unless Chromium, its driver, zbarimg and selenium are installed
-    (scripts/install-system-deps installs the Debian packages, the test extra selenium)."""
-    missing = [p for p in ("/usr/bin/chromium", "/usr/bin/chromedriver") if not os.path.exists(p)]
-    if shutil.which("zbarimg") is None:
-        missing.append("zbarimg")
-    if importlib.util.find_spec("selenium") is None:
-        missing.append("selenium")
-    if missing:
-        message = "browser test cannot run: missing " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI is set: a failure, not a skip)")
-        pytest.skip(message)
-
-
-def run_join_browser(url: str, outdir: Path, *flags: str, prefix: tuple = ()) -> dict:
-    """tests/e2e/tools/join_browser.py on `url` (`prefix`: e.g. `ip netns exec NS`); its JSON."""
-    done = subprocess.run(
-        [*prefix, sys.executable, str(JOIN_BROWSER), url, str(outdir), *flags],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    try:
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise AssertionError(f"join_browser.py: {done.stdout}\n{done.stderr}") from None
-    assert done.returncode == 0 and "error" not in result, (result, done.stderr[-2000:])
-    return result

@@ -23,17 +23,16 @@ from tether.api.server import start_api
 from tether.config import store
 
 from .conftest import PUBLIC
-from .support import FakeHub, call, require_browser, run_join_browser
+from .support import FakeHub, call
 
 TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def served(conf_dir):
+def served(conf_dir, join_browser):
     """The API (with an admin token, so that removal really needs the owner secret) on a
     loopback port."""
-    require_browser()
     hub = FakeHub(conf_dir)
     handles = []
 
@@ -69,11 +68,11 @@ def check_config(result: dict, conf_dir) -> tuple[str, str]:
     return private, public
 
 
-def test_an_invite_in_chromium_with_webcrypto(served, conf_dir, tmp_path, caplog):
+def test_an_invite_in_chromium_with_webcrypto(served, join_browser, conf_dir, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     app, url = served(self_service="invite")
     code = json.loads(call(app, "POST", "/invites", headers=ADMIN).text)["code"]
-    result = run_join_browser(f"{url}/join/{code}", tmp_path, "--revisit")
+    result = join_browser(f"{url}/join/{code}", tmp_path, "--revisit")
     assert result["keygen"] == "webcrypto"
     private, public = check_config(result, conf_dir)
     device = store.load(conf_dir / "bywg0.conf").config
@@ -94,9 +93,11 @@ def test_an_invite_in_chromium_with_webcrypto(served, conf_dir, tmp_path, caplog
     assert "used already" in revisit["message"]
 
 
-def test_the_open_join_page_with_the_fallback_and_the_remove_button(served, conf_dir, tmp_path):
+def test_the_open_join_page_with_the_fallback_and_the_remove_button(
+    served, join_browser, conf_dir, tmp_path
+):
     app, url = served(self_service="open")
-    result = run_join_browser(f"{url}/join", tmp_path, "--fallback", "--remove")
+    result = join_browser(f"{url}/join", tmp_path, "--fallback", "--remove")
     assert result["keygen"] == "tweetnacl"  # WebCrypto's X25519 was deleted before the page ran
     _, public = check_config(result, conf_dir)
     # "Remove this device" used the owner secret from localStorage (the API has a token, so
@@ -107,9 +108,9 @@ def test_the_open_join_page_with_the_fallback_and_the_remove_button(served, conf
     assert keys.decode(public) not in {p.public_key for p in device.peers}
 
 
-def test_without_javascript_the_page_says_why_it_needs_it(served, tmp_path):
+def test_without_javascript_the_page_says_why_it_needs_it(served, join_browser, tmp_path):
     app, url = served()
-    result = run_join_browser(f"{url}/join", tmp_path, "--no-js")
+    result = join_browser(f"{url}/join", tmp_path, "--no-js")
     first = result["first"]
     assert "needs JavaScript" in first["body_text"] and not first["create_visible"]
     assert result["elsewhere"] == []

@@ -24,7 +24,6 @@ import pytest
 
 from tether import keys
 
-from ..api.support import require_browser, run_join_browser
 from .netlab import require, wait_for
 from .topology import INET4, Topology
 
@@ -61,9 +60,8 @@ def tetherctl(*args: str, config_dir: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_phone_joins_with_an_invite_and_browses_through_the_exit(lab, tmp_path):
+def test_a_phone_joins_with_an_invite_and_browses_through_the_exit(lab, join_browser, tmp_path):
     require("wireguard-go", "wg", "curl", "zbarimg", "chromium", "chromedriver")
-    require_browser()
     payload = os.urandom(4096).hex().encode()
     topo = Topology(
         lab,
@@ -92,9 +90,7 @@ def test_a_phone_joins_with_an_invite_and_browses_through_the_exit(lab, tmp_path
     assert url.startswith(f"http://{API}/join/")
     code = url.rsplit("/", 1)[1]
 
-    result = run_join_browser(
-        url, tmp_path, "--revisit", prefix=("ip", "netns", "exec", topo.inet_ns)
-    )
+    result = join_browser(url, tmp_path, "--revisit", prefix=("ip", "netns", "exec", topo.inet_ns))
     config = result["config"]
     assert result["keygen"] == "tweetnacl"  # plain HTTP to a public address: no WebCrypto
     assert result["qr"] == config and result["download"] == config
