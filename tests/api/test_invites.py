@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from tether import keys
-from tether.api import invites
 from tether.api.app import make_app
 from tether.api.clientconf import PublicEndpoints
 from tether.api.hub import FileOnlyHub
-from tether.api.invites import Invite, JoinLinks
+from tether.api.join import invites
+from tether.api.join.invites import Invite, JoinLinks
 from tether.api.ratelimit import RateLimit
 from tether.api.registry import FileRegistry, state_path
 from tether.api.state import DeviceState
@@ -458,7 +458,7 @@ sys.path.insert(0, sys.argv[1])
 from tether import keys
 from tether.api.clientconf import PublicEndpoints
 from tether.api.hub import FileOnlyHub
-from tether.api.join import Onboarding
+from tether.api.join.onboarding import Onboarding
 from tether.api.peers import PeerError, PeerService
 
 conf, go, code = sys.argv[2], sys.argv[3], sys.argv[4]

@@ -17,7 +17,7 @@ import pytest
 
 from tether import keys
 from tether.api.app import make_app
-from tether.api.invites import JoinLinks
+from tether.api.join.invites import JoinLinks
 from tether.api.registry import state_path
 from tether.api.server import start_api
 from tether.config import store

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tether.api import page
 from tether.api.app import make_app
-from tether.api.invites import JoinLinks
+from tether.api.join import page
+from tether.api.join.invites import JoinLinks
 
 from .conftest import PUBLIC
 from .support import call
 
 REPO = Path(__file__).resolve().parents[2]
-STATIC = REPO / "tether" / "api" / "static"
+STATIC = REPO / "tether" / "api" / "join" / "static"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"

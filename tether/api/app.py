@@ -10,7 +10,7 @@ device):
     GET    /peers                                  JSON list (admin)
     GET    /healthz, GET /metrics (admin)
 
-and the onboarding routes (invites, the join page and its files; `join_routes.py`).
+and the onboarding routes (invites, the join page and its files; `join/routes.py`).
 
 Who may do what (with a token configured; without one every caller is trusted, see access.py):
 
@@ -43,11 +43,12 @@ from collections.abc import Callable
 import bottle
 
 from tether import keys
-from tether.api import access, join_routes, metrics
+from tether.api import access, metrics
 from tether.api.clientconf import PublicEndpoints, qr_png, qr_svg
 from tether.api.errors import BadRequest, NotFound, PeerError
-from tether.api.invites import JoinLinks
-from tether.api.join import Onboarding
+from tether.api.join import routes as join_routes
+from tether.api.join.invites import JoinLinks
+from tether.api.join.onboarding import Onboarding
 from tether.api.ownership import ADMIN_GRANT, SELF_SERVICE_GRANT, owner_applies, owner_matches
 from tether.api.peers import PeerService, parse_public_key
 from tether.api.ratelimit import RateLimit, RateLimiter

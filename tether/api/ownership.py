@@ -1,7 +1,7 @@
 """Who a peer belongs to, and what an add hands back: the grants an add records, the owner checks
 every route applies, and the `Claim` an add must use up (an invite). Shared by the peer
-operations (`peers.py`), the routes (`app.py`), the janitor and the invites (`join.py`), none of
-which needs the others for this.
+operations (`peers.py`), the routes (`app.py`), the janitor and the invites
+(`join/onboarding.py`), none of which needs the others for this.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.api import access, invites
+from tether.api import access
 from tether.api import public as public_mod
 from tether.api.app import (
     DEFAULT_PEER_EXPIRY,
@@ -31,6 +31,7 @@ from tether.api.app import (
 )
 from tether.api.clientconf import PublicEndpoints
 from tether.api.janitor import Janitor, JanitorThread, interval_for
+from tether.api.join import invites
 from tether.api.ratelimit import RateLimit, parse_rate_limit
 from tether.api.registry import DEFAULT_QUARANTINE
 from tether.api.server import ApiHandle, parse_listen, start_api

@@ -11,7 +11,7 @@ The device file stays the truth about peers; this is the API's own bookkeeping, 
 - released: addresses (networks) freed by a removal, with the time they were freed and the end
   of their quarantine, so that the allocator does not hand them to the next peer at once (its
   old flows' packets could still reach it) and so that this survives restarts;
-- invites: for every invite (`invites.py`), the SHA-256 of its code, when it was made, when it
+- invites: for every invite (`join/invites.py`), the SHA-256 of its code, when it was made, when it
   expires, how many peers it admits and has admitted, and the endpoint type of their configs.
 
 Why a plain SHA-256 of the secret (no salt, no key): the secret is 256 random bits made by the
@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tether.api.clientconf import ENDPOINT_TYPES
-from tether.api.invites import MAX_USES, Invite
-from tether.api.invites import prune as prune_invites
+from tether.api.join.invites import MAX_USES, Invite
+from tether.api.join.invites import prune as prune_invites
 
 SCHEMA = 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -1,7 +1,7 @@
 """Invites (DESIGN.md §5a): codes that let whoever holds one add a peer, once or N times.
 
-Sans-IO values and rules; the state file (`state.py`), the registry that stores it
-(`registry.py`) and the routes and commands that use it (`join.py`) are elsewhere.
+Sans-IO values and rules; the state file (`api/state.py`), the registry that stores it
+(`api/registry.py`) and what uses it (`onboarding.py`, `routes.py`, the CLI) are elsewhere.
 
 - A code is 24 random bytes (192 bits) in URL-safe base64, 32 characters, so it fits a short URL
   and a QR code and cannot be guessed. Only its SHA-256 is stored (like owner secrets, and for

@@ -1,4 +1,4 @@
-/* The join page's script (served by tetherctl; see tether/api/page.py).
+/* The join page's script (served by tetherctl; see tether/api/join/page.py).
  *
  * It makes the WireGuard key pair here, in the browser: WebCrypto's X25519 where the browser has
  * it (a secure context: HTTPS or loopback), else the vendored tweetnacl (nacl.scalarMult.base)

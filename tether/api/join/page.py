@@ -53,7 +53,7 @@ class JoinPage:
     """The template and the static files, loaded from the package once."""
 
     def __init__(self) -> None:
-        base = resources.files("tether.api")
+        base = resources.files("tether.api.join")
         source = (base / "templates" / "join.tpl").read_text(encoding="utf-8")
         self._template = bottle.SimpleTemplate(source, noescape=False)
         self._static = {name: (base / "static" / name).read_bytes() for name in STATIC_TYPES}
