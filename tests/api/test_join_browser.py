@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +117,25 @@ def test_without_javascript_the_page_says_why_it_needs_it(served, join_browser, 
     first = result["first"]
     assert "needs JavaScript" in first["body_text"] and not first["create_visible"]
     assert result["elsewhere"] == []
+
+
+def test_the_readme_screenshot_is_deterministic(join_browser, tmp_path):
+    """`make screenshot` (scripts/screenshot-join) draws the same page twice, byte for byte, and
+    the QR code in it reads back as the config; it writes where it is told (here a temp dir:
+    tests never rewrite the tracked docs/join-page.png)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "screenshot-join"
+    shots = []
+    for name in ("one.png", "two.png"):
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
+        assert done.returncode == 0, done.stderr
+        shots.append((tmp_path / name).read_bytes())
+    assert shots[0] == shots[1] and shots[0].startswith(b"\x89PNG")
+    read = subprocess.run(
+        ["zbarimg", "--raw", "-q", str(tmp_path / "one.png")], capture_output=True, text=True
+    )
+    assert read.returncode == 0 and "Endpoint = vpn.example.org:51820" in read.stdout
