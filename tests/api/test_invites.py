@@ -1,6 +1,6 @@
 """Invites (issue 11): the store's rules, the invite and join routes at the WSGI level, and
 redemption racing in threads and processes. The page itself: test_join_page.py; in a browser:
-test_join_browser.py; the commands: test_invite_cli.py."""
+test_join_browser.py; the commands: tests/test_cli_invite.py."""
 
 from __future__ import annotations
 

@@ -119,6 +119,15 @@ def test_without_javascript_the_page_says_why_it_needs_it(served, join_browser, 
     assert result["elsewhere"] == []
 
 
+def test_a_request_to_another_origin_is_caught(served, join_browser, tmp_path):
+    """The checker itself: a page that asks another origin for something (here, with the CSP
+    lifted, a fetch to 127.0.0.2, where nothing listens) shows up in "elsewhere"."""
+    app, url = served(self_service="open")
+    leak = url.replace("127.0.0.1", "127.0.0.2") + "/leak"
+    result = join_browser(f"{url}/join", tmp_path, "--leak", leak)
+    assert result["elsewhere"] == [leak] and result["config"]
+
+
 def test_the_readme_screenshot_is_deterministic(join_browser, tmp_path):
     """`make screenshot` (scripts/screenshot-join) draws the same page twice, byte for byte, and
     the QR code in it reads back as the config; it writes where it is told (here a temp dir:

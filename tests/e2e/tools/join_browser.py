@@ -1,7 +1,7 @@
 """Drive the join page in Debian's headless Chromium (selenium + chromium-driver), as a phone would.
 
     python join_browser.py URL OUTDIR [--fallback] [--seeded] [--revisit] [--remove] [--no-js]
-                                      [--screenshot FILE]
+                                      [--screenshot FILE] [--leak URL]
 
 Opens URL, taps "Create my WireGuard configuration", waits for the config and writes one JSON
 object to stdout: the config text (#config), how the key pair was made (data-keygen), the public
@@ -13,7 +13,9 @@ of the same URL shows; with --remove, what the "remove this device" button did.
 --fallback deletes WebCrypto's X25519 before the page loads (a DevTools script injected into the
 page, reachable by no user), so the vendored tweetnacl makes the key pair. --seeded also makes
 crypto.getRandomValues deterministic, so that `make screenshot` draws the same QR code every
-time. --no-js turns JavaScript off and reports what the page shows then.
+time. --no-js turns JavaScript off and reports what the page shows then. --leak URL checks the
+checker: it lifts the page's Content-Security-Policy and makes the page fetch URL, a request to
+another origin that must show up in "elsewhere".
 
 Chromium runs with a fresh profile and no background networking, and every wait is bounded, so a
 broken page fails within seconds. Used by tests/api/test_join_browser.py (loopback), by
@@ -235,6 +237,10 @@ def run(args) -> dict:
             driver.execute_cdp_cmd(
                 "Page.addScriptToEvaluateOnNewDocument", {"source": SEEDED_RANDOM}
             )
+        if args.leak:
+            driver.execute_cdp_cmd("Page.setBypassCSP", {"enabled": True})
+            leak = f"fetch({json.dumps(args.leak)}, {{mode: 'no-cors'}}).catch(() => {{}});"
+            driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": leak})
         driver.get_log("performance")  # the blank start page's events are not the page's
         driver.get(args.url)
         if args.no_js:
@@ -312,6 +318,7 @@ def main() -> int:
     parser.add_argument("--remove", action="store_true")
     parser.add_argument("--no-js", action="store_true")
     parser.add_argument("--screenshot")
+    parser.add_argument("--leak")
     args = parser.parse_args()
     try:
         result = run(args)
