@@ -4,6 +4,10 @@
 format functions of `wire`): an active opener with 32-bit modular arithmetic, no SACK and no
 timestamps, an ACK for every data segment, in-order delivery only (anything else is dropped and
 re-ACKed), and go-back-N retransmission when asked to. It verifies every checksum the exit sends.
+
+Go-back-N moves SND.NXT back to SND.UNA, as BSD does; like BSD it keeps SND.MAX, the highest
+sequence number ever sent, for everything RFC 9293 says about "SND.NXT" (which never moves back
+there): an ACK up to SND.MAX is acceptable (§3.10.7.4) and pure ACKs carry SEQ = SND.MAX.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class PeerTcp:
         self.iss = isn & M
         self.snd_una = self.iss
         self.snd_nxt = (self.iss + 1) & M
+        self.snd_max = self.snd_nxt  # highest sequence number sent + 1: go-back-N keeps it
         self.snd_wnd = 0
         self.snd_wscale = 0
         self.peer_mss = 536
@@ -71,10 +76,12 @@ class PeerTcp:
         self.received = bytearray()
         self.send_q = bytearray()  # bytes from snd_una on (after the SYN is acked)
         self.fin_queued = False
-        self.fin_sent_seq: int | None = None
+        self.fin_seq: int | None = None  # where our FIN went; fixed once sent
         self.fin_received = False
         self.reset = False
         self.segments_in = 0
+        self.late_acks = 0  # ACKs above SND.NXT (of octets sent before a go-back-N)
+        self.window_probes = 0
 
     # -- building -------------------------------------------------------------------------
 
@@ -91,10 +98,12 @@ class PeerTcp:
         return self._pkt(self.iss, SYN, mss=self.mss, wscale=self.wscale)
 
     def ack(self) -> bytes:
-        return self._pkt(self.snd_nxt, ACK)
+        # SND.MAX, not the go-back-N pointer: a receiver that already has the octets below
+        # SND.MAX would find an ACK at an older sequence number unacceptable and drop it.
+        return self._pkt(self.snd_max, ACK)
 
     def rst(self) -> bytes:
-        return self._pkt(self.snd_nxt, RST | ACK)
+        return self._pkt(self.snd_max, RST | ACK)
 
     def send(self, data: bytes) -> None:
         self.send_q += data
@@ -118,28 +127,46 @@ class PeerTcp:
             n = min(self.peer_mss, room, len(self.send_q) - sent)
             data = bytes(self.send_q[sent : sent + n])
             out.append(self._pkt(self.snd_nxt, ACK | PSH, data))
-            self.snd_nxt = (self.snd_nxt + n) & M
+            self._advance(n)
         sent = self._data_in_flight()
-        if self.fin_queued and self.fin_sent_seq is None and sent == len(self.send_q):
-            self.fin_sent_seq = self.snd_nxt
+        fin = self.fin_seq
+        if self.fin_queued and sent == len(self.send_q) and fin in (None, self.snd_nxt):
+            # The FIN's place is fixed once sent: after a go-back-N it goes again right there.
+            self.fin_seq = self.snd_nxt
             out.append(self._pkt(self.snd_nxt, FIN | ACK))
-            self.snd_nxt = (self.snd_nxt + 1) & M
+            self._advance(1)
         return out
+
+    def _advance(self, n: int) -> None:
+        self.snd_nxt = (self.snd_nxt + n) & M
+        if seq_lt(self.snd_max, self.snd_nxt):
+            self.snd_max = self.snd_nxt
 
     def _data_in_flight(self) -> int:
         n = (self.snd_nxt - self.snd_una) & M
-        if self.fin_sent_seq is not None and n:
+        fin = self.fin_seq
+        if fin is not None and seq_lt(fin, self.snd_nxt) and not seq_lt(fin, self.snd_una):
             n -= 1  # the FIN holds the last sequence number until it is acknowledged
         return n
 
     def retransmit(self) -> list[bytes]:
-        """Go back N: resend everything unacknowledged."""
+        """Go back N: resend everything unacknowledged (SND.MAX stays where it is); into a zero
+        window, probe with one octet instead (RFC 9293 §3.8.6.1: the exit's window update may
+        have been lost, and a receiver does not repeat it: the sender's probe must find it)."""
         if self.state == "SYN_SENT":
             return [self.syn()]
         self.snd_nxt = self.snd_una
-        if self.fin_sent_seq is not None and seq_lt(self.snd_una, self.fin_sent_seq + 1):
-            self.fin_sent_seq = None
-        return self.output()
+        out = self.output()
+        if (
+            not out
+            and self.snd_wnd == 0
+            and self.send_q
+            and self.state in ("ESTABLISHED", "CLOSE_WAIT")
+        ):
+            out.append(self._pkt(self.snd_nxt, ACK | PSH, bytes(self.send_q[:1])))
+            self._advance(1)
+            self.window_probes += 1
+        return out
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -167,12 +194,16 @@ class PeerTcp:
             return [self.ack()]
         if seg.flags & ACK:
             acked = (seg.ack - self.snd_una) & M
-            if 0 < acked <= (self.snd_nxt - self.snd_una) & M:
+            # Up to SND.MAX: octets sent before a go-back-N may have arrived (RFC 9293 §3.10.7.4).
+            if 0 < acked <= (self.snd_max - self.snd_una) & M:
                 data_acked = acked
-                if self.fin_sent_seq is not None and seg.ack == (self.fin_sent_seq + 1) & M:
+                if self.fin_seq is not None and seg.ack == (self.fin_seq + 1) & M:
                     data_acked -= 1
                 del self.send_q[:data_acked]
                 self.snd_una = seg.ack
+                if seq_lt(self.snd_nxt, seg.ack):
+                    self.snd_nxt = seg.ack
+                    self.late_acks += 1
             if seg.ack == self.snd_una:
                 self.snd_wnd = seg.window << self.snd_wscale
         out: list[bytes] = []
@@ -191,7 +222,7 @@ class PeerTcp:
 
     @property
     def all_acked(self) -> bool:
-        return self.snd_una == self.snd_nxt and not self.send_q
+        return self.snd_una == self.snd_max and not self.send_q
 
 
 # -- a clocked Exit --------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from .support import (
     PEER6,
     PEER_KEY,
     Harness,
+    PeerTcp,
     ip_packet,
 )
 
@@ -301,19 +302,20 @@ class StreamHost:
             self.h.x.receive_tcp_writable(self.flow, self.h.now)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
-    from .support import PeerTcp
-
+def stream_scenario(draw, note=lambda label: None) -> PeerTcp:
+    """One upload and one download through the exit over a lossy link, with host writes that
+    block, reads, timer runs and client go-back-N retransmissions in a drawn order, then a
+    lossless drain: every byte must arrive, and nothing may reset. `draw(strategy)` is
+    `st.data().draw` under hypothesis, or a `Script` replaying a fixed example; `note` gets
+    hypothesis' event labels."""
     h = Harness(mtu=1280)
     host = StreamHost(h)
-    client = PeerTcp(PEER4, NET4, 40000, 80, window=data.draw(st.sampled_from([0xFFFF, 3000])))
-    rnd = random.Random(data.draw(st.integers(0, 2**32 - 1)))  # seeded: shrinks, replays
+    client = PeerTcp(PEER4, NET4, 40000, 80, window=draw(st.sampled_from([0xFFFF, 3000])))
+    rnd = random.Random(draw(st.integers(0, 2**32 - 1)))  # seeded: shrinks, replays
     sizes = st.sampled_from([0, 1500, 40_000, 100_000, 200_000])
-    up = rnd.randbytes(data.draw(sizes) + rnd.randrange(3000))
-    down = rnd.randbytes(data.draw(sizes) + rnd.randrange(3000))
-    loss = data.draw(st.sampled_from([0.0, 0.05, 0.2]))
+    up = rnd.randbytes(draw(sizes) + rnd.randrange(3000))
+    down = rnd.randbytes(draw(sizes) + rnd.randrange(3000))
+    loss = draw(st.sampled_from([0.0, 0.05, 0.2]))
     to_exit: list[bytes] = [client.syn()]
     down_pos = 0
 
@@ -334,12 +336,12 @@ def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
         host.run()
 
     client.send(up)
-    for _ in range(data.draw(st.integers(5, 80))):
-        op = data.draw(st.sampled_from(["step", "step", "host", "block", "unblock", "time",
+    for _ in range(draw(st.integers(5, 80))):
+        op = draw(st.sampled_from(["step", "step", "host", "block", "unblock", "time",
                                         "rexmit"]))  # fmt: skip
         if op == "host" and host.flow is not None and not host.paused:
             n = h.x.tcp_read_budget(host.flow)
-            chunk = down[down_pos : down_pos + min(n, data.draw(st.integers(1, 50000)))]
+            chunk = down[down_pos : down_pos + min(n, draw(st.integers(1, 50000)))]
             if chunk:
                 h.x.receive_tcp_data(host.flow, chunk, h.now)
                 down_pos += len(chunk)
@@ -348,7 +350,7 @@ def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
         elif op == "unblock":
             host.unblock()
         elif op == "time":
-            h.run_until(h.now + data.draw(st.sampled_from([0.01, 0.2, 1.0, 3.0])))
+            h.run_until(h.now + draw(st.sampled_from([0.01, 0.2, 1.0, 3.0])))
         elif op == "rexmit":
             to_exit += client.retransmit()
         step(lossy=True)
@@ -372,7 +374,69 @@ def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
         to_exit += client.retransmit() if client.state == "SYN_SENT" else [client.ack()]
         if rnd.random() < 0.2:
             to_exit += client.retransmit()
-    event(f"up>=40K {len(up) >= 40000}, down>=40K {len(down) >= 40000}")
+    note(f"up>=40K {len(up) >= 40000}, down>=40K {len(down) >= 40000}")
     assert not client.reset
     assert bytes(host.written) == up
     assert bytes(client.received) == down
+    return client
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_tcp_streams_survive_loss_blocking_and_random_schedules(data):
+    stream_scenario(data.draw, note=event)
+
+
+class Script:
+    """Replays the draws of one fixed example in place of `st.data()` (hypothesis' own replay,
+    @reproduce_failure, is tied to one hypothesis version). Every value must be used: a change
+    to what the scenario draws then fails here instead of quietly testing something else."""
+
+    def __init__(self, *values) -> None:
+        self.values = list(values)
+
+    def draw(self, strategy):
+        assert self.values, "the scenario draws more values than the script holds"
+        return self.values.pop(0)
+
+
+def test_go_back_n_client_accepts_an_ack_above_its_retracted_retransmission():
+    """Regression (a CI example of the property test above): the exit reset with
+    "retransmission-timeout" because the simulated client, not the exit, was wrong.
+
+    The exit's receive window, scaled by 16, reached one octet-group past the 128 KiB buffer
+    (rounding up, RFC 7323 §2.4) while the host was blocked; the client sent up to that edge
+    (192,520). Loss left a hole, and the exit's ACK for the hole's start had to round the edge
+    down to 192,512: a retraction of less than one scale step, which RFC 7323 §2.4 allows while
+    the receiver keeps accepting up to the old edge, as the exit does. The client's go-back-N
+    retransmission stopped at the retracted edge, the exit filled the hole from its
+    out-of-order queue and acknowledged 192,520. PeerTcp had moved SND.NXT back to SND.UNA and
+    took that ACK for one of "something not yet sent" (RFC 9293 §3.10.7.4), so it ignored it
+    and the window it carried; its own ACKs carried SEQ = its go-back-N pointer 192,512, below
+    the exit's RCV.NXT, which RFC 9293's first check rightly drops. Nothing got through; the
+    exit's retransmissions of its 20 bytes were never acknowledged. A go-back-N stack keeps
+    SND.MAX for those checks (BSD's snd_max; Linux never moves SND.NXT back), as PeerTcp now
+    does.
+    """
+    script = Script(0xFFFF, 26668, 200_000, 0, 0.05, 5,
+                    "step", "rexmit", "block", "rexmit", "rexmit")  # fmt: skip
+    client = stream_scenario(script.draw)
+    assert not script.values
+    assert client.late_acks  # the path above was taken
+
+
+def test_zero_window_client_probes_when_the_window_update_is_lost():
+    """Regression (a soak example of the property test above): the upload stalled, unreset.
+
+    The host blocked, the exit's window closed (ACK, window 0), the host unblocked and the
+    exit's window update was lost. The client never probed the zero window, so it never
+    learnt that the window was open again: RFC 9293 §3.8.6.1 makes probing the sender's job
+    (MUST-36; a receiver does not repeat window updates). PeerTcp now probes with one octet
+    when asked to retransmit into a zero window.
+    """
+    script = Script(0xFFFF, 26669, 200_000, 0, 0.2, 7,
+                    "step", "host", 1, "host", 1196, "rexmit", "block", "rexmit",
+                    "unblock")  # fmt: skip
+    client = stream_scenario(script.draw)
+    assert not script.values
+    assert client.window_probes

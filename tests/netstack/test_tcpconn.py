@@ -467,6 +467,69 @@ def test_persist_gives_up_when_probes_go_unanswered() -> None:
     assert ConnectionReset("persist-timeout") in p.c.take_events()
 
 
+def _close_window_over_lost_data(p: Peer) -> tuple[list, int]:
+    """The connection sends five segments; the peer gets the first, then its buffer is full:
+    it ACKs with window 0 (it shrank the window over data in flight) and the rest are lost."""
+    segs = p.data_to_us(5 * 1368, at=1.0)
+    una = (segs[0].seq + 1368) & M
+    p.send(ACK, ack=una, window=0, at=1.05)
+    assert p.out() == []
+    return segs, una
+
+
+def test_closed_window_over_data_in_flight_is_probed_not_timed_out() -> None:
+    """Regression: each RTO counted toward max_retransmits although the peer answered every
+    retransmission (window still 0), so the connection was reset after max_retransmits RTOs;
+    and every duplicate ACK sent the next segment behind into the closed window. RFC 9293 §3.8.6
+    (SHLD-17) and RFC 1122 §4.2.2.17: no timeout for data beyond the right edge while the peer
+    answers; the segment at SND.UNA probes the window."""
+    p = Peer(max_retransmits=3).establish()
+    segs, una = _close_window_over_lost_data(p)
+    for _ in range(12):  # four times max_retransmits, backing off to max_rto
+        t = p.c.next_timer()
+        (probe,) = p.tick(t)
+        assert probe.seq == una and len(probe.payload) == 1368  # only the segment at SND.UNA
+        p.send(ACK, ack=una, window=0, at=t + 0.01)  # dropped, answered
+        assert p.out() == []  # nothing more into the closed window
+        assert p.c.state is State.ESTABLISHED
+    assert t > 200  # minutes of a closed window
+    p.send(ACK, ack=una, window=200, at=t + 1.0)  # the peer's application read
+    resent = p.out()
+    for k in range(10):  # slow start after the timeouts: the peer ACKs what arrives
+        if not resent:
+            break
+        last = resent[-1]
+        p.send(ACK, ack=(last.seq + len(last.payload)) & M, window=200, at=t + 1.1 + k / 10)
+        resent = p.out()
+    assert last.seq == segs[-1].seq and resent == []
+    assert p.c.tx.snd_una == p.c.tx.snd_max and p.c.take_events() == []
+
+
+def test_closed_window_over_data_in_flight_gives_up_when_the_peer_goes_silent() -> None:
+    p = Peer(max_retransmits=3).establish()
+    _, una = _close_window_over_lost_data(p)
+    for _ in range(3):
+        (probe,) = p.tick(p.c.next_timer())
+        assert probe.seq == una
+    (rst,) = p.tick(p.c.next_timer())
+    assert rst.flags & RST
+    assert ConnectionReset("retransmission-timeout") in p.c.take_events()
+
+
+def test_probing_a_closed_window_does_not_hold_off_the_idle_timeout() -> None:
+    """Retransmitting the same octets into a closed window is no traffic for the idle timeout
+    (as zero-length persist probes are not): a peer that answers but never opens its window is
+    let go after `idle_timeout`, not kept forever."""
+    p = Peer(idle_timeout=300.0).establish()
+    _, una = _close_window_over_lost_data(p)
+    while p.c.state is State.ESTABLISHED:
+        t = p.c.next_timer()
+        out = p.tick(t)
+        p.send(ACK, ack=una, window=0, at=t + 0.01)
+    assert ConnectionReset("idle-timeout") in p.c.take_events()
+    assert 300.0 <= t <= 301.0 and out[-1].flags & RST
+
+
 # -- closing --------------------------------------------------------------------------------------
 
 

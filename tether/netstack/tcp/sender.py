@@ -272,16 +272,28 @@ class SendSide:
     # -- timers -----------------------------------------------------------------------------
 
     def on_rto(self, now: float) -> bool:
-        """Retransmission timeout (RFC 6298 §5.4-5.6, RFC 5681 §3.1). False: give up."""
+        """Retransmission timeout (RFC 6298 §5.4-5.6, RFC 5681 §3.1). False: give up.
+
+        While the peer's window is closed, unacknowledged data is no sign of a dead peer: its
+        receiver may simply have no room (it shrank the window over data in flight). RFC 9293
+        §3.8.6 (SHLD-17) and RFC 1122 §4.2.2.17 forbid timing the connection out for that as long
+        as the peer answers; the retransmission of the first segment probes the window (as in
+        Linux), and it counts as an unanswered probe, which any ACK clears, not as a retransmit.
+        """
         self.rto_deadline = None
         una = self.snd_una
         if self.snd_max <= una:
             return True
-        self.retransmits += 1
         self.timeouts += 1
-        if self.retransmits > self.max_retransmits:
-            return False
-        if self.retransmits == 1:
+        if self.snd_wnd:
+            self.retransmits += 1
+            if self.retransmits > self.max_retransmits:
+                return False
+        else:
+            self.probes += 1
+            if self.probes > self.max_retransmits:
+                return False
+        if self.rtt.backoff == 0:  # the first timeout since data was last acknowledged
             self.cc.on_rto(now, self.snd_max - una)  # ssthresh held on repeated timeouts
         else:
             self.cc.cwnd = self.mss
@@ -364,9 +376,15 @@ class SendSide:
     def _window_room(self, seq: int, n: int, wnd_edge: int) -> int:
         """How much of [seq, seq+n) may go out: all below SND.MAX or the window's right edge.
 
+        Below SND.MAX the data went out inside an earlier window, so it is resent whatever the
+        window is now (RFC 7323 §2.4 rule 4) - except into a closed window, where only the
+        segment at SND.UNA goes (it probes the window, RFC 9293 §3.8.6.1): anything behind it
+        would only be dropped and draw duplicate ACKs, each sending the next one.
         The FIN takes sequence space but no buffer at the receiver, so it may sit just past the
         edge (a bare FIN goes out even into a zero window).
         """
+        if not self.snd_wnd and self.snd_una < seq < self.snd_max:
+            return 0
         end = seq + n
         fin_seq = self.fin_seq
         if fin_seq is not None and fin_seq == end - 1 and fin_seq >= seq:
