@@ -3,7 +3,8 @@
 `SimPeer` is written separately from the code under test and on purpose differently: 32-bit
 modular sequence arithmetic (the connection unwraps to absolute numbers), go-back-N retransmission
 with a fixed backed-off RTO, no congestion control, RFC 9293-style one-byte zero-window probes,
-an ACK for every segment, SACK blocks from a dict of out-of-order segments. It also acts as a
+an ACK for every segment (or, with `delack`, only from a delayed-ACK timer, as a stack that never
+ACKs every second segment), SACK blocks from a dict of out-of-order segments. It also acts as a
 checker: every segment the connection sends must be well-formed and must carry exactly the bytes
 the host wrote at that stream offset, inside the window the peer offered.
 
@@ -57,6 +58,7 @@ class SimPeer:
         ts: bool = True,
         rcv_buf: int = 65536,
         time_wait: float = 120.0,
+        delack: float | None = None,
     ) -> None:
         self.state = "SYN_SENT"
         self.iss = isn & M
@@ -86,6 +88,11 @@ class SimPeer:
         self.rto_at: float | None = now + self.rto
         self.retries = 0
         self.tw = time_wait
+        # Delayed ACK (RFC 9293 §3.8.6.3): in-order data is acknowledged only when this timer,
+        # started by the first unacknowledged segment, fires; anything else is ACKed at once.
+        self.delack = delack
+        self.delack_at: float | None = None
+        self.last_ack_sent = 0  # RFC 7323 §4.3 Last.ACK.sent: decides what TS.Recent holds
         self.tw_at: float | None = None
         self.peer_eof = False
         self.reset = False
@@ -132,6 +139,8 @@ class SimPeer:
                         blocks.append(r)
             blocks += [r for r in ranges if r not in blocks]
             blocks = blocks[: 3 if self.ts_ok else 4]
+        self.last_ack_sent = self.rcv_nxt
+        self.delack_at = None  # whatever carries the ACK satisfies a delayed one
         return build_segment(
             PEER_ADDR,
             EXIT_ADDR,
@@ -173,7 +182,10 @@ class SimPeer:
         if data and self.state not in ("SYN_SENT", "CLOSED"):
             self._window()
             if self.adv_edge != old:
-                self._ack()
+                if self.delack is None:
+                    self._ack()
+                elif self.delack_at is None:
+                    self.delack_at = self.now + self.delack  # the update rides on it
         return data
 
     def close(self) -> None:
@@ -200,7 +212,11 @@ class SimPeer:
         return self.last_heard + 60.0 + 10.0 * self.ka_sent
 
     def deadline(self) -> float | None:
-        ds = [d for d in (self.rto_at, self.tw_at, self._keepalive_at()) if d is not None]
+        ds = [
+            d
+            for d in (self.rto_at, self.tw_at, self._keepalive_at(), self.delack_at)
+            if d is not None
+        ]
         return min(ds) if ds else None
 
     def on_timer(self, now: float) -> None:
@@ -216,6 +232,8 @@ class SimPeer:
                 self.abort()
                 return
             self.out.append(self._seg((self.snd_nxt - 1) & M, ACK))
+        if self.delack_at is not None and now >= self.delack_at:
+            self._ack()
         if self.rto_at is None or now < self.rto_at:
             return
         self.retries += 1
@@ -311,8 +329,12 @@ class SimPeer:
             return
         plen = len(seg.payload)
         if plen or flags & FIN:
+            in_order = seg.seq == self.rcv_nxt and not flags & FIN
             self._process_text(seg)
-            self._ack()
+            if self.delack is None or not in_order:
+                self._ack()
+            elif self.delack_at is None:
+                self.delack_at = now + self.delack
         elif not self._acceptable(seg.seq):
             self._ack()  # an unacceptable segment (keep-alive or window probe) gets an ACK
         self.output(now)
@@ -399,7 +421,9 @@ class SimPeer:
         ):
             self.snd_wnd = seg.window << self.snd_ws
             self.wl1, self.wl2 = seg.seq, ack
-        if self.ts_ok and seg.tsval is not None and le(seg.seq, self.rcv_nxt):
+        # RFC 7323 §4.3: SEG.SEQ <= Last.ACK.sent, so a delayed ACK echoes the TSval of the
+        # first segment it covers (the one that waited longest).
+        if self.ts_ok and seg.tsval is not None and le(seg.seq, self.last_ack_sent):
             self.ts_recent = seg.tsval
         self.retries = 0 if le(self.snd_una, ack) else self.retries
         fin_acked = self.fin_seq is not None and lt(self.fin_seq, self.snd_una)

@@ -154,22 +154,68 @@ def test_send_buffer_is_bounded_and_indexed_by_sequence() -> None:
 
 def test_rtt_estimator_follows_rfc6298() -> None:
     r = RttEstimator(initial_rto=1.0, min_rto=0.2, max_rto=60.0)
-    assert r.rto == 1.0
+    assert r.rto == 1.0  # (2.1) before any measurement
     r.sample(0.1)
-    assert (r.srtt, r.rttvar) == (0.1, 0.05)
-    assert r.rto == pytest.approx(0.3)  # 0.1 + 4 * 0.05
+    assert (r.srtt, r.rttvar) == (0.1, 0.05)  # (2.2)
+    assert r.rto == pytest.approx(0.1 + 0.2 + 0.001)  # 4 * RTTVAR = 0.2: the floor holds
     r.sample(0.3)
-    assert r.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.2)
+    assert r.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.2)  # (2.3)
     assert r.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.3)
+    assert r.rto == pytest.approx(r.srtt + 4 * r.rttvar + 0.001)  # the variance term rules
     r.sample(-1.0)  # ignored
     assert r.latest == 0.3 and r.min_rtt == 0.1
-    for _ in range(50):
-        r.sample(0.001)
-    assert r.rto == 0.2  # floor
+    for _ in range(60):
+        r.sample(0.25)
+    # Linux's floor is on the variance term: a peer sitting 250 ms on its ACKs every time still
+    # has 200 ms of room, where a floor on the whole RTO would leave ~1 ms.
+    assert r.rto == pytest.approx(0.25 + 0.2 + 0.001, abs=1e-4)
     r.backoff = 3
-    assert r.rto == 1.6
+    assert r.rto == pytest.approx(8 * (0.451), abs=1e-3)
     r.backoff = 20
     assert r.rto == 60.0
+    r.sample(0.25)
+    assert r.backoff == 0  # only a measurement clears the backoff (RFC 6298 §5.7)
+
+
+def test_rtt_estimator_allows_a_delayed_ack_until_data_is_timed() -> None:
+    """The handshake's RTT says nothing about how long the peer sits on ACKs of data: until a
+    data segment is timed, the floor is RFC 9293's 500 ms limit on delaying an ACK."""
+    r = RttEstimator(initial_rto=1.0, min_rto=0.2, max_rto=60.0)
+    r.sample(0.02, data=False)  # the SYN-ACK
+    assert r.rto == pytest.approx(0.02 + 0.5 + 0.001)
+    r.sample(0.22)  # data, ACKed from a 200 ms delayed-ACK timer
+    assert r.data_timed
+    assert r.rto == pytest.approx(r.srtt + max(4 * r.rttvar, 0.2) + 0.001)
+    assert r.rto > 0.22 + 0.05  # the next such ACK comes in time
+
+
+def test_rtt_estimator_after_a_spurious_timeout_clears_the_delay_seen() -> None:
+    """RFC 4015 §4: SRTT and RTTVAR restart from the delay that fooled the timer."""
+    r = RttEstimator(initial_rto=1.0, min_rto=0.2, max_rto=60.0)
+    for _ in range(20):
+        r.sample(0.02)
+    r.backoff = 1
+    r.spurious_timeout(0.5)
+    assert (r.srtt, r.rttvar, r.backoff) == (0.5, 0.25, 0)
+    assert r.rto == pytest.approx(0.5 + 1.0 + 0.001)
+    r.spurious_timeout(None)  # nothing known: no change
+    assert r.srtt == 0.5
+
+
+@pytest.mark.parametrize("cls", [NewReno, Cubic])
+def test_congestion_state_undo_restores_everything_a_timeout_changed(cls) -> None:
+    cc = cls(1000, 10_000)
+    for i in range(30):
+        cc.on_ack(2000, i * 0.05, 0.05)
+    cc.on_congestion(1.6, cc.cwnd)
+    for i in range(10):
+        cc.on_ack(2000, 2.0 + i * 0.05, 0.05)
+    before = cc.undo_state()
+    cwnd = cc.cwnd
+    cc.on_rto(3.0, cwnd)
+    assert cc.cwnd == 1000
+    cc.undo(before)
+    assert cc.cwnd == cwnd and cc.undo_state() == before
 
 
 @pytest.mark.parametrize("cls", [NewReno, Cubic])

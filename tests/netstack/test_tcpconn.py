@@ -379,7 +379,9 @@ def test_retransmission_timeout_backs_off_then_aborts() -> None:
         deadlines.append(round(t - 1.0, 6))
         (rx,) = p.tick(t)
         assert rx.seq == seg.seq and bytes(rx.payload) == bytes(seg.payload)
-    assert deadlines == [0.2, 0.6, 1.4]  # handshake RTT ~0 gives the 200 ms floor; doubling
+    # Handshake RTT ~0; before data is timed the floor is the 500 ms a peer may delay an ACK
+    # (+ 1 ms granularity); then doubling.
+    assert deadlines == [0.501, 1.503, 3.507]
     (rst,) = p.tick(p.c.next_timer())
     assert rst.flags & RST
     assert p.c.take_events() == [ConnectionReset("retransmission-timeout"), ConnectionClosed()]
@@ -392,7 +394,8 @@ def test_rtt_from_timestamps_sets_rto() -> None:
     p.send(ACK, ack=(seg.seq + 100) & M, tsecr=seg.tsval, at=1.05)
     rtt = p.c.tx.rtt
     assert rtt.latest == pytest.approx(0.05, abs=0.0011)
-    assert rtt.rto == 0.2
+    assert rtt.data_timed
+    assert rtt.rto == pytest.approx(rtt.srtt + 0.2 + 0.001)  # the floor is on the variance
 
 
 def test_rtt_without_timestamps_uses_karn() -> None:
@@ -447,10 +450,10 @@ def test_zero_window_persist_probes_then_resume() -> None:
     p.send(ACK, window=0, at=0.5)
     assert p.data_to_us(3000, at=1.0) == []
     d = p.c.next_timer()
-    assert d == pytest.approx(1.2)  # one RTO
+    assert d == pytest.approx(1.501)  # one RTO (no data timed yet: 500 ms ACK-delay floor)
     (probe,) = p.tick(d)
     assert probe.seq == p.ack_seq - 1 and not probe.payload
-    assert p.c.next_timer() == pytest.approx(d + 0.4)  # backed off
+    assert p.c.next_timer() == pytest.approx(d + 2 * 0.501)  # backed off
     p.send(ACK, window=100, at=2.5)
     segs = p.out()
     assert sum(len(s.payload) for s in segs) == 3000  # 100 << 7 bytes of window: all of it

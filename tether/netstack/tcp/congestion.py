@@ -18,16 +18,37 @@ __all__ = ["Cubic", "NewReno", "RttEstimator", "make_congestion_control"]
 
 
 class RttEstimator:
-    """SRTT, RTTVAR and RTO per RFC 6298 §2, with Karn-style exponential backoff (§5.5).
+    """SRTT, RTTVAR and RTO per RFC 6298 §2, with Karn's exponential backoff (§5.5-5.7).
 
-    The clock granularity G is 1 ms (the timestamp clock). `min_rto` defaults to Linux's 200 ms
-    rather than RFC 6298's conservative 1 s: on a WireGuard path a lost segment is common and
-    waiting a full second for each tail loss wastes most of a short transfer.
+    The floor `min_rto` (Linux's 200 ms, not RFC 6298's conservative 1 s: on a WireGuard path a
+    lost segment is common and waiting a full second for each tail loss wastes most of a short
+    transfer) applies to the variance term, as in Linux: RTO = SRTT + max(G, K*RTTVAR, min_rto).
+    A floor on the whole RTO, as RFC 6298 (2.4) words it, would put the timeout at SRTT + a few
+    ms once the variance settles, and a peer that delays its ACKs (RFC 9293 §3.8.6.3 allows up
+    to 500 ms; Windows waits 200 ms) answers later than that: every such ACK would race a
+    spurious timeout. With the floor on the variance the RTO always clears one delayed-ACK
+    interval beyond the measured RTT, plus G: the timer must fall after the latest moment the
+    ACK may come, not on it.
+
+    Until a data segment has been timed the floor is the largest delay a receiver may hold an
+    ACK for, 500 ms (RFC 9293 §3.8.6.3, MUST-40), if that is larger: the handshake gives SRTT
+    (every stack answers a SYN-ACK at once), but says nothing about how long this peer sits on
+    ACKs of data. The price is a slower timeout for a tail loss in the very first flight; the
+    alternative is a spurious one for the first flight to every such peer.
+
+    The backoff is cleared only by a new measurement (`sample`), never by an ACK alone: an ACK
+    for a retransmitted segment proves nothing about the path's RTT (Karn), and RFC 6298 §5.7
+    keeps the doubled RTO until a segment that was sent once has been timed.
+    The clock granularity G is 1 ms (the timestamp clock).
     """
 
-    __slots__ = ("srtt", "rttvar", "base_rto", "backoff", "min_rto", "max_rto", "min_rtt", "latest")
+    __slots__ = (
+        "srtt", "rttvar", "base_rto", "backoff", "min_rto", "max_rto", "min_rtt", "latest",
+        "data_timed",
+    )  # fmt: skip
 
     GRANULARITY = 0.001
+    MAX_ACK_DELAY = 0.5
 
     def __init__(self, initial_rto: float, min_rto: float, max_rto: float) -> None:
         self.srtt: float | None = None
@@ -38,16 +59,19 @@ class RttEstimator:
         self.max_rto = max_rto
         self.min_rtt: float | None = None
         self.latest: float | None = None
+        self.data_timed = False
 
     @property
     def rto(self) -> float:
         """The current timeout: the computed RTO doubled once per unanswered expiry, capped."""
         return min(self.base_rto * (1 << self.backoff), self.max_rto)
 
-    def sample(self, r: float) -> None:
-        """Fold in one RTT measurement (seconds). Negative samples (clock misuse) are ignored."""
+    def sample(self, r: float, data: bool = True) -> None:
+        """Fold in one RTT measurement (seconds) and clear the backoff. `data`: the segment
+        timed carried data (not the SYN-ACK). Negative samples (clock misuse) are ignored."""
         if r < 0:
             return
+        self.data_timed = self.data_timed or data
         self.latest = r
         if self.min_rtt is None or r < self.min_rtt:
             self.min_rtt = r
@@ -57,8 +81,30 @@ class RttEstimator:
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
             self.srtt = 0.875 * self.srtt + 0.125 * r
-        rto = self.srtt + max(self.GRANULARITY, 4 * self.rttvar)
-        self.base_rto = min(max(rto, self.min_rto), self.max_rto)
+        self._update()
+        self.backoff = 0
+
+    def spurious_timeout(self, r: float | None) -> None:
+        """A timeout turned out spurious (the ACK that answered it was for the original
+        transmission): the path's delay jumped. RFC 4015 §4 (the Eifel response): restart the
+        estimator from the delay that was just seen, so that the next RTO is well clear of it
+        (SRTT = r, RTTVAR = r/2: RTO = 3r at least), rather than letting a long series of
+        samples average it in while each races the timer. `r` is the age of the oldest octet
+        the ACK covered; None when it is unknown (then the backoff alone stays)."""
+        if r is None or r < 0:
+            return
+        self.data_timed = True
+        srtt = self.srtt or 0.0
+        self.srtt = max(srtt, r)
+        self.rttvar = max(self.rttvar, r / 2)
+        self._update()
+        self.backoff = 0
+
+    def _update(self) -> None:
+        assert self.srtt is not None
+        floor = self.min_rto if self.data_timed else max(self.min_rto, self.MAX_ACK_DELAY)
+        rto = self.srtt + max(4 * self.rttvar, floor) + self.GRANULARITY
+        self.base_rto = min(rto, self.max_rto)
 
 
 class NewReno:
@@ -105,6 +151,20 @@ class NewReno:
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss
         self._acc = 0
+
+    def undo_state(self) -> tuple:
+        """Everything the next reduction will change, to be put back by `undo` if that
+        reduction turns out spurious (RFC 4015 §4, RFC 9438 §4.9: cwnd, ssthresh and, for CUBIC,
+        W_max, K and the epoch as they were before the event)."""
+        return tuple(getattr(self, f) for f in self._fields())
+
+    def undo(self, state: tuple) -> None:
+        for f, v in zip(self._fields(), state, strict=True):
+            setattr(self, f, v)
+
+    @classmethod
+    def _fields(cls) -> tuple[str, ...]:
+        return tuple(f for c in reversed(cls.__mro__) for f in getattr(c, "__slots__", ()))
 
     def on_recovery_end(self) -> None:
         self.cwnd = max(self.ssthresh, 2 * self.mss)

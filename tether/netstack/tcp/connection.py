@@ -426,7 +426,10 @@ class TcpConnection:
         if n:
             payload = buf.get(seq, n)
             flags = ACK | PSH if seq + n == buf.end else ACK
-            self._last_data = now
+            if seq + n > self.tx.snd_max:
+                # New data only: resending the same octets (into a closed window, or to a peer
+                # that no longer answers) is the retransmission timer's business, not activity.
+                self._last_data = now
         else:
             payload = b""
             flags = ACK

@@ -66,7 +66,15 @@ class SendSide:
         "probes",
         "max_retransmits",
         "rtt_seq",
+        "rtt_start",
         "rtt_time",
+        "syn_end",
+        "frto",
+        "rto_time",
+        "rto_expired",
+        "rxt_end",
+        "undo",
+        "spurious_timeouts",
         "cwnd_limited",
         "last_send",
         "emit",
@@ -118,8 +126,16 @@ class SendSide:
         self.retransmits = 0
         self.probes = 0
         self.max_retransmits = config.max_retransmits
-        self.rtt_seq: int | None = None
+        self.rtt_seq: int | None = None  # the end of the segment being timed
+        self.rtt_start = iss
         self.rtt_time = 0.0
+        self.syn_end = iss + 1  # an ACK above this covers data
+        # After a timeout, until the next ACK of new data: was it spurious? (see _spurious)
+        self.frto = False
+        self.rto_time = 0.0  # when the first timeout of the episode went off
+        self.rto_expired = 0.0  # the RTO it waited
+        self.rxt_end = iss  # end of what has been resent since
+        self.undo: tuple | None = None  # congestion state from before the timeout
         self.cwnd_limited = False
         self.last_send = now
         self.emit = emit
@@ -127,6 +143,7 @@ class SendSide:
         self.timeouts = 0
         self.recoveries = 0
         self.retransmitted = 0
+        self.spurious_timeouts = 0
 
     # -- state the connection asks about -------------------------------------------------------
 
@@ -155,7 +172,7 @@ class SendSide:
         """Account for the SYN-ACK: it occupies ISS; time it unless it is a retransmission."""
         self.snd_nxt = self.snd_max = self.snd_una + 1
         if first:
-            self.rtt_seq, self.rtt_time = self.snd_max, now
+            self.rtt_start, self.rtt_seq, self.rtt_time = self.snd_una, self.snd_max, now
         else:
             self.rtt_seq = None
         self.rto_deadline = now + self.rtt.rto
@@ -200,6 +217,10 @@ class SendSide:
         if sack_blocks and self.sack_ok:
             new_sack = self.scoreboard.update(sack_blocks, max(ack, una), self.snd_max)
         if ack > una:
+            if self.frto:
+                self.frto = False
+                if self._spurious(ack, ts_rtt, now):
+                    return ack - una
             self._new_ack(ack, ts_rtt, now)
             return ack - una
         if (
@@ -214,10 +235,12 @@ class SendSide:
     def _new_ack(self, ack: int, ts_rtt: float | None, now: float) -> None:
         acked = ack - self.snd_una
         rtt = self.rtt
+        # RFC 6298 §5.7 and Karn: only a measurement clears the backoff, and only segments
+        # sent once are timed (timestamps tell which transmission an ACK answers).
         if ts_rtt is not None:
-            rtt.sample(ts_rtt)
+            rtt.sample(ts_rtt, ack > self.syn_end)
         elif self.rtt_seq is not None and ack >= self.rtt_seq:
-            rtt.sample(now - self.rtt_time)
+            rtt.sample(now - self.rtt_time, self.rtt_seq > self.syn_end)
         if self.rtt_seq is not None and ack >= self.rtt_seq:
             self.rtt_seq = None
         self.snd_una = ack
@@ -228,7 +251,6 @@ class SendSide:
             self.snd_nxt = ack
         self.dupacks = 0
         self.retransmits = 0
-        rtt.backoff = 0
         if self.in_recovery:
             if ack >= self.recover:
                 self.in_recovery = False
@@ -293,7 +315,12 @@ class SendSide:
             self.probes += 1
             if self.probes > self.max_retransmits:
                 return False
-        if self.rtt.backoff == 0:  # the first timeout since data was last acknowledged
+        if not self.frto:  # the first timeout since data was last acknowledged
+            self.frto = True
+            self.rto_time = now
+            self.rto_expired = self.rtt.rto
+            self.rxt_end = una
+            self.undo = self.cc.undo_state()
             self.cc.on_rto(now, self.snd_max - una)  # ssthresh held on repeated timeouts
         else:
             self.cc.cwnd = self.mss
@@ -308,7 +335,31 @@ class SendSide:
         self.scoreboard.clear()
         self.snd_nxt = una
         self.high_rxt = una
-        self.rtt_seq = None
+        return True
+
+    def _spurious(self, ack: int, ts_rtt: float | None, now: float) -> bool:
+        """The first ACK of new data after a timeout: was the timeout spurious, the data only
+        late (a peer sitting on its ACKs, a delay spike)? Then undo it (RFC 4015 §4): put the
+        congestion state back (RFC 9438 §4.9), resume with new data instead of resending what
+        was never lost (SND.NXT = SND.MAX), and let the RTO clear the delay just seen.
+
+        Detection, either of two tests (as Linux): the ACK echoes a TSval from before the
+        retransmission (the Eifel test, RFC 3522), or it covers octets that were sent once,
+        before the timeout, and never resent since (F-RTO's test, RFC 5682 §3.1 step 3b, applied
+        to the first ACK): not everything in flight was lost. The second is the one that sees a
+        peer sitting on its ACKs: the resent segment reaches it as a duplicate, which it ACKs at
+        once, echoing the duplicate's TSval (RFC 7323 §4.3) but covering all it had received.
+        """
+        eifel = ts_rtt is not None and ts_rtt > now - self.rto_time + RttEstimator.GRANULARITY
+        if not (eifel or self.rxt_end < min(ack, self.recover)) or self.undo is None:
+            return False
+        self.spurious_timeouts += 1
+        self.cc.undo(self.undo)
+        self.undo = None
+        lower_bound = now - self.rto_time + self.rto_expired  # the oldest octet waited this long
+        self.rtt.spurious_timeout(ts_rtt if eifel else lower_bound)
+        self._new_ack(ack, None, now)
+        self.snd_nxt = max(self.snd_nxt, self.snd_max)
         return True
 
     def on_persist(self, now: float) -> bool:
@@ -352,10 +403,12 @@ class SendSide:
         end = seq + n
         if seq < self.snd_max:
             self.retransmitted += 1
-            if self.rtt_seq is not None and seq < self.rtt_seq:
-                self.rtt_seq = None  # Karn: a retransmitted range cannot be timed
+            if self.rtt_seq is not None and seq < self.rtt_seq and end > self.rtt_start:
+                self.rtt_seq = None  # Karn: a retransmitted segment cannot be timed
+            if self.frto and end > self.rxt_end:
+                self.rxt_end = min(end, self.snd_max)
         elif self.rtt_seq is None:
-            self.rtt_seq, self.rtt_time = end, now
+            self.rtt_start, self.rtt_seq, self.rtt_time = seq, end, now
         self.emit(seq, n - 1 if fin else n, fin, now)
         if seq >= self.snd_nxt:
             self.snd_nxt = end
