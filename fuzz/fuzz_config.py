@@ -3,7 +3,9 @@
 Any input must either parse or raise ConfigError. A file that parses must come back byte for
 byte from its document, survive a render/parse round trip, and stay valid under an edit; its
 `[Exit]` section must hold only valid settings (positive limits, a per-peer limit no larger than
-its total) and come through the edits line for line.
+its total) and come through the edits line for line; an `Egress` (in `[Exit]` or a `[Peer]`)
+must be direct or a proxy with a real port and RFC 1929-sized credentials, whose password shows
+in no repr, label or error.
 Run: `make fuzz TARGET=config SECONDS=300` (see fuzz/README.md).
 """
 
@@ -14,6 +16,7 @@ import sys
 
 from tether.config import ConfigError, ConfigFile
 from tether.config.document import PAIR
+from tether.config.egress import parse_egress
 from tether.config.exit_settings import DEFAULT_MAX_BUFFER, DEFAULT_MAX_FLOWS
 from tether.config.model import Peer, parse_text, render
 
@@ -29,6 +32,8 @@ def TestOneInput(data: bytes) -> None:
     if text.encode("utf-8") != data:
         raise AssertionError("document did not give the file back byte for byte")
     _check_exit(cfg.config.exit)
+    for egress in [cfg.config.exit.egress, *(p.egress for p in cfg.config.peers)]:
+        _check_egress(egress)
     exit_lines = _exit_lines(cfg)
     _, again = parse_text(render(cfg.config))
     if again != cfg.config:
@@ -53,6 +58,24 @@ def _check_exit(ex) -> None:
         raise AssertionError("MaxFlowsPerPeer above MaxFlows was accepted")
     if (ex.max_buffer_per_peer or 0) > (ex.max_buffer or DEFAULT_MAX_BUFFER):
         raise AssertionError("MaxBufferPerPeer above MaxBuffer was accepted")
+
+
+def _check_egress(egress) -> None:
+    if egress is None or egress.is_direct:
+        return
+    if not egress.host or not 1 <= egress.port <= 65535:
+        raise AssertionError(f"a proxy without host or port was accepted: {egress!r}")
+    if parse_egress(egress.to_text()) != egress:
+        raise AssertionError("an Egress value does not read back as itself")
+    creds = egress.credentials
+    if creds is None:
+        return
+    user, password = creds
+    if not (1 <= len(user) <= 255 and 1 <= len(password) <= 255):
+        raise AssertionError("credentials outside RFC 1929's 1-255 bytes were accepted")
+    written = egress.to_text().rpartition("@")[0].partition(":")[2]  # the password, encoded
+    if f":{written}@" in repr(egress) + egress.label or f":{egress.password}@" in repr(egress):
+        raise AssertionError("the password shows in repr or label")
 
 
 def _exit_lines(cfg: ConfigFile) -> list[str]:

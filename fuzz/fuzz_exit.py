@@ -3,7 +3,8 @@
 Run: `python fuzz/fuzz_exit.py [corpus_dir] [-max_total_time=60]` (needs atheris).
 The contract under test: `Exit.receive_packet` and the host-event methods never raise, whatever
 bytes and whatever order events come in; every packet the exit emits parses and fits the MTU;
-flow counts and buffer grants stay within their limits and match a recount (`Exit.audit`).
+flow counts and buffer grants stay within their limits and match a recount (`Exit.audit`);
+every flow opens with the egress its peer has at that moment (`Exit.set_egress`).
 
 The input is a list of records, each starting with an opcode byte:
   0 raw packet: 2-byte length, then that many bytes, delivered as they are;
@@ -14,7 +15,8 @@ The input is a list of records, each starting with an opcode byte:
     bits 2-6 all set instead, the peer is forgotten (removed: all of it; with the top bit, it
     lost 10.9.0.2 only), as the device does when the peer's addresses change; with only bit 2
     set, new destination rules ([Exit] AllowDestinations, DenyDestinations, PeerToPeer)
-    chosen by the next byte.
+    chosen by the next byte, and a new egress (bit 3: the device's default is a proxy; bit 4:
+    peer B goes direct regardless).
 One exit lives across inputs (as in a long-running daemon); its limits are small so they are hit.
 The test Internet (198.51.100.0/24, 2001:db8::/32) is always allowed, as a device file would.
 """
@@ -63,6 +65,7 @@ _DST6 = (bytes.fromhex("20010db8000000000000000000000007"),
          bytes.fromhex("2002c63364070000000000000000000a"),  # 6to4 of 198.51.100.7
          bytes.fromhex("200100000000000000000000f5fffffe"),  # Teredo client 10.0.0.1
          bytes.fromhex("0064ff9b000100000000000000000001"))  # local-use NAT64  # fmt: skip
+_PROXY = object()  # the shell's descriptor of an upstream proxy: opaque to the exit
 _ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EMSGSIZE, errno.EIO,
            errno.EAGAIN)  # fmt: skip
 
@@ -72,6 +75,7 @@ def _collect() -> None:
         t = type(a)
         if t is UdpOpen or t is TcpConnect:
             _FLOWS.append(a.flow)
+            assert a.flow.egress is _EXIT.egress_for(a.flow.peer.key), "flow has a stale egress"
         elif t is EchoSend:
             _ECHOES.append(a)
     del _FLOWS[:-64]
@@ -97,13 +101,15 @@ def _host_event(kind: int, index: int, arg: bytes) -> None:
     flow = _FLOWS[index % len(_FLOWS)]
     err = _ERRNOS[index % len(_ERRNOS)]
     if not hasattr(flow, "conn"):
-        k = kind % 3
+        k = kind % 4
         if k == 0:
-            _EXIT.receive_udp_datagram(flow, arg * (1 + kind // 3), now)
+            _EXIT.receive_udp_datagram(flow, arg * (1 + kind // 4), now)
         elif k == 1:
             _EXIT.receive_udp_error(flow, err, now, len(arg) * 64)
-        else:
+        elif k == 2:
             _EXIT.receive_udp_open_failed(flow, err, now)
+        else:
+            _EXIT.receive_udp_closed(flow, now)  # the proxy ended the association
         return
     k = kind % 8
     if k == 0:
@@ -178,6 +184,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
             allow = _INTERNET + tuple(a for i, a in enumerate(_ALLOW) if b >> i & 1)
             deny = tuple(d for i, d in enumerate(_DENY) if b >> (5 + i) & 1)
             _EXIT.set_rules(allow, deny, peer_to_peer=not op & 0x80)
+            per_peer = {_PEERS[1]: None} if op & 16 else {}
+            _EXIT.set_egress(_PROXY if op & 8 else None, per_peer)
         else:
             step = data[pos] if pos < n else 1
             pos += 1

@@ -130,6 +130,7 @@ def test_metrics(app, hub):
         drops={"replay": 2, "allowed_ips": 3},
         exit_flows={"tcp": 4, "udp": 1},
         exit_refused={keys.decode(PEER1): 9},
+        egress_up={"socks5://alice@192.0.2.9:1080": False, "socks5://10.1.1.1:1080": True},
     )
     call(app, "GET", "/healthz")
     r = call(app, "GET", "/metrics")
@@ -151,6 +152,8 @@ def test_metrics(app, hub):
     assert samples[("tetherctl_exit_flows", (("device", "bywg0"), ("protocol", "tcp")))] == 4
     assert samples[("tetherctl_exit_refused_total", peer)] == 9
     assert samples[("tetherctl_peers", (("device", "bywg0"),))] == 1
+    for egress, up in (("socks5://alice@192.0.2.9:1080", 0), ("socks5://10.1.1.1:1080", 1)):
+        assert samples[("tetherctl_egress_up", (("device", "bywg0"), ("egress", egress)))] == up
     assert samples[("tetherctl_api_requests_total", (("method", "GET"), ("status", "200")))] >= 1
     assert SERVER_PRIVATE not in r.text
 

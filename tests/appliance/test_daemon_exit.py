@@ -93,11 +93,11 @@ def test_exit_edits_go_live_and_never_show_in_showconf(daemon):
     write(path, server_conf(priv, 42061, peer(a, 2), extra=EXIT.replace("yes", "no")))
     wait_for(lambda: daemon.logged(f"{dev}: applied set_exit"), 5, "[Exit] edit applied")
     # a bad [Exit]: the last good configuration keeps running, the error names the line
-    write(path, server_conf(priv, 42061, peer(a, 2), extra=EXIT + "Egress = direct\n"))
+    write(path, server_conf(priv, 42061, peer(a, 2), extra=EXIT + "Egress = socks5://proxy\n"))
     wait_for(
         lambda: daemon.logged(
-            f"{dev}.conf:10: unknown key 'Egress' in [Exit] (the last good configuration keeps "
-            "running)"
+            f"{dev}.conf:10: Egress: the proxy's port is missing (expected direct or "
+            "socks5://[user:pass@]host:port) (the last good configuration keeps running)"
         ),
         5,
         "error logged",

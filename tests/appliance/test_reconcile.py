@@ -129,6 +129,23 @@ def test_exit_section_changes_go_live_alone():
         assert names(gone) == ["set_exit"] and dev.snapshot().exit.is_default
 
 
+def test_peer_egress_goes_live_alone_and_the_password_is_not_described():
+    proxied = PEER_A + "Egress = socks5://u:pw-secret@192.0.2.9:1080\n"
+    with device() as dev:
+        change = reconcile(dev, None, conf(proxied + PEER_B).config)
+        assert "set_peer_egress" in names(change)
+        assert "pw-secret" not in " ".join(describe(change))
+        assert dict(dev.snapshot().peer_egress) == {key(A): conf(proxied).config.peers[0].egress}
+        same = conf(proxied + PEER_B).config
+        assert not plan(dev.snapshot(), same, conf(proxied + PEER_B).config)
+        direct = conf(PEER_A + "Egress = direct\n" + PEER_B).config
+        change = reconcile(dev, same, direct)
+        assert names(change) == ["set_peer_egress"] and not change.peers
+        assert dev.snapshot().peer_egress[key(A)].is_direct
+        change = reconcile(dev, direct, conf(PEER_A + PEER_B).config)  # removed: the default
+        assert names(change) == ["set_peer_egress"] and not dev.snapshot().peer_egress
+
+
 def test_interface_changes():
     old = conf(PEER_A)
     with device() as dev:

@@ -8,6 +8,7 @@ import ipaddress
 from hypothesis import strategies as st
 
 from tether import keys
+from tether.config.egress import DIRECT, Egress
 from tether.config.exit_settings import (
     DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_FLOWS,
@@ -42,6 +43,18 @@ endpoints = st.builds(
     Endpoint,
     st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str), hostnames),
     st.integers(1, 65535),
+)
+# RFC 1929 credentials: any text (percent-encoded when written), 1 to 255 bytes of UTF-8
+credentials = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+egresses = (
+    st.none()
+    | st.just(DIRECT)
+    | st.builds(
+        lambda host, port, creds: Egress(host, port, *(creds or (None, None))),
+        st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str), hostnames),
+        st.integers(1, 65535),
+        st.none() | st.tuples(credentials, credentials),
+    )
 )
 dns_values = st.one_of(st.ip_addresses().map(str), hostnames)
 # A hook is one shell command: anything printable on one line except '#', which starts a comment
@@ -81,6 +94,7 @@ def peers_strategy(max_size: int = 5):
             allowed_ips=st.lists(networks, max_size=4),
             endpoint=st.none() | endpoints,
             persistent_keepalive=st.integers(0, 65535),
+            egress=egresses,
         ),
         max_size=max_size,
         unique_by=lambda p: p.public_key,
@@ -106,6 +120,7 @@ def exit_settings(draw):
         max_flows_per_peer=per_peer,
         max_buffer=max_buffer,
         max_buffer_per_peer=buffer_per_peer,
+        egress=draw(egresses),
     )
 
 

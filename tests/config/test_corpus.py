@@ -60,6 +60,11 @@ def summary(cfg: ConfigFile) -> dict:
             "max_buffer": ex.max_buffer,
             "max_buffer_per_peer": ex.max_buffer_per_peer,
         }
+        if ex.egress is not None:  # what logs show: never the password
+            out["exit"]["egress"] = ex.egress.label
+    for p, summarized in zip(cfg.config.peers, out["peers"], strict=True):
+        if p.egress is not None:
+            summarized["egress"] = p.egress.label
     if iface.fwmark is not None:
         out["fwmark"] = iface.fwmark
     if iface.table is not None:

@@ -96,7 +96,8 @@ def test_sizes(text, size):
          "d.conf:6: MaxFlowsPerPeer: 20000 is more than MaxFlows = 16384 (its default)"),
         ("MaxBufferPerPeer = 1G\nMaxBuffer = 512M\n",
          "d.conf:6: MaxBufferPerPeer: 1G is more than MaxBuffer = 512M (line 7)"),
-        ("Egress = direct\n", "d.conf:6: unknown key 'Egress' in [Exit]"),
+        ("Egress = socks5://proxy:1080\nEgress = direct\n",
+         "d.conf:7: Egress is given twice (first on line 6)"),
         ("PrivateKey = x\n", "d.conf:6: unknown key 'PrivateKey' in [Exit]"),
     ],
 )  # fmt: skip

@@ -21,6 +21,8 @@ def test_fuzz_config_smoke(fuzz_target):
         b"AllowDestinations = 10.0.0.0/8\n",
         b"MaxFlowsPerPeer = 2000\n",
         b"MaxBuffer = 1M\n",
+        b"Egress = socks5://u%40x:p%23w@proxy.example:1080\n",
+        b"Egress = direct\n",
         b"# c\n",
         b"\n",
         b"[Peer]\n",

@@ -18,7 +18,7 @@ from tether.appliance.reconcile import reconcile
 from tether.config import ConfigFile
 from tether.device.change import DeviceChange
 from tether.device.device import Device
-from tether.device.exit_shell import ExitShell
+from tether.device.exit import ExitShell
 from tether.device.uapi.adapter import uapi_set
 from tether.device.uapi.protocol import AllowedIPChange, PeerOp, SetRequest
 from tether.netstack.wire import build_segment, build_udp_packet

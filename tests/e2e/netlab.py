@@ -43,6 +43,7 @@ class NetLab:
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen] = []
         self.sockets: list[Path] = []
+        self.etc_dirs: list[Path] = []
         self.links = 0
 
     def name(self, short: str) -> str:
@@ -66,6 +67,15 @@ class NetLab:
                 self.sh("ip", "-n", ns, "addr", "add", addr, "dev", dev, *extra)
             self.sh("ip", "-n", ns, "link", "set", dev, "up")
         return a, b
+
+    def etc_file(self, ns: str, name: str, text: str) -> None:
+        """/etc/netns/NS/NAME, which `ip netns exec NS` mounts over /etc/NAME for the processes
+        it starts afterwards (e.g. `hosts`, to give a name to an address of the lab)."""
+        folder = Path("/etc/netns") / ns
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder not in self.etc_dirs:
+            self.etc_dirs.append(folder)
+        (folder / name).write_text(text)
 
     def sh(
         self, *argv: str, check: bool = True, timeout: float = 30, **kw
@@ -174,6 +184,10 @@ class NetLab:
         for sock in self.sockets:
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
+        for folder in self.etc_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # /etc/netns, when nothing else is in it
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):

@@ -36,8 +36,12 @@ class Topology:
         http_files: dict | None = None,
         daemon_args: tuple = (),
         exit_extra: str = "",
+        peer_extra: dict[int, str] | None = None,
+        prepare=None,
     ):
-        """`exit_extra`: more lines for the device's [Exit] section (e.g. `PeerToPeer = yes`)."""
+        """`exit_extra`: more lines for the device's [Exit] section (e.g. `PeerToPeer = yes`);
+        `peer_extra`: more lines for client i's [Peer] section; `prepare(topology)`: called once
+        exit and inet exist, before the daemon starts (e.g. a proxy namespace between them)."""
         require("wireguard-go", "wg", "ip", "ping", "curl")
         self.lab, self.tmp = lab, tmp
         self.exit_ns = lab.netns("x")
@@ -63,6 +67,8 @@ class Topology:
             log=tmp / "inet.log",
         )
         wait_for(ready.exists, 15, "inet servers")
+        if prepare is not None:
+            prepare(self)
         # our device
         self.dev = lab.name("tx")
         self.server_priv = keys.genkey()
@@ -76,6 +82,7 @@ class Topology:
             peers += (
                 f"\n[Peer]\nPublicKey = {keys.pubkey(priv)}\n"
                 f"AllowedIPs = {TUNNEL4}.{host}/32, {TUNNEL6}{host:x}/128\n"
+                + (peer_extra or {}).get(i, "")
             )
         self.config_dir = tmp / "conf"
         self.config_dir.mkdir()

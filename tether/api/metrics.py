@@ -71,6 +71,12 @@ class HubCollector:
             "Packets from the peer that the exit refused by policy",
             labels=["device", "public_key"],
         )
+        egress = GaugeMetricFamily(
+            "tetherctl_egress_up",
+            "1 when the device's upstream proxy took its latest connection or probe, 0 when it "
+            "failed (its flows then fail; none leaves directly)",
+            labels=["device", "egress"],
+        )
         peers = GaugeMetricFamily(
             "tetherctl_peers", "Peers on the running device", labels=["device"]
         )
@@ -94,13 +100,15 @@ class HubCollector:
                 flows.add_metric([name, proto], count)
             for key, count in sorted(counters.exit_refused.items()):
                 refused.add_metric([name, keys.encode(key)], count)
+            for label, up in sorted(counters.egress_up.items()):
+                egress.add_metric([name, label], 1 if up else 0)
         requests = CounterMetricFamily(
             "tetherctl_api_requests", "API requests answered", labels=["method", "status"]
         )
         with self._lock:
             for (method, status), count in sorted(self.requests.items()):
                 requests.add_metric([method, status], count)
-        return [rx, tx, hs, handshakes, drops, flows, refused, peers, requests]
+        return [rx, tx, hs, handshakes, drops, flows, refused, egress, peers, requests]
 
 
 def make_registry(hub: DeviceHub) -> tuple[CollectorRegistry, HubCollector]:

@@ -44,7 +44,7 @@ from tether.config.errors import ConfigError
 from tether.config.model import DeviceConfig
 from tether.device.change import DeviceChange
 from tether.device.device import Device
-from tether.device.exit_shell import ExitShell
+from tether.device.exit import ExitShell
 from tether.device.uapi.server import UapiServer
 from tether.device.udp import BindError
 

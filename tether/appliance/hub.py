@@ -106,4 +106,5 @@ class DaemonHub:
             drops=drops,
             exit_flows=flows,
             exit_refused=refused,
+            egress_up=dict(state.egress_up),
         )

@@ -61,6 +61,9 @@ def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) ->
     own = iface.public_key  # an X25519 computation: once, not per peer
     wanted = {p.public_key: p for p in new.peers if p.public_key != own}
     before = {p.public_key: p for p in last.peers} if last is not None else {}
+    peer_egress = {key: p.egress for key, p in wanted.items() if p.egress is not None}
+    if peer_egress == dict(running.peer_egress):
+        peer_egress = None
     peers = [PeerChange(key, remove=True) for key in running.peers if key not in wanted]
     for key, peer in wanted.items():
         change = _peer_change(running.peers.get(key), before.get(key), peer)
@@ -72,6 +75,7 @@ def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) ->
         mtu=mtu,
         addresses=addresses,
         exit=exit_settings,
+        peer_egress=peer_egress,
         peers=tuple(peers),
     )
 
@@ -138,6 +142,7 @@ def describe(change: DeviceChange) -> list[str]:
             ("set_mtu", change.mtu),
             ("set_addresses", change.addresses),
             ("set_exit", change.exit),
+            ("set_peer_egress", change.peer_egress),
         )
         if value is not None
     ]

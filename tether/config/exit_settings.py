@@ -5,6 +5,9 @@ device to WireGuard (`wg showconf`, the UAPI, client configs) carries it. It is 
 appears at most once; a file without it gets the defaults, which are what an exit offered to
 strangers needs (see `tether.netstack.exit.policy` for the refusal list).
 
+`Egress` (tether.config.egress) says how the exit's flows leave the host: directly, or through
+an upstream SOCKS5 proxy; a `[Peer]` may override it for that peer.
+
 The limit keys are parsed and checked here (positive, a per-peer limit no larger than its total);
 `None` in the model means "the default", so a later change of a default reaches every file that
 did not name the key.
@@ -15,13 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tether.config.values as v
+from tether.config.egress import Egress, parse_egress
 from tether.config.errors import ConfigError
 
 DEFAULT_MAX_FLOWS = 16384  # all peers together; also bounded by the descriptor limit
 DEFAULT_MAX_FLOWS_PER_PEER = 1024  # TCP and UDP flows of one peer
 DEFAULT_MAX_BUFFER = 1 << 30  # TCP buffer memory of the whole device
 DEFAULT_MAX_BUFFER_PER_PEER = 128 << 20
-FLOWS_MAX = 1 << 20  # the descriptor limit's ceiling (exit_shell_host.raise_nofile_limit)
+FLOWS_MAX = 1 << 20  # the descriptor limit's ceiling (device.exit.host.raise_nofile_limit)
 
 
 def _parse_flows(value: str) -> int:
@@ -37,6 +41,7 @@ EXIT_KEYS = {
     "maxflowsperpeer": ("MaxFlowsPerPeer", _parse_flows, False),
     "maxbuffer": ("MaxBuffer", v.parse_size, False),
     "maxbufferperpeer": ("MaxBufferPerPeer", v.parse_size, False),
+    "egress": ("Egress", parse_egress, False),
 }
 EXIT_LIST_KEYS = {"allowdestinations", "denydestinations"}
 
@@ -58,6 +63,7 @@ class ExitSettings:
     max_flows_per_peer: int | None = None
     max_buffer: int | None = None
     max_buffer_per_peer: int | None = None
+    egress: Egress | None = None  # None: not written (direct); a [Peer]'s Egress overrides it
 
     @property
     def is_default(self) -> bool:
@@ -90,6 +96,7 @@ def make_exit(f: dict, where: dict, lineno: int, fn: str) -> ExitSettings:
         max_flows_per_peer=f.get("maxflowsperpeer"),
         max_buffer=f.get("maxbuffer"),
         max_buffer_per_peer=f.get("maxbufferperpeer"),
+        egress=f.get("egress"),
     )
 
 
@@ -110,4 +117,6 @@ def exit_pairs(s: ExitSettings) -> list[tuple[str, str]]:
     ):
         if value is not None:
             pairs.append((key, show(value)))
+    if s.egress is not None:
+        pairs.append(("Egress", s.egress.to_text()))
     return pairs

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import tether.config.values as v
 from tether import keys
 from tether.config.document import PAIR, Document, Line, Section
+from tether.config.egress import Egress, parse_egress
 from tether.config.errors import ConfigError
 from tether.config.exit_settings import (
     EXIT_KEYS,
@@ -46,6 +47,7 @@ PEER_KEYS = {
     "allowedips": ("AllowedIPs", v.parse_network, True),
     "endpoint": ("Endpoint", v.parse_endpoint, False),
     "persistentkeepalive": ("PersistentKeepalive", v.parse_keepalive, False),
+    "egress": ("Egress", parse_egress, False),  # tetherctl's own: overrides [Exit] Egress
 }
 LIST_KEYS = {"address", "dns", "allowedips", *EXIT_LIST_KEYS}  # comma-separated lists
 HOOK_KEYS = {"preup", "postup", "predown", "postdown"}  # the whole value is one shell command
@@ -93,6 +95,9 @@ class Peer:
     allowed_ips: list[v.IPNetwork] = field(default_factory=list)
     endpoint: v.Endpoint | None = None
     persistent_keepalive: int = 0
+    # tetherctl's own (never shown to WireGuard): this peer's exit flows leave this way instead
+    # of the [Exit] section's Egress; None: as the device's
+    egress: Egress | None = None
     line: int = field(default=0, compare=False)
 
     @property
@@ -251,6 +256,7 @@ def _make_peer(f: dict, where: dict, lineno: int, fn: str) -> Peer:
         allowed_ips=f.get("allowedips", []),
         endpoint=f.get("endpoint"),
         persistent_keepalive=f.get("persistentkeepalive", 0),
+        egress=f.get("egress"),
         line=lineno,
     )
 
@@ -301,6 +307,8 @@ def interface_pairs(iface: Interface) -> list[tuple[str, str]]:
 
 
 def peer_pairs(peer: Peer) -> list[tuple[str, str]]:
+    """A peer's lines in a device file, tetherctl's own `Egress` included: what WireGuard sees
+    of a peer (`showconf`, the UAPI) is built from the running device, never from these."""
     pairs = [("PublicKey", keys.encode(peer.public_key))]
     if peer.preshared_key is not None:
         pairs.append(("PresharedKey", keys.encode(peer.preshared_key)))
@@ -310,6 +318,8 @@ def peer_pairs(peer: Peer) -> list[tuple[str, str]]:
         pairs.append(("Endpoint", str(peer.endpoint)))
     if peer.persistent_keepalive:
         pairs.append(("PersistentKeepalive", str(peer.persistent_keepalive)))
+    if peer.egress is not None:
+        pairs.append(("Egress", peer.egress.to_text()))
     return pairs
 
 

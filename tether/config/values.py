@@ -107,7 +107,7 @@ def parse_endpoint(value: str) -> Endpoint:
             raise ValueError(f"{_quote(value)} is not host:port or [IPv6]:port")
         if ":" in host:
             raise ValueError(f"{_quote(value)}: put an IPv6 address in brackets, [addr]:port")
-        if not _is_ipv4(host) and not _HOSTNAME.match(host):
+        if not is_ipv4(host) and not _HOSTNAME.match(host):
             raise ValueError(f"{_quote(host)} is not an IP address or host name")
     try:
         port = parse_port(port_text, allow_zero=False)
@@ -221,7 +221,7 @@ def _plain(value: str) -> str:
     return value
 
 
-def _is_ipv4(text: str) -> bool:
+def is_ipv4(text: str) -> bool:
     try:
         ipaddress.IPv4Address(text)
     except ValueError:

@@ -6,7 +6,8 @@ contents, so that importing the hub's types never imports sockets and the exit):
 - `device`: Device, with one entry point `apply(DeviceChange)` and one view `snapshot()`;
 - `change`, `state`: those two values;
 - `inside`: the Inside protocol, InsideContext, InsideFactory;
-- `exit_shell`: ExitShell, the exit's Inside;
+- `exit` (a subpackage): ExitShell, the exit's Inside (`shell`), and its upstream proxies
+  (`egress`, `proxy`);
 - `hub`: the API's DeviceHub interface and its values, below both API and appliance;
 - `uapi` (a subpackage): `protocol` (the UAPI text codec), `adapter` (its mapping onto a
   device's entry point and view), `client` (what `tetherctl show` uses), `server` (the socket);
@@ -16,7 +17,7 @@ contents, so that importing the hub's types never imports sockets and the exit):
 __all__ = [
     "change",
     "device",
-    "exit_shell",
+    "exit",
     "hub",
     "inside",
     "state",

@@ -4,13 +4,16 @@ Its meaning is `wg set`'s (the UAPI `set` operation), so that the two writers of
 configuration speak one language: the appliance's reconciler builds a change from the
 difference between a file and `Device.snapshot()`, and the UAPI adapter builds one from a parsed
 `set` request. Fields left at None (or False, or empty) change nothing; tetherctl's own
-settings (MTU, addresses, the `[Exit]` section), which `wg set` cannot express, ride along.
+settings (MTU, addresses, the `[Exit]` section, the peers' own `Egress`), which `wg set` cannot
+express, ride along.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tether.config.egress import Egress
 from tether.config.exit_settings import ExitSettings
 from tether.config.values import Endpoint
 
@@ -46,6 +49,9 @@ class DeviceChange:
     mtu: int | None = None
     addresses: tuple | None = None  # the device's own tunnel addresses (ip_interface objects)
     exit: ExitSettings | None = None  # the `[Exit]` section
+    # every peer's own Egress (public key → Egress; peers without one are left out), replacing
+    # the ones before; for the exit's new flows
+    peer_egress: Mapping[bytes, Egress] | None = None
     replace_peers: bool = False  # remove every peer first (those named are then made afresh)
     peers: tuple[PeerChange, ...] = ()
 
@@ -61,6 +67,7 @@ class DeviceChange:
                     self.mtu,
                     self.addresses,
                     self.exit,
+                    self.peer_egress,
                 )
             )
         )

@@ -27,6 +27,7 @@ import time
 from types import MappingProxyType
 
 from tether import keys
+from tether.config.egress import Egress
 from tether.config.exit_settings import ExitSettings
 from tether.config.model import DEFAULT_MTU
 from tether.config.values import Endpoint
@@ -71,6 +72,7 @@ class Device:
         self._core = WireGuardCore(private_key, mtu=mtu)
         self._addresses = tuple(addresses or ())
         self._exit_settings = exit_settings if exit_settings is not None else ExitSettings()
+        self._peer_egress: dict[bytes, Egress] = {}
         self._sock: socket.socket | None = None
         self._sender: udp.DatagramSender | None = None
         self._listen_port = 0
@@ -116,8 +118,11 @@ class Device:
                     mtu=self._core.mtu,
                     addresses=self._addresses,
                     exit_settings=self._exit_settings,
+                    name=self.name,
                 )
             )
+            if self._peer_egress:  # applied before the start: the peers' first flows need it
+                self._inside.set_peer_egress(dict(self._peer_egress))
         self._collect()
 
     def _bind(self, port: int) -> None:
@@ -178,6 +183,10 @@ class Device:
                 self._exit_settings = change.exit
                 if inside is not None:
                     inside.set_exit(change.exit)
+            if change.peer_egress is not None:  # before the peers: their first flows use it
+                self._peer_egress = dict(change.peer_egress)
+                if inside is not None:
+                    inside.set_peer_egress(dict(self._peer_egress))
             if change.replace_peers:
                 for request in self._resolving.values():
                     request.cancel()
@@ -291,6 +300,8 @@ class Device:
             counters=MappingProxyType(counters),
             inside=MappingProxyType(dict(inside.counters())) if inside is not None else {},
             refusals=MappingProxyType(inside.refusals()) if inside is not None else {},
+            peer_egress=MappingProxyType(dict(self._peer_egress)),
+            egress_up=MappingProxyType(dict(inside.egress_status())) if inside is not None else {},
         )
 
     # -- data path ---------------------------------------------------------------------------

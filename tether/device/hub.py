@@ -49,6 +49,9 @@ class DeviceCounters:
     exit_flows: Mapping[str, int] = field(default_factory=dict)  # open exit flows by protocol
     # packets the exit refused by policy, per peer public key (counters; live peers only)
     exit_refused: Mapping[bytes, int] = field(default_factory=dict)
+    # per upstream proxy in use (its label: `socks5://user@host:port`, never a password),
+    # whether it works (gauge); proxies not tried yet are left out
+    egress_up: Mapping[str, bool] = field(default_factory=dict)
 
 
 @runtime_checkable

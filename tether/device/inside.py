@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from tether.config.egress import Egress
 from tether.config.exit_settings import ExitSettings
 
 __all__ = ["Inside", "InsideContext", "InsideFactory"]
@@ -60,6 +61,12 @@ class Inside(Protocol):
     def set_exit(self, settings: ExitSettings) -> None:
         """The device file's `[Exit]` section changed."""
 
+    def set_peer_egress(self, per_peer: Mapping[bytes, Egress]) -> None:
+        """The peers' own `Egress` keys (public key → Egress), all of them, for new flows."""
+
+    def egress_status(self) -> Mapping[str, bool]:
+        """Whether each upstream proxy in use works, by its label (a copy; for metrics)."""
+
     def counters(self) -> Mapping[str, int]:
         """Gauges and counters for metrics, a copy (the exit: `udp_flows`, `tcp_flows`)."""
 
@@ -81,6 +88,7 @@ class InsideContext:
     mtu: int
     addresses: tuple
     exit_settings: ExitSettings | None
+    name: str = ""  # the device's, for log lines
 
 
 InsideFactory = Callable[[InsideContext], Inside]

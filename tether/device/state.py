@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tether.config.egress import Egress
 from tether.config.exit_settings import ExitSettings
 
 __all__ = ["PeerState", "RunningState"]
@@ -44,3 +45,6 @@ class RunningState:
     counters: Mapping[str, int] = field(default_factory=dict)
     inside: Mapping[str, int] = field(default_factory=dict)  # the inside's (exit flows)
     refusals: Mapping[bytes, int] = field(default_factory=dict)  # exit refusals per peer key
+    peer_egress: Mapping[bytes, Egress] = field(default_factory=dict)  # the peers' own Egress
+    # whether each upstream proxy in use works, by its label (no password); untried ones absent
+    egress_up: Mapping[str, bool] = field(default_factory=dict)

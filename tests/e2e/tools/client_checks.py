@@ -11,6 +11,10 @@
     python client_checks.py hold HOST TCPPORT UDPPORT NTCP NUDP SECONDS   hold flows open
     python client_checks.py udp-stream HOST PORT LOCALPORT SECONDS   receive a server's stream
     python client_checks.py sniff IFNAME SECONDS PORT...    count packets arriving on IFNAME
+    python client_checks.py udp-whoami HOST PORT            the address the server saw us from
+    python client_checks.py connect-time HOST PORT N        median TCP connect time (ms)
+    python client_checks.py unreachable HOST PORT           TCP connect and a UDP exchange fail,
+                                                            and how fast
 Prints one JSON line; exits 1 on any failure. Every loop is bounded in time and count.
 """
 
@@ -100,10 +104,26 @@ def dns(host: str, port: int) -> dict:
     return {"ok": ok, "answers": answers}
 
 
+def connect(host: str, port: int, timeout: float = 10) -> socket.socket:
+    """`socket.create_connection`, but a connect that did not happen raises its error. When
+    the answer (an ICMP error or a RST) arrives within a fraction of a millisecond, as it may
+    from the exit, Linux can let a non-blocking connect report success although no SYN-ACK
+    came (a capture shows SYN out, ICMP in, nothing else): such a socket has no peer and its
+    SO_ERROR still holds the error."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.getpeername()
+    except OSError:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ENOTCONN
+        sock.close()
+        raise OSError(err, os.strerror(err)) from None  # ConnectionRefusedError for a RST
+    return sock
+
+
 def refused(host: str, port: int) -> dict:
     start = time.monotonic()
     try:
-        socket.create_connection((host, port), timeout=10).close()
+        connect(host, port).close()
         return {"ok": False, "error": "connected"}
     except ConnectionRefusedError:
         return {"ok": True, "seconds": time.monotonic() - start}
@@ -276,6 +296,59 @@ def sniff(ifname: str, seconds: float, ports: list[int]) -> dict:
     return {"ok": True, "packets": packets, "matched": matched, "matched_bytes": matched_bytes}
 
 
+def udp_whoami(host: str, port: int) -> dict:
+    sock = socket.socket(family(host), socket.SOCK_DGRAM)
+    sock.settimeout(3)
+    sock.connect((host, port))
+    for _attempt in range(3):
+        sock.send(b"who?")
+        try:
+            return {"ok": True, "seen": sock.recv(512).decode()}
+        except TimeoutError:
+            continue
+    return {"ok": False, "error": "no answer"}
+
+
+def connect_time(host: str, port: int, n: int) -> dict:
+    """N sequential connects (each closed at once); their median time in milliseconds."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        with socket.create_connection((host, port), timeout=10):
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"ok": True, "median_ms": times[len(times) // 2], "n": n}
+
+
+def unreachable(host: str, port: int) -> dict:
+    """What a failed egress looks like from a client: the TCP connect fails (reset or ICMP
+    unreachable, not a timeout) and a UDP exchange gets no answer or an ICMP error."""
+    start = time.monotonic()
+    try:
+        connect(host, port).close()
+        tcp = {"ok": False, "error": "connected"}
+    except TimeoutError:
+        tcp = {"ok": False, "error": "timed out"}
+    except OSError as e:
+        tcp = {"ok": True, "errno": e.errno, "seconds": time.monotonic() - start}
+    sock = socket.socket(family(host), socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    sock.connect((host, port))
+    udp: dict = {"ok": True, "error": "no answer"}
+    for _attempt in range(2):
+        sock.send(b"hello?")
+        try:
+            sock.recv(2048)
+            udp = {"ok": False, "error": "answered"}
+            break
+        except TimeoutError:
+            continue
+        except OSError as e:
+            udp = {"ok": True, "errno": e.errno}
+            break
+    return {"ok": tcp["ok"] and udp["ok"], "tcp": tcp, "udp": udp}
+
+
 def main() -> int:
     cmd, host, port, *rest = sys.argv[1:]
     port = float(port) if cmd == "sniff" else int(port)
@@ -299,6 +372,12 @@ def main() -> int:
         result = udp_stream(host, port, int(rest[0]), float(rest[1]))
     elif cmd == "sniff":  # IFNAME SECONDS PORT...
         result = sniff(host, float(port), [int(p) for p in rest])
+    elif cmd == "udp-whoami":
+        result = udp_whoami(host, port)
+    elif cmd == "connect-time":
+        result = connect_time(host, port, int(rest[0]))
+    elif cmd == "unreachable":
+        result = unreachable(host, port)
     else:
         raise SystemExit(f"unknown check {cmd}")
     print(json.dumps(result))

@@ -3,9 +3,11 @@
     python inet_servers.py DIR READY_FILE
 
 Serves, on every address of the namespace (dual stack):
-  tcp/8080  HTTP: GET /<file> from DIR; PUT answers the sha256 of the body it received
+  tcp/8080  HTTP: GET /<file> from DIR; GET /whoami answers the client's address (who the
+            Internet sees); PUT answers the sha256 of the body it received
   tcp/7007  echo
   udp/7007  echo (any size up to 65507)
+  udp/7012  whoami: answers any datagram with the sender's address
   udp/5353  a DNS-style responder: answers any A/AAAA query with 192.0.2.53 / 2001:db8::53
   udp/7009  a stream: any datagram starts 100 datagrams a second back to its sender, for 60 s
             whether anyone listens or not (at most 64 streams at once)
@@ -52,6 +54,17 @@ def http_handler(root: Path):
         def log_message(self, *args):
             pass
 
+        def do_GET(self):
+            if self.path != "/whoami":
+                return super().do_GET()
+            host = self.client_address[0].removeprefix("::ffff:")
+            body = f"{host}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return None
+
         def do_PUT(self):
             length = int(self.headers.get("Content-Length", "0"))
             digest = hashlib.sha256()
@@ -81,9 +94,10 @@ class Echo(socketserver.BaseRequestHandler):
 
 
 def udp_loop(sock: socket.socket, answer):
+    """`answer(data, addr)`: the reply, or None for none."""
     while True:
         data, addr = sock.recvfrom(65535)
-        reply = answer(data)
+        reply = answer(data, addr)
         if reply is not None:
             sock.sendto(reply, addr)
 
@@ -182,7 +196,12 @@ def main() -> None:
     servers = [Dual(("::", 8080), http_handler(root)), Dual(("::", 7007), Echo)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    for port, answer in ((7007, lambda d: d), (5353, dns_answer)):
+
+    def whoami(_data, addr):
+        return addr[0].removeprefix("::ffff:").encode()
+
+    answers = ((7007, lambda d, _a: d), (5353, lambda d, _a: dns_answer(d)), (7012, whoami))
+    for port, answer in answers:
         threading.Thread(target=udp_loop, args=(udp_socket(port), answer), daemon=True).start()
     threading.Thread(target=udp_stream, args=(udp_socket(7009),), daemon=True).start()
     threading.Thread(target=sink, args=(tcp_listener(7010, 4096),), daemon=True).start()

@@ -35,7 +35,9 @@ __all__ = [
 class UdpOpen(NamedTuple):
     """Create a UDP socket connected to (flow.host, flow.port); read datagrams from it and report
     them with `receive_udp_datagram`, errors with `receive_udp_error`, a failed creation with
-    `receive_udp_open_failed`."""
+    `receive_udp_open_failed`. With `flow.egress` set, the datagrams go through that upstream
+    proxy instead (never from a host socket of their own), and the end of the proxy's
+    association is reported with `receive_udp_closed`."""
 
     flow: UdpFlow
 
@@ -56,7 +58,9 @@ class UdpClose(NamedTuple):
 
 class TcpConnect(NamedTuple):
     """Start a non-blocking connect to (flow.host, flow.port); report `receive_tcp_connected` or
-    `receive_tcp_connect_failed(errno)`. The exit answers the peer's SYN only once connected."""
+    `receive_tcp_connect_failed(errno)`. The exit answers the peer's SYN only once connected.
+    With `flow.egress` set, the connection is made through that upstream proxy (and reported
+    connected only once the proxy says so); never directly."""
 
     flow: TcpFlow
 

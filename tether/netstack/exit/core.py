@@ -5,6 +5,7 @@ host's answers back into IP packets for the peers.
     exit.receive_packet(peer_key, packet, now)    # a decrypted packet from a peer
     exit.take_actions()  -> [UdpOpen, UdpSend, TcpConnect, ...]   # for the IO shell
     exit.receive_udp_datagram(flow, payload, now) / exit.receive_tcp_connected(flow, now) / ...
+    exit.set_egress(default, {peer_key: egress})   # an upstream proxy for new flows
     exit.take_packets() -> [IP packets toward peers]  # the device routes them by AllowedIPs
     exit.next_timer() / exit.handle_timer(now)
 
@@ -31,6 +32,13 @@ The path of a packet:
 The flow tables and the limits write into one `ExitOutput` the exit owns and drains, and call
 only public methods of the exit (`peer`, `send_error`, `arm`). New flows are admitted, and room
 made for them, by `limits.Limits` (fair per-peer and total limits on flows and TCP buffers).
+How flows leave is the shell's business, but which way each flow leaves is decided here, from
+the peer key, when the flow opens (`set_egress`): the shell's descriptor of an upstream proxy
+rides on the flow (`flow.egress`; None is the host's own sockets), after the policy has judged
+the destination, so a proxy never sees a destination the exit refuses. A flow keeps the egress
+it opened with; a change applies to new flows. ICMP echo cannot cross a proxy and is answered
+"administratively prohibited" for peers that have one.
+
 When a peer is removed or loses addresses, the device calls `forget_peer`: its flows end at once
 and nothing more goes toward those addresses, which the next owner must not receive.
 
@@ -117,6 +125,8 @@ class Exit:
         self._stats = out.stats
         self._peers: dict[bytes, PeerState] = {}
         self._reassembling: set[PeerState] = set()
+        self._egress_default = None
+        self._egress_peers: Mapping[bytes, object] = {}
         self._heap: list = []
         self._tie = itertools.count()
         self.limits = Limits(self, out, cfg)
@@ -153,6 +163,20 @@ class Exit:
         """Applies to packets built from now on and to TCP connections opened from now on (a
         connection's MSS was fixed by its handshake)."""
         self._output.mtu = mtu
+
+    def set_egress(self, default=None, per_peer: Mapping[bytes, object] | None = None) -> None:
+        """How new flows leave: `per_peer[key]` for that peer's, else `default`. The values
+        are the shell's own descriptors of an upstream proxy, opaque here; None means the
+        host's own sockets (for a peer key in `per_peer` too: an override to go direct). Flows
+        already open keep the way they opened with."""
+        self._egress_default = default
+        self._egress_peers = dict(per_peer or {})
+        for key, ps in self._peers.items():
+            ps.egress = self._egress_peers.get(key, default)
+
+    def egress_for(self, peer_key: bytes):
+        """The egress a new flow of this peer takes (see `set_egress`)."""
+        return self._egress_peers.get(peer_key, self._egress_default)
 
     @property
     def mtu(self) -> int:
@@ -321,7 +345,7 @@ class Exit:
         if ps is None:
             if len(self._peers) >= 4096:
                 self._forget_idle_peers()
-            ps = self._peers[peer_key] = PeerState(peer_key, self.config)
+            ps = self._peers[peer_key] = PeerState(peer_key, self.config, self.egress_for(peer_key))
         return ps
 
     def _forget_idle_peers(self) -> None:
@@ -414,6 +438,12 @@ class Exit:
         EAGAIN: a send found its buffer full and the datagram was dropped)."""
         self._now = now
         self.udp.receive_error(flow, err, now, mtu)
+
+    def receive_udp_closed(self, flow, now: float) -> None:
+        """The flow's host side ended by itself (the upstream proxy closed its association):
+        the flow is forgotten at once, so the peer's next datagram opens a new one."""
+        self._now = now
+        self.udp.receive_closed(flow, now)
 
     def receive_udp_open_failed(self, flow, err: int, now: float) -> None:
         """The shell could not create or connect the flow's socket."""

@@ -7,6 +7,11 @@ its outstanding requests to that destination, and the reply is matched by (desti
 sequence) and rewritten to the peer's own identifier and sequence number. Requests that get no
 reply are forgotten after `echo_timeout`; since every request waits the same time, insertion
 order is deadline order and expiry only looks at the front of a dict.
+
+A peer whose flows leave through an upstream proxy (`Exit.set_egress`) cannot ping through it:
+SOCKS carries TCP and UDP only. Its echo requests are answered with ICMP "administratively
+prohibited" at once, rather than sent from the host's own address (which would leak around
+the proxy) or left to time out.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from tether.netstack.wire import (
     ICMPV4_ECHO_REQUEST,
     ICMPV6_ECHO_REPLY,
     ICMPV6_ECHO_REQUEST,
+    IcmpError,
     IPPacket,
     build_icmp_packet,
     parse_icmp,
@@ -74,6 +80,11 @@ class EchoTable:
         if not ex.policy.valid_source(ip.src):
             return
         ps = ex.peer(peer_key)
+        if ps.egress is not None:
+            # an upstream proxy carries TCP and UDP only: say at once that ping cannot pass
+            self._stats["refused_echo_egress"] += 1
+            ex.send_error(peer_key, ip, IcmpError.ADMIN_PROHIBITED, now)
+            return
         if ps.echo >= self.config.max_echo_per_peer or len(self.pending) >= _MAX_OUTSTANDING:
             self._stats["drop_echo_limit"] += 1
             return

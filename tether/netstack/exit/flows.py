@@ -1,6 +1,8 @@
 """The flows of the exit: the state each flow table keeps per UDP flow and per TCP connection,
-and what the IO shell reads from the flow an action names (`version`, `host`, `port`) and keeps
-in it (`handle`, its socket, which saves a dict lookup per datagram). Apart from the tables so
+and what the IO shell reads from the flow an action names (`version`, `host`, `port`, and
+`egress`: None for the host's own sockets, else the upstream proxy the shell must use, fixed
+when the flow opens) and keeps in it (`handle`, its socket, which saves a dict lookup per
+datagram). Apart from the tables so
 that the actions can name them and the limits tell them apart without importing a table.
 """
 
@@ -32,6 +34,7 @@ class UdpFlow:
         "host",
         "port",
         "handle",
+        "egress",
         "last",
         "idle",
         "replied",
@@ -51,6 +54,7 @@ class UdpFlow:
         self.host = ipaddress.ip_address(dst).compressed  # for the shell's connect()
         self.port = dport
         self.handle = None
+        self.egress = peer.egress  # how the shell must send it out (never changes)
         self.last = now
         self.idle = idle
         self.replied = False
@@ -74,6 +78,7 @@ class TcpFlow:
         "host",
         "port",
         "handle",
+        "egress",
         "wrap",
         "syn",
         "armed",
@@ -105,6 +110,7 @@ class TcpFlow:
         self.host = ipaddress.ip_address(ip.dst).compressed
         self.port = dport
         self.handle = None
+        self.egress = peer.egress  # how the shell must connect it (never changes)
         self.wrap = ip_wrapper(ip.dst, ip.src)
         # The SYN as received (headers and then some): quoted if the connect fails.
         self.syn: bytes | None = bytes(ip.raw[: ip.header_len + 60])

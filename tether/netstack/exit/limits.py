@@ -67,12 +67,13 @@ _GROWTH_FREE = 0.75  # growth is unconditional while the total stays under this 
 
 class PeerState:
     """Per-peer accounting: flows for the limits, fragments, the ICMP error bucket, and how many
-    packets the policy refused (kept here so that it goes when the peer's state goes)."""
+    packets the policy refused (kept here so that it goes when the peer's state goes); and the
+    egress the peer's new flows take (`Exit.set_egress`)."""
 
     __slots__ = ("key", "udp_flows", "tcp", "echo", "reassembler", "limiter", "buffer",
-                 "reclaimable", "udp_lru", "tcp_lru", "refused")  # fmt: skip
+                 "reclaimable", "udp_lru", "tcp_lru", "refused", "egress")  # fmt: skip
 
-    def __init__(self, key: bytes, config) -> None:
+    def __init__(self, key: bytes, config, egress=None) -> None:
         self.key = key
         self.udp_flows: dict = {}  # flow key -> UdpFlow
         self.tcp: dict = {}  # flow key -> TcpFlow (live and reclaimable)
@@ -84,6 +85,7 @@ class PeerState:
         self.udp_lru: list = []  # (last, tie, UdpFlow)
         self.tcp_lru: list = []  # (last, tie, TcpFlow), live connections
         self.refused = 0
+        self.egress = egress  # None: the host's own sockets; else the shell's proxy descriptor
 
     @property
     def flows(self) -> int:

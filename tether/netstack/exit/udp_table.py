@@ -122,6 +122,13 @@ class UdpTable:
         self.receive_error(flow, err, now)
         self._close(flow)
 
+    def receive_closed(self, flow: UdpFlow, now: float) -> None:
+        """The host side ended (see `Exit.receive_udp_closed`): like an expired mapping."""
+        if flow.closed:
+            return
+        self._stats["udp_flows_ended_by_host"] += 1
+        self._close(flow)
+
     @staticmethod
     def _quote(flow: UdpFlow) -> IPPacket:
         """The packet an ICMP error about this flow quotes. The peer's datagram itself is long

@@ -26,6 +26,11 @@ and /proc/net/if_inet6 (no netlink library, no subprocess, no packets) and re-re
 the public ones the operator named come in as `public_addresses`. The device's `[Exit]` section
 (`device.exit_settings`) gives the destination rules, live through `set_exit`, and the limits
 that have an `ExitConfig` field (MaxFlows, MaxBufferPerPeer) when the exit is made.
+
+Flows whose egress is an upstream proxy (`Egress = socks5://...` in `[Exit]` or a `[Peer]`) are
+handed to `egress` when they open; once the proxy has connected a TCP flow, its socket is
+an ordinary flow socket here. Nothing in this module opens a socket toward the destination of a
+proxied flow.
 """
 
 from __future__ import annotations
@@ -39,8 +44,16 @@ import time
 from dataclasses import replace
 
 from tether import keys
-from tether.device.exit_shell_host import Pinger, discover_host_addresses, raise_nofile_limit
+from tether.device.exit.egress import Egresses
+from tether.device.exit.host import (
+    Pinger,
+    discover_host_addresses,
+    limits_from,
+    raise_nofile_limit,
+)
+from tether.device.exit.sockets import TcpSock
 from tether.device.inside import InsideContext
+from tether.device.resolve import Resolver
 from tether.netstack.exit import (
     READ_CHUNK,
     EchoSend,
@@ -68,39 +81,6 @@ _IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
-LIMIT_FIELDS = ("max_flows", "max_flows_per_peer", "max_buffer", "max_buffer_per_peer")
-
-
-def limits_from(settings, base: ExitConfig, fd_cap: int) -> dict[str, int]:
-    """The exit's four limits from an `[Exit]` section (an ExitSettings; None: a file without
-    one): a limit the section leaves out is `base`'s. The total number of flows is capped by
-    the file descriptors this process may open (`fd_cap`), since each flow holds one."""
-    limits = {}
-    for name in LIMIT_FIELDS:
-        value = getattr(settings, name, None) if settings is not None else None
-        limits[name] = value if value is not None else getattr(base, name)
-    limits["max_flows"] = max(16, min(limits["max_flows"], fd_cap))
-    return limits
-
-
-class _TcpSock:
-    """The shell's side of one TCP flow (kept in `flow.handle`)."""
-
-    __slots__ = ("sock", "fd", "pending", "connecting", "reading", "eof", "shutdown_after",
-                 "close_after", "closed")  # fmt: skip
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.pending: bytearray | None = None  # unwritten bytes; a writer is registered
-        self.connecting = False
-        self.reading = False
-        self.eof = False
-        self.shutdown_after = False  # shutdown(SHUT_WR) once pending is written
-        self.close_after = False  # close once pending is written
-        self.closed = False
-
-
 class ExitShell:
     """`Inside` for a `Device`: proxies peers' traffic through host sockets (module docstring)."""
 
@@ -113,7 +93,10 @@ class ExitShell:
         mtu: int | None = None,
         host_addresses: tuple | None = None,
         public_addresses=(),
+        resolver=socket.getaddrinfo,
     ) -> None:
+        """`resolver` (getaddrinfo's signature) resolves upstream proxies given by name, in a
+        thread (see `tether.device.resolve`)."""
         self.context = context
         self.loop = context.loop
         settings = context.exit_settings
@@ -137,6 +120,15 @@ class ExitShell:
         self._live: set = set()  # flows holding a host socket
         self._in_actions = False
         self.closed = False
+        self._settings = settings
+        self._egress = Egresses(
+            self,
+            name=context.name,
+            resolver=Resolver(resolver),
+            live=self._live,
+            host_input=self._host_input,
+            tcp_ready=self._tcp_through_proxy,
+        )
         self._handlers = {
             UdpOpen: self._udp_open,
             UdpSend: self._udp_send,
@@ -195,8 +187,27 @@ class ExitShell:
         self.exit.set_rules(
             settings.allow_destinations, settings.deny_destinations, settings.peer_to_peer
         )
-        self.exit.set_limits(**limits_from(settings, self._base, self._fd_cap))
+        self._egress.set_default(settings.egress)
+        self._settings = settings
+        self._set_limits()
         self._run_actions()
+
+    def set_peer_egress(self, per_peer) -> None:
+        """Inside: the peers' own `Egress` (public key → Egress; direct is an override too),
+        for their new flows."""
+        self._egress.set_per_peer(per_peer)
+        self._set_limits()
+        self._run_actions()
+
+    def _set_limits(self) -> None:
+        """The limits of `[Exit]`; while any flow may go through a proxy, the descriptor cap
+        on flows is halved (a proxied UDP flow holds a control connection and a socket)."""
+        cap = self._fd_cap // 2 if self._egress.in_use else self._fd_cap
+        self.exit.set_limits(**limits_from(self._settings, self._base, cap))
+
+    def egress_status(self) -> dict[str, bool]:
+        """Inside: whether each upstream proxy in use works (by its label, no password)."""
+        return self._egress.status()
 
     def forget_peer(self, peer_key: bytes, now: float, keep=None) -> None:
         """The peer was removed or lost addresses: its flows end now (`Exit.forget_peer`) and
@@ -224,9 +235,10 @@ class ExitShell:
         if self._refresh is not None:
             self._refresh.cancel()
         self.exit.close()
+        self._egress.close()
         for flow in list(self._live):
             h = flow.handle
-            if isinstance(h, _TcpSock):
+            if isinstance(h, TcpSock):
                 self._close_tcp(flow, abort=True)
             elif h is not None:
                 self._udp_close(UdpClose(flow))
@@ -272,6 +284,9 @@ class ExitShell:
 
     def _udp_open(self, a: UdpOpen) -> None:
         flow = a.flow
+        if flow.egress is not None:
+            self._egress.open_udp(flow)
+            return
         fam = socket.AF_INET if flow.version == 4 else socket.AF_INET6
         sock = None
         try:
@@ -288,6 +303,9 @@ class ExitShell:
         self.loop.add_reader(sock.fileno(), self._udp_readable, flow)
 
     def _udp_send(self, a: UdpSend) -> None:
+        if a.flow.egress is not None:
+            self._egress.send_udp(a.flow, a.payload)
+            return
         sock = a.flow.handle
         if sock is None:
             return
@@ -329,6 +347,9 @@ class ExitShell:
 
     def _udp_close(self, a: UdpClose) -> None:
         flow = a.flow
+        if flow.egress is not None:
+            self._egress.close_udp(flow)
+            return
         sock = flow.handle
         self._live.discard(flow)
         if sock is None:
@@ -344,13 +365,16 @@ class ExitShell:
 
     def _tcp_connect(self, a: TcpConnect) -> None:
         flow = a.flow
+        if flow.egress is not None:
+            self._egress.connect_tcp(flow)  # through its proxy, or it fails: never directly
+            return
         fam = socket.AF_INET if flow.version == 4 else socket.AF_INET6
         try:
             sock = socket.socket(fam, socket.SOCK_STREAM)
         except OSError as e:
             self.exit.receive_tcp_connect_failed(flow, e.errno or errno.EIO, time.monotonic())
             return
-        h = flow.handle = _TcpSock(sock)
+        h = flow.handle = TcpSock(sock)
         self._live.add(flow)
         try:
             sock.setblocking(False)
@@ -379,13 +403,20 @@ class ExitShell:
             self._tcp_established(flow)
         self._host_input()
 
+    def _tcp_through_proxy(self, flow, leftover: bytes) -> None:
+        """The proxy connected the flow: from here on its socket is like any other, and what
+        the destination sent along with the proxy's reply is the first data read."""
+        self._tcp_established(flow)
+        if leftover:
+            self.exit.receive_tcp_data(flow, leftover, time.monotonic())
+
     def _tcp_established(self, flow) -> None:
         h = flow.handle
         h.reading = True
         self.loop.add_reader(h.fd, self._tcp_readable, flow)
         self.exit.receive_tcp_connected(flow, time.monotonic())
 
-    def _stop_reading(self, h: _TcpSock) -> None:
+    def _stop_reading(self, h: TcpSock) -> None:
         if h.reading:
             h.reading = False
             self.loop.remove_reader(h.fd)
@@ -491,7 +522,7 @@ class ExitShell:
         self._host_input()
 
     @staticmethod
-    def _shutdown(h: _TcpSock) -> None:
+    def _shutdown(h: TcpSock) -> None:
         try:
             h.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -508,6 +539,9 @@ class ExitShell:
 
     def _tcp_close(self, a: TcpClose) -> None:
         h = a.flow.handle
+        if h is None and a.flow.egress is not None:
+            self._egress.forget_tcp(a.flow)  # still waiting for its proxy's address
+            return
         if h is None or h.closed:
             return
         if not a.abort and h.pending is not None:
@@ -522,6 +556,9 @@ class ExitShell:
             return
         h.closed = True
         self._live.discard(flow)
+        if h.setup is not None:  # the proxy was still being asked
+            h.setup.cancel()
+            h.setup = None
         self._stop_reading(h)
         if h.pending is not None or h.connecting:
             self.loop.remove_writer(h.fd)

@@ -1,7 +1,8 @@
 """The host side of the exit's IO shell: what the host's addresses are, how many descriptors
-the process may hold, and the ping sockets that carry peers' echo requests.
+the process may hold (and so how many flows the exit may open), and the ping sockets that
+carry peers' echo requests.
 
-Kept apart from `exit_shell` so that module stays about sockets per flow.
+Kept apart from `shell` so that module stays about sockets per flow.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from tether.netstack.exit import ExitConfig
 from tether.netstack.wire import (
     ICMPV4_ECHO_REPLY,
     ICMPV4_ECHO_REQUEST,
@@ -55,6 +57,21 @@ def discover_host_addresses() -> tuple[set[bytes], set[bytes]]:
     except (OSError, ValueError):
         pass
     return local, broadcast
+
+
+LIMIT_FIELDS = ("max_flows", "max_flows_per_peer", "max_buffer", "max_buffer_per_peer")
+
+
+def limits_from(settings, base: ExitConfig, fd_cap: int) -> dict[str, int]:
+    """The exit's four limits from an `[Exit]` section (an ExitSettings; None: a file without
+    one): a limit the section leaves out is `base`'s. The total number of flows is capped by
+    the file descriptors this process may open (`fd_cap`), since each flow holds one."""
+    limits = {}
+    for name in LIMIT_FIELDS:
+        value = getattr(settings, name, None) if settings is not None else None
+        limits[name] = value if value is not None else getattr(base, name)
+    limits["max_flows"] = max(16, min(limits["max_flows"], fd_cap))
+    return limits
 
 
 def raise_nofile_limit() -> int:
