@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit fuzz bench system-deps clean install uninstall docs
+.PHONY: run test lint unit fuzz bench system-deps clean install uninstall docs screenshot
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ uninstall:
 # Regenerate man/tetherctl.8 and completions/tetherctl.bash from the parser after a CLI change.
 docs: $(STAMP)
 	$(PY) scripts/gen-docs
+
+# Retake docs/join-page.png, the README's picture of the join page (headless Chromium; the same
+# bytes on every run on one machine, so only a real change of the page changes the file).
+screenshot: $(STAMP)
+	$(PY) scripts/screenshot-join docs/join-page.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -41,7 +41,7 @@ def test_help_lists_every_command_once_in_two_groups():
     ours, theirs = listed(text, OURS), listed(text, THEIRS)
     assert ours == [
         *("genkey", "genpsk", "pubkey", "show", "showconf", "up", "down", "run", "check"),
-        *("peer", "demo", "help"),
+        *("peer", "invite", "demo", "help"),
     ]
     assert theirs[0] == "cli" and {"add", "add-peer", "start-api", "default-builder"} <= set(theirs)
     commands = build_parser().command_groups

@@ -94,3 +94,49 @@ def test_fuzz_options_smoke(fuzz_target):
             at = rnd.randrange(len(data) + 1)
             data[at:at] = bytes([rnd.choice(b":[]\0\n\r'\"= \\#x9\x0c\x85")])
         target.TestOneInput(bytes(data))
+
+
+def test_invites_fuzz_target_smoke(caplog, fuzz_target):
+    caplog.set_level(logging.CRITICAL)
+    target = fuzz_target("fuzz_invites")
+    rnd = random.Random(1111)
+    # op (create page redeem revoke list parse), mode (open invite off), prefix, flags; then
+    # text \0 more (flags: 1 admin, 2 quote the code, 4.. which code, 64 / 128 op variants)
+    seeds = [
+        bytes([0, 1, 0, 1]) + b"\x00uses=2&expires=1h",  # admin makes a two-use invite
+        bytes([0, 0, 1, 65]) + b"\x00uses=1",  # ... one-use, as a (non-form) body: 400
+        bytes([0, 0, 1, 193]) + b"\x00uses=3&endpoint_type=ipv4",  # ... as a form
+        bytes([0, 1, 0, 0]) + b"\x00uses=1",  # anyone: 401
+        bytes([1, 1, 0, 64]) + b"\x00",  # the page of a known code
+        bytes([1, 0, 0, 0]) + b"\x00",  # /join, self-service open
+        bytes([2, 1, 0, 0]) + b"\x00",  # redeem a known code (three times: uses run out)
+        bytes([2, 1, 0, 0]) + b"\x00",
+        bytes([2, 1, 0, 0]) + b"\x00",
+        bytes([2, 2, 0, 0]) + b"\x00",  # self-service off
+        bytes([2, 1, 0, 4]) + b"XYZ\x00",  # a mutated code
+        bytes([2, 1, 0, 8]) + b"A" * 40 + b"\x00",  # a huge one
+        bytes([2, 1, 0, 128]) + b"\x00" + b"not a key",
+        bytes([4, 0, 0, 1]) + b"\x00",  # admin lists
+        bytes([4, 0, 0, 0]) + b"\x00",  # anyone: 401
+        bytes([3, 0, 0, 0]) + b"\x00",  # anyone revokes: 401
+        bytes([3, 0, 0, 1]) + b"\x00",  # admin revokes a known code
+        bytes([2, 1, 0, 0]) + b"\x00",  # ... which then admits nobody
+        bytes([5, 0, 0, 0]) + b"15m\x00",
+        bytes([5, 0, 0, 0]) + b"https://vpn.example.org/api/join/abc\x00",
+        bytes([5, 0, 0, 0]) + b"0123456789\x00",
+    ]
+    for seed in seeds:
+        target.TestOneInput(seed)
+    assert target._codes and target._admitted  # the seeds make and redeem invites
+    assert target._revoked
+    for _ in range(600):
+        base = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(0, 6)):
+            op = rnd.randint(0, 2)
+            if op == 0 and base:
+                base[rnd.randrange(len(base))] = rnd.randrange(256)
+            elif op == 1:
+                base.insert(rnd.randrange(len(base) + 1), rnd.choice(b"/.%=+?&\x00Aa9-_ \xff"))
+            elif base:
+                del base[rnd.randrange(len(base))]
+        target.TestOneInput(bytes(base))

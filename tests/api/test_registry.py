@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from tether import keys
 from tether.api.app import make_app
+from tether.api.join.invites import Invite
 from tether.api.registry import FileRegistry, record_file_change, state_path
 from tether.api.state import DeviceState, Owner, Release, StateError, parse, render
 from tether.config import store
@@ -37,7 +38,16 @@ GOOD = {
     "released": {
         "10.8.0.9/32": {"released": 1700000000, "until": 1700000600, "self_service": False}
     },
-    "invites": {"abc": {"uses": 1}},
+    "invites": {
+        "ef" * 32: {
+            "created": 1700000000,
+            "expires": 1700086400,
+            "uses": 3,
+            "used": 1,
+            "endpoint_type": "ipv4",
+            "last_used": 1700000100,
+        }
+    },
 }
 
 
@@ -49,7 +59,7 @@ def test_round_trip_and_layout():
     state = parse(encode(GOOD), "x")
     assert state.owners[KEY].addresses == ("10.8.0.3/32", "fd08::3/128")
     assert state.released["10.8.0.9/32"] == Release(1700000000, 1700000600, False)
-    assert state.invites == {"abc": {"uses": 1}}  # kept for the onboarding feature
+    assert state.invites == {"ef" * 32: Invite(1700000000, 1700086400, 3, 1, "ipv4", 1700000100)}
     data = render(state)
     assert parse(data, "x") == state
     assert json.loads(data) == GOOD
@@ -89,7 +99,14 @@ def bad(mutate):
         (bad(lambda d: d["released"].update({"10.0.0.0/24": {"released": 1}})), "missing key"),
         (bad(lambda d: d["released"].update({"fd08:0::1/128": {}})), "canonical"),
         (bad(lambda d: d.update(invites=[])), "invites: expected a JSON object"),
-        (bad(lambda d: d["invites"].update(x=3)), "expected a JSON object"),
+        (bad(lambda d: d["invites"].update({"ab" * 32: 3})), "expected a JSON object"),
+        (bad(lambda d: d["invites"].update(abc={})), "not the SHA-256 of a code"),
+        (bad(lambda d: d["invites"]["ef" * 32].pop("last_used")), "missing key 'last_used'"),
+        (bad(lambda d: d["invites"]["ef" * 32].update(uses=0)), "uses: expected a whole number"),
+        (bad(lambda d: d["invites"]["ef" * 32].update(used=4)), "used: expected a whole number"),
+        (bad(lambda d: d["invites"]["ef" * 32].update(endpoint_type="ANY")), "expected one of"),
+        (bad(lambda d: d["invites"]["ef" * 32].update(expires="1h")), "expires: expected a Unix"),
+        (bad(lambda d: d["invites"]["ef" * 32].update(code="x")), "unknown key 'code'"),
     ],
 )
 def test_the_parser_refuses_with_one_line(data, message):

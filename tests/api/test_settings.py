@@ -107,7 +107,14 @@ def test_the_token_file_is_0600_whatever_the_umask(tmp_path):
         ({"listen": "127.0.0.1:1", "rate_limit": "fast"}, "--api-rate-limit"),
         ({"listen": "127.0.0.1:1", "trusted_proxy": "10.0.0.1/8"}, "--api-trusted-proxy"),
         ({"listen": "127.0.0.1:1", "trusted_proxy": "proxy.lan"}, "--api-trusted-proxy"),
-        ({"listen": "127.0.0.1:1", "self_service": "maybe"}, "expected open or off"),
+        ({"listen": "127.0.0.1:1", "self_service": "maybe"}, "expected open, invite or off"),
+        ({"listen": "127.0.0.1:1", "public_url": "ftp://x"}, "--api-public-url: .*https://"),
+        ({"listen": "127.0.0.1:1", "public_url": "https://"}, "--api-public-url: .*no host"),
+        ({"listen": "127.0.0.1:1", "public_url": "https://a:b@x"}, "user name or password"),
+        ({"listen": "127.0.0.1:1", "public_url": "https://x/?a=1"}, "query or fragment"),
+        ({"listen": "127.0.0.1:1", "public_url": "https://x:99999"}, "not a URL"),
+        ({"listen": "127.0.0.1:1", "public_url": "https://x/ y"}, "without spaces"),
+        ({"listen": "127.0.0.1:1", "public_url": "https://" + "x" * 600}, "longer than"),
         ({"listen": "127.0.0.1:1", "self_service_max": "-1"}, "--api-self-service-max"),
         ({"listen": "127.0.0.1:1", "self_service_max": "lots"}, "--api-self-service-max"),
         ({"listen": "127.0.0.1:1", "peer_expiry": "1 week"}, "--api-peer-expiry"),
@@ -122,9 +129,23 @@ def test_bad_options(kwargs, message):
         ApiSettings.from_options(listen, **{"public_ipv4": "203.0.113.7", **kwargs})
 
 
-def test_invite_is_a_usage_error_until_invites_exist():
-    with pytest.raises(UsageError, match="invites are not available"):
-        ApiSettings.from_options("127.0.0.1:1", self_service="invite")
+def test_invite_mode_and_the_public_url_of_invite_links():
+    s = ApiSettings.from_options(
+        "127.0.0.1:0",
+        self_service="invite",
+        public_url="https://vpn.example.org/tether/",
+        public_ipv4="203.0.113.7",
+    )
+    assert s.self_service == "invite"
+    assert s.join_base() == "https://vpn.example.org/tether"
+    with pytest.raises(UsageError, match="expected open, invite or off"):
+        ApiSettings.from_options("127.0.0.1:1", self_service="invites")
+    plain = ApiSettings.from_options(":9090", public_ipv4="203.0.113.7", config_dir="/tmp")
+    assert plain.join_base() == "http://203.0.113.7:9090"
+    named = ApiSettings.from_options(
+        "127.0.0.1:0", public_ipv4="203.0.113.7", public_domain="vpn.example.org"
+    )
+    assert named.join_base(port=4711) == "http://vpn.example.org:4711"
 
 
 @pytest.mark.parametrize(
@@ -154,14 +175,14 @@ def run_tetherctl(tmp_path, *args, env=None):
     )
 
 
-def test_invite_from_the_command_line_or_the_environment_is_a_one_line_usage_error(tmp_path):
+def test_an_unknown_self_service_mode_is_a_one_line_usage_error(tmp_path):
     for args, env in (
-        (["--api-self-service", "invite"], None),
-        ([], {"TETHERCTL_API_SELF_SERVICE": "invite"}),
+        (["--api-self-service", "invites"], None),
+        ([], {"TETHERCTL_API_SELF_SERVICE": "closed"}),
     ):
         out = run_tetherctl(tmp_path, "--api-listen", "127.0.0.1:1", *args, env=env)
         assert out.returncode == 2, out.stderr
-        assert out.stderr.count("\n") == 1 and "onboarding" in out.stderr
+        assert out.stderr.count("\n") == 1 and "expected open, invite or off" in out.stderr
 
 
 def test_every_api_option_reads_its_environment_variable(tmp_path, monkeypatch):
@@ -175,6 +196,7 @@ def test_every_api_option_reads_its_environment_variable(tmp_path, monkeypatch):
         "TETHERCTL_API_SELF_SERVICE_MAX": "7",
         "TETHERCTL_API_PEER_EXPIRY": "2h",
         "TETHERCTL_API_ADDRESS_QUARANTINE": "30m",
+        "TETHERCTL_API_PUBLIC_URL": "https://vpn.example.org",
         "TETHERCTL_PUBLIC_IPV4": "203.0.113.7",
     }
     for name, value in env.items():
@@ -186,6 +208,7 @@ def test_every_api_option_reads_its_environment_variable(tmp_path, monkeypatch):
     assert [str(n) for n in s.trusted_proxies] == ["127.0.0.1/32", "::1/128"]
     assert (s.self_service_max, s.peer_expiry, s.quarantine) == (7, 7200, 1800)
     assert s.token_file == str(tmp_path / "api-token")  # a proxy exposes it: token on
+    assert s.public_url == "https://vpn.example.org"
 
 
 def test_run_refuses_bad_api_options_with_one_line(tmp_path):

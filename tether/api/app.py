@@ -10,10 +10,12 @@ device):
     GET    /peers                                  JSON list (admin)
     GET    /healthz, GET /metrics (admin)
 
+and the onboarding routes (invites, the join page and its files; `join/routes.py`).
+
 Who may do what (with a token configured; without one every caller is trusted, see access.py):
 
 | route | anyone | owner of the peer | other bearer | admin |
-| add, new | 200 if self-service is open (else 401) | - | 403 | 200 |
+| add, new | 200 if self-service is open (else 401; invite: through /join only) | - | 403 | 200 |
 | remove | 401 | 200 | 403 (200 if absent) | 200 |
 | config | 200 | 200 | 403 (404 if absent) | 200 |
 | /peers, /metrics | 401 | - | 403 | 200 |
@@ -24,9 +26,10 @@ bucket first (429 with Retry-After when empty); the admin is never limited.
 
 `<pubkey>` is standard base64 and may contain `/`, so it is routed as a path. Configs come as
 text/plain, or with `?format=png` (or `qr`) as a PNG QR code and `?format=svg` as SVG. Every
-answer other than a config, a QR code, JSON or metrics is one line of text. No response or log
-line ever carries a private or preshared key or a secret other than the one just made; responses
-are marked `Cache-Control: no-store` because a config from `/peer/new` holds a private key.
+answer other than a config, a QR code, JSON, metrics or the join page is one line of text. No
+response or log line ever carries a private or preshared key or a secret other than the one just
+made; responses are marked `Cache-Control: no-store` because a config from `/peer/new` holds a
+private key.
 """
 
 from __future__ import annotations
@@ -42,17 +45,12 @@ import bottle
 from tether import keys
 from tether.api import access, metrics
 from tether.api.clientconf import PublicEndpoints, qr_png, qr_svg
-from tether.api.peers import (
-    ADMIN_GRANT,
-    SELF_SERVICE_GRANT,
-    BadRequest,
-    NotFound,
-    PeerError,
-    PeerService,
-    owner_applies,
-    owner_matches,
-    parse_public_key,
-)
+from tether.api.errors import BadRequest, NotFound, PeerError
+from tether.api.join import routes as join_routes
+from tether.api.join.invites import JoinLinks
+from tether.api.join.onboarding import Onboarding
+from tether.api.ownership import ADMIN_GRANT, SELF_SERVICE_GRANT, owner_applies, owner_matches
+from tether.api.peers import PeerService, parse_public_key
 from tether.api.ratelimit import RateLimit, RateLimiter
 from tether.api.registry import DEFAULT_QUARANTINE
 from tether.api.state import secret_hash
@@ -63,7 +61,7 @@ log = logging.getLogger("tether.api")
 DEFAULT_RATE_LIMIT = RateLimit()
 DEFAULT_SELF_SERVICE_MAX = 1000
 DEFAULT_PEER_EXPIRY = 3600.0
-SELF_SERVICE_MODES = ("open", "off")
+SELF_SERVICE_MODES = ("open", "invite", "off")
 SECRET_HEADER = "Tether-Peer-Secret"
 MAX_BODY = 4096  # no route takes a body; anything bigger is refused unread
 MAX_TARGET = 2048  # path + query: a key is 44 characters, a device name 15
@@ -95,9 +93,11 @@ def make_app(
     peer_expiry: float = DEFAULT_PEER_EXPIRY,
     quarantine: float = DEFAULT_QUARANTINE,
     clock: Callable[[], float] = time.time,
+    links: JoinLinks | None = None,
 ) -> bottle.Bottle:
     """A WSGI app serving `hub`'s devices (options as in ApiSettings). `token=None`: every
-    caller is trusted. `rate_limit=None` disables the per-client limit."""
+    caller is trusted. `rate_limit=None` disables the per-client limit. `links` builds the join
+    URLs of new invites."""
     if self_service not in SELF_SERVICE_MODES:
         raise ValueError(f"self_service must be one of {', '.join(SELF_SERVICE_MODES)}")
     if trusted_proxies and not token:
@@ -221,6 +221,11 @@ def make_app(
             )
         if self_service == "off":
             raise _unauthorized("only the admin adds peers here (self-service is off)")
+        if self_service == "invite":
+            raise _unauthorized(
+                "adding a peer here needs an invite (self-service is by invitation): open the "
+                "invite link the operator gave you"
+            )
         return SELF_SERVICE_GRANT
 
     def added_response(added, fmt):
@@ -278,7 +283,7 @@ def make_app(
     @handle
     def peers(name: str | None = None):
         need_admin(caller(), "listing peers")
-        devices = [service.resolve_device(name)] if name is not None else hub.device_names()
+        devices = service.devices(name)
         out = []
         for device in devices:
             try:
@@ -332,7 +337,25 @@ def make_app(
             {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
+    onboarding = Onboarding(service, links, clock)
+    join_routes.register(
+        app,
+        join_routes.RouteKit(
+            service=service,
+            onboarding=onboarding,
+            self_service=self_service,
+            caller=caller,
+            client=client,
+            limited=limited,
+            need_admin=need_admin,
+            handle=handle,
+            answer=_answer,
+            added_response=lambda added: added_response(added, None),
+        ),
+    )
+
     app.tether_service = service  # for the janitor, tests and the daemon's logs
+    app.tether_onboarding = onboarding
     return app
 
 

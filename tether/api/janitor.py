@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable
 
 from tether import keys
-from tether.api.peers import PeerError, PeerService, owner_applies
+from tether.api.errors import PeerError
+from tether.api.ownership import owner_applies
+from tether.api.peers import PeerService
 from tether.api.state import StateError
 from tether.device.hub import ApplyError
 

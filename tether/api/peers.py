@@ -25,7 +25,6 @@ forgets the owner and quarantines the addresses, and both see the other's effect
 from __future__ import annotations
 
 import datetime
-import hmac
 import ipaddress
 import logging
 import os
@@ -33,7 +32,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tether import keys
 from tether.api.allocator import Allocator, Exhausted
@@ -42,6 +40,20 @@ from tether.api.clientconf import (
     EndpointUnavailable,
     PublicEndpoints,
     render_client_config,
+)
+from tether.api.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PeerError,
+    Unavailable,
+)
+from tether.api.ownership import (
+    SELF_SERVICE_GRANT,
+    Added,
+    Claim,
+    owner_matches,
 )
 from tether.api.registry import (
     DEFAULT_QUARANTINE,
@@ -58,74 +70,6 @@ from tether.config.model import Peer
 from tether.device.hub import ApplyError, DeviceHub
 
 log = logging.getLogger("tether.api")
-
-
-class PeerError(Exception):
-    """A request that cannot be served; `status` is the HTTP status, the message one line that
-    is safe to show to the client."""
-
-    status = 500
-
-
-class BadRequest(PeerError):
-    """The request itself is wrong (a bad key or endpoint type): 400."""
-
-    status = 400
-
-
-class NotFound(PeerError):
-    """No such peer or device: 404."""
-
-    status = 404
-
-
-class Conflict(PeerError):
-    """The peer exists already: 409."""
-
-    status = 409
-
-
-class Unavailable(PeerError):
-    """The device cannot serve this now (no free address, a cap reached, a broken file or
-    state): 503."""
-
-    status = 503
-
-
-class Forbidden(PeerError):
-    """The caller may not do this (not the admin, not the owner): 403."""
-
-    status = 403
-
-
-# Who a new peer belongs to (`PeerService.add(grant=...)`); None: nobody (the `peer` commands).
-ADMIN_GRANT = "admin"  # made with the admin token: an owner secret, never expires
-SELF_SERVICE_GRANT = "self-service"  # made by anyone: counted against the cap, may expire
-
-
-@dataclass
-class Added:
-    """The result of an add: what the route returns to the client, the owner secret included
-    once."""
-
-    peer: Peer
-    config: str  # the client config text (private key filled in only for server-made keys)
-    secret: str | None = None  # the owner secret (shown once, stored only as a hash)
-
-
-def owner_applies(owner: Owner | None, peer: Peer | None) -> bool:
-    """Whether an owner entry belongs to `peer` as it is in the file now: it names the
-    addresses the peer has (an entry left behind by a hand edit never applies)."""
-    if owner is None or peer is None:
-        return False
-    return tuple(str(n) for n in peer.allowed_ips) == owner.addresses
-
-
-def owner_matches(owner: Owner | None, peer: Peer | None, secret_sha256: str) -> bool:
-    """Whether a secret (by its hash) is the owner secret of `peer` as it is now."""
-    if not owner_applies(owner, peer):
-        return False
-    return hmac.compare_digest(owner.secret_sha256, secret_sha256)
 
 
 def parse_public_key(text: str) -> bytes:
@@ -253,6 +197,10 @@ class PeerService:
             raise NotFound(f"unknown device {name}")
         return name
 
+    def devices(self, name: str | None) -> list[str]:
+        """The devices a listing addresses: the named one (validated), or every one (None)."""
+        return [self.resolve_device(name)] if name is not None else self.hub.device_names()
+
     def _state(self, name: str) -> _DeviceState:
         with self._states_lock:
             state = self._states.get(name)
@@ -346,10 +294,14 @@ class PeerService:
         client: str | None = None,
         apply: bool = True,
         grant: str | None = None,
+        claim: Claim | None = None,
+        note: str = "",
     ) -> Added:
         """Add a peer with the next free addresses. `public_key=None`: make a key pair here and
         put the private key into the returned config only (it is never stored or logged).
-        `grant` (ADMIN_GRANT, SELF_SERVICE_GRANT): record an owner and return its secret."""
+        `grant` (ADMIN_GRANT, SELF_SERVICE_GRANT): record an owner and return its secret.
+        `claim` (an invite being redeemed) is checked and taken in the same locked update that
+        allocates, and given back if the add is undone. `note` ends the peer's comment."""
         host = self._host(endpoint_type)
         live_port = self.hub.listen_port(name)  # asked before the lock: it may be a round trip
         private = None
@@ -358,13 +310,19 @@ class PeerService:
             public_key = keys.public_from_private(private)
         state = self._state(name)
         when = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
-        comment = f"added by {self.source} {when:%Y-%m-%d %H:%M} UTC" + (
-            f" for {client}" if client else ""
+        comment = (
+            f"added by {self.source} {when:%Y-%m-%d %H:%M} UTC"
+            + (f" for {client}" if client else "")
+            + (f" ({note})" if note else "")
         )
         secret = secrets.token_urlsafe(32) if grant else None
         self_service = grant == SELF_SERVICE_GRANT
 
         def allocate(rs: DeviceState, now: float, alloc: Allocator):
+            if claim is not None:
+                refused = claim.check(rs, now)
+                if refused is not None:
+                    return refused
             cap = self.self_service_max
             if self_service and cap and rs.self_service_count(now) >= cap:
                 return _POOL_FULL
@@ -373,6 +331,8 @@ class PeerService:
                 nets = alloc.allocate()
             except Exhausted as e:
                 return e
+            if claim is not None:
+                claim.take(rs, now)
             if grant:
                 expiry = self.self_service_expiry if self_service else 0
                 rs.set_owner(
@@ -401,13 +361,20 @@ class PeerService:
             if not isinstance(nets, list):
                 return nets
             peer = Peer(public_key, allowed_ips=nets)
+            made.append(peer)
             cfg.add_peer(peer, comment=comment)
             text = render_client_config(
                 cfg.config, peer, host, port, private_key=private, include_psk=self.include_psk
             )
             return Added(peer, text, secret)
 
-        result = self._edit(name, state, change)
+        made: list[Peer] = []
+        try:
+            result = self._edit(name, state, change)
+        except OSError:
+            if made and grant:  # the state was written, the device file was not: undo
+                self._rollback(name, state, made[0], claim)
+            raise
         if result is _EXISTS:
             raise Conflict("a peer with this public key already exists")
         if result is _OWN_KEY:
@@ -419,7 +386,7 @@ class PeerService:
             )
         if isinstance(result, Exhausted):
             raise Unavailable(f"no free address left on device {name}: {result}")
-        if isinstance(result, Unavailable):
+        if isinstance(result, PeerError):
             raise result
         assert isinstance(result, Added)
         log.info(
@@ -434,29 +401,43 @@ class PeerService:
             try:
                 self.hub.apply_now(name, (public_key,))
             except ApplyError as e:
-                self._rollback(name, state, result.peer)
+                self._rollback(name, state, result.peer, claim)
                 log.error(
                     "%s: peer %s not applied, removed again: %s", name, keys.encode(public_key), e
                 )
                 raise Unavailable(f"the peer could not be applied: {e}") from None
         return result
 
-    def _rollback(self, name: str, state: _DeviceState, peer: Peer) -> None:
-        """Undo an add that never went live: no quarantine (no traffic can have used it)."""
+    def _rollback(
+        self, name: str, state: _DeviceState, peer: Peer, claim: Claim | None = None
+    ) -> None:
+        """Undo an add that never went live: no quarantine (no traffic can have used it), and
+        an invite it used gets that use back. Also after a failed write of the device file, when
+        the state already holds the owner and the taken use."""
+        key = keys.encode(peer.public_key)
+        ours = tuple(str(n) for n in peer.allowed_ips)
+
+        def undo(rs: DeviceState, now: float) -> None:
+            owner = rs.owners.get(key)
+            if owner is not None and owner.addresses == ours:
+                rs.forget(key)
+            if claim is not None:
+                claim.give_back(rs)
 
         def change(cfg: ConfigFile):
             current = cfg.peer(peer.public_key)
-            if current is not None and current.allowed_ips == peer.allowed_ips:
+            if current is not None:
+                if current.allowed_ips != peer.allowed_ips:
+                    return  # not ours any more
                 cfg.remove_peer(peer.public_key)
                 if state.alloc_for is cfg and state.alloc is not None:
                     state.alloc.remove_peer(current.allowed_ips)
-                key = keys.encode(peer.public_key)
-                self._registry_step(name, state, cfg, lambda rs, now: rs.forget(key))
+            self._registry_step(name, state, cfg, undo)
 
         try:
             self._edit(name, state, change)
-        except PeerError:
-            pass
+        except (PeerError, OSError):
+            pass  # nothing more can be done; forget_missing drops the owner on the next look
 
     def remove(
         self,
@@ -519,12 +500,25 @@ class PeerService:
                 raise self._state_problem(name, e) from None
             return owner_matches(owner, peer, secret_hash(secret))
 
-    def owners(self, name: str) -> dict[str, Owner]:
-        """The device's owner entries by base64 key (shared: do not change)."""
+    def state(self, name: str) -> DeviceState:
+        """The device's API state now (shared: do not change it); Unavailable when its file is
+        invalid."""
         try:
-            return self._state(name).registry.read().owners
+            return self._state(name).registry.read()
         except StateError as e:
             raise self._state_problem(name, e) from None
+
+    def update_state(self, name: str, change: Callable[[DeviceState], object]) -> object:
+        """Change the device's API state under the directory lock (for invites, which touch no
+        peer); Unavailable when its file is invalid."""
+        try:
+            return self._state(name).registry.update(change)
+        except StateError as e:
+            raise self._state_problem(name, e) from None
+
+    def owners(self, name: str) -> dict[str, Owner]:
+        """The device's owner entries by base64 key (shared: do not change)."""
+        return self.state(name).owners
 
     def config(self, name: str, public_key: bytes, endpoint_type: str) -> str:
         """A peer's client config as the file says now; the live port wins over the file's, so a

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import stat
 from dataclasses import dataclass, field
@@ -32,9 +31,11 @@ from tether.api.app import (
 )
 from tether.api.clientconf import PublicEndpoints
 from tether.api.janitor import Janitor, JanitorThread, interval_for
+from tether.api.join import invites
 from tether.api.ratelimit import RateLimit, parse_rate_limit
 from tether.api.registry import DEFAULT_QUARANTINE
 from tether.api.server import ApiHandle, parse_listen, start_api
+from tether.api.units import parse_count, parse_duration
 from tether.config import store
 from tether.device.hub import DeviceHub
 
@@ -42,8 +43,6 @@ log = logging.getLogger("tether.api")
 
 TOKEN_FILE_NAME = "api-token"
 MIN_QUARANTINE = 300.0  # DESIGN: a freed address waits at least five minutes
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class UsageError(ValueError):
@@ -67,6 +66,7 @@ class ApiSettings:
     peer_expiry: float = DEFAULT_PEER_EXPIRY
     quarantine: float = DEFAULT_QUARANTINE
     token_file: str | None = None
+    public_url: str | None = None  # --api-public-url: where phones reach the API
 
     @classmethod
     def from_options(
@@ -85,6 +85,7 @@ class ApiSettings:
         self_service_max: str | int | None = None,
         peer_expiry: str | None = None,
         quarantine: str | None = None,
+        public_url: str | None = None,
     ) -> ApiSettings:
         """Raises ValueError with a one-line message for any bad option (UsageError for an
         option value this version does not offer)."""
@@ -102,6 +103,7 @@ class ApiSettings:
                 f"--api-address-quarantine: at least {MIN_QUARANTINE:g} s (a freed address "
                 "must not reach a new peer while old traffic may still arrive)"
             )
+        url = invites.parse_public_url(public_url)
         endpoints = public_mod.resolve(public_ipv4, public_ipv6, public_domain)
         if not token_file and (proxies or not access.is_loopback_host(host)):
             token_file = str(store.config_dir(config_dir) / TOKEN_FILE_NAME)
@@ -120,9 +122,22 @@ class ApiSettings:
             expiry,
             hold,
             token_file,
+            url,
         )
 
-    def make_app(self, hub: DeviceHub):
+    def join_base(self, port: int | None = None) -> str | None:
+        """Where the join URLs of new invites point: `--api-public-url`, else the public name
+        or address with the API's port (`port`: the one really bound, for a listener on :0)."""
+        return invites.base_url(
+            self.public_url,
+            domain=self.public.domain,
+            ipv4=self.public.ipv4,
+            ipv6=self.public.ipv6,
+            listen_host=self.host,
+            listen_port=port or self.port,
+        )
+
+    def make_app(self, hub: DeviceHub, links: invites.JoinLinks | None = None):
         """The Bottle app for a hub, configured from these settings."""
         return make_app(
             hub,
@@ -135,15 +150,19 @@ class ApiSettings:
             self_service_max=self.self_service_max,
             peer_expiry=self.peer_expiry,
             quarantine=self.quarantine,
+            links=links or invites.JoinLinks(self.join_base()),
         )
 
     def start(self, hub: DeviceHub) -> ApiHandle:
         """Serve the API for `hub` in background threads, with the janitor that expires unused
         self-service peers; OSError if the address is taken."""
-        app = self.make_app(hub)
+        links = invites.JoinLinks(self.join_base())
+        app = self.make_app(hub, links)
         handle = start_api(app, self.host, self.port, trusted_proxies=self.trusted_proxies)
+        links.base = self.join_base(handle.port)
         if self.token_file:
             log.info("API admin token: %s", self.token_file)
+        log.info("invite links: %s/join/<code>", links.base or "(no public address known)")
         if self.peer_expiry > 0:
             janitor = JanitorThread(Janitor(app.tether_service), interval_for(self.peer_expiry))
             handle.stop_with_server(janitor.start())
@@ -164,41 +183,9 @@ class ApiSettings:
 def parse_self_service(text: str | None) -> str:
     """--api-self-service; a mode this version does not offer is a usage error (status 2)."""
     mode = (text or "open").strip().lower()
-    if mode == "invite":
-        raise UsageError(
-            "--api-self-service invite: invites are not available in this version (they come "
-            "with the onboarding feature); use open or off"
-        )
     if mode not in SELF_SERVICE_MODES:
-        raise UsageError(f"--api-self-service: {text!r}: expected open or off")
+        raise UsageError(f"--api-self-service: {text!r}: expected open, invite or off")
     return mode
-
-
-def parse_duration(text: str | float | None, option: str, default: float) -> float:
-    """`90`, `90s`, `15m`, `1h30m`, `2d` → seconds; 0 means off/never. ValueError otherwise."""
-    if text is None:
-        return default
-    raw = str(text).strip().lower()
-    parts = _DURATION.findall(raw)
-    if not raw or "".join(n + u for n, u in parts) != raw:
-        raise ValueError(f"{option}: {text!r} is not a duration (e.g. 90s, 15m, 1h, 2d, 0)")
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds > 10 * 365 * 86400:
-        raise ValueError(f"{option}: {text!r} is longer than ten years")
-    return seconds
-
-
-def parse_count(text: str | int | None, option: str, default: int) -> int:
-    """A whole-number option such as --api-self-service-max; 0 means no cap."""
-    if text is None:
-        return default
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise ValueError(f"{option}: {text!r} is not a whole number") from None
-    if not 0 <= value <= 10_000_000:
-        raise ValueError(f"{option}: {value} must be between 0 (no cap) and 10000000")
-    return value
 
 
 def ensure_token_file(path: str) -> bool:

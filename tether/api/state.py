@@ -11,8 +11,8 @@ The device file stays the truth about peers; this is the API's own bookkeeping, 
 - released: addresses (networks) freed by a removal, with the time they were freed and the end
   of their quarantine, so that the allocator does not hand them to the next peer at once (its
   old flows' packets could still reach it) and so that this survives restarts;
-- invites: reserved for the onboarding feature (invite codes and their uses); read and written
-  back unchanged.
+- invites: for every invite (`join/invites.py`), the SHA-256 of its code, when it was made, when it
+  expires, how many peers it admits and has admitted, and the endpoint type of their configs.
 
 Why a plain SHA-256 of the secret (no salt, no key): the secret is 256 random bits made by the
 server, so nobody can search for it from its hash; salts and slow hashes protect low-entropy
@@ -32,6 +32,10 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from tether.api.clientconf import ENDPOINT_TYPES
+from tether.api.join.invites import MAX_USES, Invite
+from tether.api.join.invites import prune as prune_invites
 
 SCHEMA = 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -90,7 +94,7 @@ class DeviceState:
 
     owners: dict[str, Owner] = field(default_factory=dict)  # base64 public key -> owner
     released: dict[str, Release] = field(default_factory=dict)  # network text -> release
-    invites: dict[str, dict] = field(default_factory=dict)  # reserved (onboarding)
+    invites: dict[str, Invite] = field(default_factory=dict)  # SHA-256 of the code -> invite
     changed: bool = field(default=False, compare=False)
     touched: set[str] = field(default_factory=set, compare=False)  # owner keys set or dropped
 
@@ -127,6 +131,20 @@ class DeviceState:
         held = sum(1 for r in self.released.values() if r.self_service and r.until > now)
         return live + held
 
+    # -- invites -------------------------------------------------------------------------------
+
+    def set_invite(self, digest: str, invite: Invite) -> None:
+        """Record (or replace) an invite, marking the state changed."""
+        self.invites[digest] = invite
+        self.changed = True
+
+    def drop_invite(self, digest: str) -> Invite | None:
+        """Delete an invite (revoked, or pruned); returns it, or None."""
+        invite = self.invites.pop(digest, None)
+        if invite is not None:
+            self.changed = True
+        return invite
+
     # -- released addresses --------------------------------------------------------------------
 
     def release(self, networks, now: float, quarantine: float, self_service: bool) -> None:
@@ -145,12 +163,14 @@ class DeviceState:
         self.prune(now)
 
     def prune(self, now: float) -> None:
-        """Drop quarantines that have ended, so that the file does not grow forever."""
+        """Drop quarantines that have ended and invites long done, so that the file does not
+        grow forever."""
         ended = [text for text, r in self.released.items() if r.until <= now]
         for text in ended:
             del self.released[text]
         if ended:
             self.changed = True
+        prune_invites(self, now)
 
     def quarantined(self, now: float) -> set[str]:
         """The addresses still in quarantine, which the allocator holds back."""
@@ -177,11 +197,17 @@ def render(state: DeviceState, owner_lines: Iterable[bytes] | None = None) -> by
         f"{json.dumps(text)}: {_compact(r.to_json())}".encode("ascii")
         for text, r in state.released.items()
     ]
+    invites = [
+        f"{json.dumps(digest)}: {_compact(inv.to_json())}".encode("ascii")
+        for digest, inv in state.invites.items()
+    ]
     parts = [b'{"schema": %d,\n"owners": {' % SCHEMA]
     _block(parts, owner_lines)
     parts.append(b'},\n"released": {')
     _block(parts, released)
-    parts.append(b'},\n"invites": %s}\n' % _compact(state.invites).encode("ascii"))
+    parts.append(b'},\n"invites": {')
+    _block(parts, invites)
+    parts.append(b"}}\n")
     return b"".join(parts)
 
 
@@ -235,11 +261,30 @@ def parse(data: bytes, name: str) -> DeviceState:
             where.time(obj, path, "until"),
             where.bool(obj, path, "self_service"),
         )
-    invites = where.obj(top.get("invites", {}), "invites")
-    for code, raw in invites.items():
-        where.obj(raw, f"invites[{code!r}]")
-    state.invites = dict(invites)
+    for digest, raw in where.obj(top.get("invites", {}), "invites").items():
+        path = f"invites[{digest!r}]"
+        if not _HEX64.fullmatch(digest):
+            where.fail(path, "not the SHA-256 of a code (64 lowercase hex digits)")
+        state.invites[digest] = _invite(where, where.obj(raw, path), path)
     return state
+
+
+def _invite(where: _Where, obj: dict, path: str) -> Invite:
+    where.keys(obj, path, {"created", "expires", "uses", "used", "endpoint_type", "last_used"})
+    kind = obj.get("endpoint_type")
+    if kind not in ENDPOINT_TYPES:
+        where.fail(f"{path}.endpoint_type", f"expected one of {', '.join(ENDPOINT_TYPES)}")
+    uses = where.count(obj, path, "uses", 1, MAX_USES)
+    used = where.count(obj, path, "used", 0, uses)
+    expires, last_used = obj.get("expires"), obj.get("last_used")
+    return Invite(
+        where.time(obj, path, "created"),
+        None if expires is None else where.time(obj, path, "expires"),
+        uses,
+        used,
+        kind,
+        None if last_used is None else where.time(obj, path, "last_used"),
+    )
 
 
 def _owner(where: _Where, obj: dict, path: str) -> Owner:
@@ -290,6 +335,12 @@ class _Where:
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TIME:
             self.fail(f"{path}.{key}", "expected a Unix time in whole seconds")
+        return value
+
+    def count(self, obj: dict, path: str, key: str, low: int, high: int) -> int:
+        value = obj.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(f"{path}.{key}", f"expected a whole number from {low} to {high}")
         return value
 
     def bool(self, obj: dict, path: str, key: str) -> bool:

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 
 from tether import __version__
-from tether.cli import check, demo, keycmds, original, peer, repl, run, show
+from tether.cli import check, demo, invite, keycmds, original, peer, repl, run, show
 from tether.cli.parser import PROG, Parser
 
 DESCRIPTION = (
@@ -106,6 +106,7 @@ def build_parser() -> TopParser:
     run.register(ours)
     check.register(ours)
     peer.register(ours)
+    invite.register(ours)
     demo.register(ours)
     _register_help(ours, parser)
     theirs = parser.add_command_group(

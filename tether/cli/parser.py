@@ -31,6 +31,15 @@ class Parser(argparse.ArgumentParser):
         return self.add_argument(*flags, **kwargs)
 
 
+def add_family(sub, name: str, *, help: str, description: str):
+    """A command whose first argument is an action (`peer add`, `invite create`): returns the
+    subparsers its actions are added to (one of them is required)."""
+    p = sub.add_parser(name, help=help, description=description)
+    actions = p.add_subparsers(dest=f"{name}_command", metavar="ACTION", parser_class=type(p))
+    actions.required = True
+    return actions
+
+
 def fail(message: str) -> int:
     """One line on stderr and exit status 1: the error convention of every command."""
     print(f"{PROG}: {message}", file=sys.stderr)

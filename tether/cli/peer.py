@@ -22,7 +22,7 @@ from tether.api.clientconf import ENDPOINT_TYPES, qr_terminal
 from tether.api.hub import ApplyError, FileOnlyHub
 from tether.api.peers import PeerError, PeerService, parse_public_key
 from tether.cli import devenv
-from tether.cli.parser import fail
+from tether.cli.parser import add_family, fail
 from tether.config import store
 from tether.device.uapi.server import run_dir as default_run_dir
 
@@ -46,13 +46,12 @@ def add_public_options(p) -> None:
 
 def register(sub) -> None:
     """Add `tetherctl peer add|remove|config|list` to the top-level parser."""
-    p = sub.add_parser(
+    psub = add_family(
+        sub,
         "peer",
         help="add, remove, show or list peers (edits the file)",
         description=__doc__.splitlines()[0],
     )
-    psub = p.add_subparsers(dest="peer_command", metavar="ACTION", parser_class=type(p))
-    psub.required = True
 
     a = psub.add_parser("add", help="add a peer; prints its client config")
     a.add_argument("device", metavar="DEVICE")

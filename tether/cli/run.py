@@ -89,8 +89,15 @@ def add_api_options(p) -> None:
     )
     p.add_env_option(
         "--api-self-service",
-        metavar="open|off",
-        help="who may add a peer without the admin token: anyone (open, default) or nobody",
+        metavar="open|invite|off",
+        help="who may add a peer without the admin token: anyone (open, default), holders of "
+        "an invite (invite) or nobody (off)",
+    )
+    p.add_env_option(
+        "--api-public-url",
+        metavar="URL",
+        help="where phones reach the API when a reverse proxy fronts it (invite links); "
+        "default http://<public domain or address>:<API port>",
     )
     p.add_env_option(
         "--api-rate-limit",
@@ -135,6 +142,7 @@ API_ACCESS_OPTIONS = (
     "api_self_service_max",
     "api_peer_expiry",
     "api_address_quarantine",
+    "api_public_url",
 )
 
 
@@ -158,6 +166,7 @@ def api_settings(args):
         self_service_max=getattr(args, "api_self_service_max", None),
         peer_expiry=getattr(args, "api_peer_expiry", None),
         quarantine=getattr(args, "api_address_quarantine", None),
+        public_url=getattr(args, "api_public_url", None),
     )
 
 
