@@ -53,6 +53,7 @@ def test_create_prints_the_url_once_and_stores_only_its_hash(env):
     assert invites.is_code(code)
     digest = invites.code_hash(code)
     assert f"invite {digest[:10]}: 2 uses" in made.stderr and code not in made.stderr
+    assert "plain HTTP" in made.stderr  # the code and, through the page, the key need TLS
     path, doc = state(env)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert code not in path.read_text() and doc["invites"][digest]["uses"] == 2
@@ -84,6 +85,7 @@ def test_the_public_url_option_and_the_device_env_file(env):
         env, "invite", "create", "tp0", "--api-public-url", "https://vpn.example.org/api/"
     )
     assert made.stdout.startswith("https://vpn.example.org/api/join/"), made.stderr
+    assert "plain HTTP" not in made.stderr
     (conf / "tp0.env").write_text("TETHERCTL_API_PUBLIC_URL=https://join.example.org\n")
     made = tetherctl(env, "invite", "create", "tp0")
     assert made.stdout.startswith("https://join.example.org/join/"), made.stderr

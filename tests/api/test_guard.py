@@ -166,6 +166,9 @@ def test_a_trickling_request_is_cut_off_at_the_deadline(conf_dir):
                     break
             except TimeoutError:
                 pass
+            except ConnectionResetError:  # cut off while our last bytes were unread: a reset
+                closed = True
+                break
         took = time.monotonic() - t0
         s.close()
         assert closed and 0.9 < took < 3.5, took

@@ -428,6 +428,44 @@ def test_a_code_of_one_device_is_not_found_under_another(tmp_path):
     assert call(app, "POST", f"/devices/one/join/{doc['code']}/{new_key()}").status == 200
 
 
+def test_one_devices_broken_state_does_not_break_the_others_invites(tmp_path):
+    """The bare /join/<code> (the link invites print) looks in every device: a device whose
+    state file is unreadable is skipped, not a 503 for everyone; a code found nowhere else
+    still says that something is wrong."""
+    conf = tmp_path / "c"
+    conf.mkdir()
+    write_device(conf, "a")
+    write_device(conf, "b")
+    app = make(FakeHub(conf))
+    doc = json.loads(call(app, "POST", "/devices/b/invites", headers=ADMIN).text)
+    state_path(conf, "a").write_text("{oops")
+    assert call(app, "GET", f"/join/{doc['code']}").status == 200
+    assert redeem(app, doc["code"]).status == 200
+    assert call(app, "GET", f"/join/{invites.new_code()}").status == 503
+    assert call(app, "GET", f"/devices/a/join/{doc['code']}").status == 503
+
+
+def test_every_answer_under_the_join_urls_carries_the_pages_headers(hub, conf_dir):
+    """Not only the page: a rate-limited answer, a refused redemption, a 404 and the static
+    files carry the CSP, nosniff, no-referrer and no framing."""
+    app = make(hub, rate_limit=RateLimit(per_minute=0.001, burst=1))
+    doc = create(app)
+    answers = [
+        call(app, "GET", f"/join/{invites.new_code()}", remote="198.51.100.7"),  # 404
+        call(app, "GET", f"/join/{doc['code']}", remote="198.51.100.7"),  # 429
+        redeem(app, doc["code"], key="not-a-key", remote="198.51.100.8"),  # 400
+        call(app, "GET", "/static/join.js"),
+        call(app, "GET", "/devices/bywg0/join/x", remote="198.51.100.9"),
+    ]
+    assert [a.status for a in answers][:2] == [404, 429]
+    for a in answers:
+        headers = {k.lower(): v for k, v in a.headers.items()}
+        assert "default-src 'none'" in headers["content-security-policy"], a.status
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["x-frame-options"] == "DENY"
+
+
 # -- racing redemptions -----------------------------------------------------------------------
 
 

@@ -282,3 +282,21 @@ def test_released_networks_compares_only_the_peers_the_reconciler_changed():
     assert released_networks(before, after) == [gone, shrunk]
     assert released_networks(before, after, changed=[]) == [gone]  # removals always count
     assert released_networks(before, after, changed=[keys.decode(b)]) == [gone, shrunk]
+
+
+def test_an_update_builds_on_the_files_bytes_not_on_its_stamp(tmp_path, monkeypatch):
+    """Another process rewrote the file to the same size, and the atomic rename reused the
+    inode within one tick of a coarse clock: the stat stamp looks unchanged. An update must
+    still build on what the file holds (here: one more use of an invite), not on the cache,
+    or it writes the stale state back (a use counted twice, a revocation lost)."""
+    path = tmp_path / "bywg0.state.json"
+    doc = json.loads(json.dumps(GOOD))
+    path.write_bytes(encode(doc))
+    reg = FileRegistry(path)
+    assert reg.read().invites["ef" * 32].used == 1
+    stamp = reg._stat()
+    monkeypatch.setattr(reg, "_stat", lambda: stamp)  # the stamp cannot tell
+    doc["invites"]["ef" * 32]["used"] = 2  # the other process's redemption: same size
+    path.write_bytes(encode(doc))
+    seen = reg.update(lambda state: state.invites["ef" * 32].used)
+    assert seen == 2

@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -46,6 +47,7 @@ from tether import keys
 from tether.api import access, metrics
 from tether.api.clientconf import PublicEndpoints, qr_png, qr_svg
 from tether.api.errors import BadRequest, NotFound, PeerError
+from tether.api.join import page as join_page
 from tether.api.join import routes as join_routes
 from tether.api.join.invites import JoinLinks
 from tether.api.join.onboarding import Onboarding
@@ -67,6 +69,9 @@ MAX_BODY = 4096  # no route takes a body; anything bigger is refused unread
 MAX_TARGET = 2048  # path + query: a key is 44 characters, a device name 15
 TEXT = "text/plain; charset=utf-8"
 FORMATS = {"text": None, "conf": None, "qr": "png", "png": "png", "svg": "svg"}
+
+
+_JOIN_PATH = re.compile(r"(/devices/[^/]*)?/(join|static)(/|$)")
 
 
 def _answer(status: int, message: str, **headers: str) -> bottle.HTTPResponse:
@@ -147,6 +152,11 @@ def make_app(
     @app.hook("after_request")
     def count() -> None:
         bottle.response.set_header("Cache-Control", "no-store")
+        if _JOIN_PATH.match(bottle.request.environ.get("PATH_INFO", "")):
+            # Every answer under the join page's URLs, not only the page: a rate-limit line, a
+            # refused redemption or a 404 carries the same CSP, nosniff and no-referrer.
+            for name, value in join_page.HEADERS.items():
+                bottle.response.set_header(name, value)
         collector.count_request(bottle.request.method, bottle.response.status_code)
 
     def default_error(err: bottle.HTTPError) -> str:

@@ -61,6 +61,7 @@ class FileRegistry:
         self.path = Path(path)
         self._lock = threading.Lock()  # guards the cache (threads of one process)
         self._stamp: tuple | None = None
+        self._data: bytes | None = None  # the bytes self._state was parsed from
         self._state: DeviceState | None = None
         self._lines: dict[str, bytes] | None = None  # owner_line of each owner of self._state
 
@@ -71,22 +72,29 @@ class FileRegistry:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def _load(self) -> DeviceState:
-        """The file's state (call with self._lock held)."""
+    def _load(self, exact: bool = False) -> DeviceState:
+        """The file's state (call with self._lock held). The stat stamp lets a plain read skip
+        the file; an update (`exact`, under the file lock) compares the bytes themselves: an
+        inode reused by the atomic rename and a rewrite of the same size within one tick of a
+        coarse clock would pass the stamp, and an update built on a stale state would write it
+        back (a use counted twice, a revocation lost)."""
         stamp = self._stat()
         if stamp is None:
             if self._stamp is not None or self._state is None:
-                self._stamp, self._state, self._lines = None, DeviceState(), {}
+                self._stamp, self._data, self._state, self._lines = None, None, DeviceState(), {}
             return self._state
-        if stamp == self._stamp and self._state is not None:
+        if stamp == self._stamp and self._state is not None and not exact:
             return self._state
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise StateError(f"{self.path}: cannot read: {e.strerror or e}") from None
+        if data == self._data and self._state is not None:
+            self._stamp = stamp
+            return self._state
         state = parse(data, str(self.path))  # StateError propagates; nothing is cached
-        self._stamp, self._state, self._lines = stamp, state, None
+        self._stamp, self._data, self._state, self._lines = stamp, data, state, None
         return state
 
     def read(self) -> DeviceState:
@@ -104,7 +112,7 @@ class FileRegistry:
 
     def _update(self, change: Callable[[DeviceState], T]) -> T:
         with self._lock:
-            state = self._load().copy()
+            state = self._load(exact=True).copy()
             result = change(state)
             if not state.changed:
                 return result
@@ -119,12 +127,13 @@ class FileRegistry:
                     else:
                         lines[key] = owner_line(key, owner)
             state.changed, state.touched = False, set()
+            data = render(state, lines.values())
             try:
-                store.atomic_write(self.path, render(state, lines.values()))
+                store.atomic_write(self.path, data)
             except BaseException:
-                self._stamp = self._state = self._lines = None
+                self._stamp = self._data = self._state = self._lines = None
                 raise
-            self._stamp, self._state, self._lines = self._stat(), state, lines
+            self._stamp, self._data, self._state, self._lines = self._stat(), data, state, lines
             return result
 
 

@@ -122,6 +122,15 @@ def join_links(args, onboarding: Onboarding) -> tuple[JoinLinks, str | None]:
             f"the API listens on loopback ({listen}): phones reach this URL only through a "
             "reverse proxy; then set --api-public-url"
         )
+    elif not base.lower().startswith("https://"):
+        # Over plain HTTP anyone on the path reads the code (and can redeem it first), and
+        # anyone who can alter traffic can swap the page's script and take the private key
+        # the browser makes: the promise that the key never leaves the phone needs TLS.
+        warning = (
+            "this link is plain HTTP: anyone on the network path can read the invite and, by "
+            "changing the page, the private key the phone makes; serve the API behind HTTPS "
+            "(a reverse proxy) and set --api-public-url https://..."
+        )
     return JoinLinks(base), warning
 
 
@@ -193,6 +202,7 @@ def cmd_revoke(args) -> int:
     except (PeerError, ValueError) as e:
         return fail(str(e))
     if revoked is None:
-        return fail(f"no invite of {name} matches {args.invite[:80]!r} (see `invite list`)")
+        # not repeated: what was given may be a whole code, and stderr ends up in logs
+        return fail(f"no invite of {name} matches what was given (see `invite list`)")
     print(f"invite {revoked} revoked")
     return 0

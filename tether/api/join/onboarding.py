@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tether.api.clientconf import EndpointUnavailable
-from tether.api.errors import BadRequest, Gone, NotFound, PeerError
+from tether.api.errors import BadRequest, Gone, NotFound, PeerError, Unavailable
 from tether.api.join import invites
 from tether.api.join.invites import Invite, InviteError, JoinLinks
 from tether.api.ownership import SELF_SERVICE_GRANT, Added
@@ -184,12 +184,24 @@ class Onboarding:
             return None
         names = [device] if device is not None else self.service.hub.device_names()
         now = self.clock()
+        broken: Unavailable | None = None
         for name in names:
-            state = self.service.state(name)
+            try:
+                state = self.service.state(name)
+            except Unavailable as e:
+                if device is not None:
+                    raise
+                # One device's unreadable state must not break every other device's links
+                # (the bare /join/<code> is what invites print): look on, and only if the code
+                # is nowhere else say that something is wrong.
+                broken = broken or e
+                continue
             digest = invites.find(state.invites, code)
             if digest is not None:
                 invite = state.invites[digest]
                 return FoundInvite(name, digest, invite, invite.status(now))
+        if broken is not None:
+            raise broken
         return None
 
     def redeem(
