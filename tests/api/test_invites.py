@@ -414,13 +414,19 @@ def test_guessing_codes_is_rate_limited_and_odd_codes_are_harmless(hub, conf_dir
     assert state_of(conf_dir)["invites"][invites.code_hash(doc["code"])]["used"] == 1
 
 
-def test_a_code_of_one_device_is_not_found_under_another(tmp_path):
+def two_devices(tmp_path, first: str, second: str, invite_on: str):
+    """A config dir with two devices, an app serving both and an invite of `invite_on`."""
     conf = tmp_path / "c"
     conf.mkdir()
-    write_device(conf, "one")
-    write_device(conf, "two")
+    write_device(conf, first)
+    write_device(conf, second)
     app = make(FakeHub(conf))
-    doc = json.loads(call(app, "POST", "/devices/one/invites", headers=ADMIN).text)
+    doc = json.loads(call(app, "POST", f"/devices/{invite_on}/invites", headers=ADMIN).text)
+    return conf, app, doc
+
+
+def test_a_code_of_one_device_is_not_found_under_another(tmp_path):
+    _, app, doc = two_devices(tmp_path, "one", "two", "one")
     assert call(app, "GET", f"/devices/two/join/{doc['code']}").status == 404
     r = call(app, "GET", f"/join/{doc['code']}")  # the bare route looks in every device
     assert r.status == 200 and f'data-add="../devices/one/join/{doc["code"]}"' in r.text
@@ -432,12 +438,7 @@ def test_one_devices_broken_state_does_not_break_the_others_invites(tmp_path):
     """The bare /join/<code> (the link invites print) looks in every device: a device whose
     state file is unreadable is skipped, not a 503 for everyone; a code found nowhere else
     still says that something is wrong."""
-    conf = tmp_path / "c"
-    conf.mkdir()
-    write_device(conf, "a")
-    write_device(conf, "b")
-    app = make(FakeHub(conf))
-    doc = json.loads(call(app, "POST", "/devices/b/invites", headers=ADMIN).text)
+    conf, app, doc = two_devices(tmp_path, "a", "b", "b")
     state_path(conf, "a").write_text("{oops")
     assert call(app, "GET", f"/join/{doc['code']}").status == 200
     assert redeem(app, doc["code"]).status == 200
