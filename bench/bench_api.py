@@ -38,10 +38,10 @@ GET_THREADS = 4  # keep-alive connections per process
 SERVER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from tether.api.app import make_app
-from tether.api.clientconf import PublicEndpoints
+from tether.api.http.app import make_app
+from tether.api.peers.clientconf import PublicEndpoints
 from tether.api.hub import FileOnlyHub
-from tether.api.server import start_api
+from tether.api.http.server import start_api
 public = PublicEndpoints(ipv4="203.0.113.7")
 app = make_app(
     FileOnlyHub(sys.argv[2]), public=public, rate_limit=None, token="bench-admin-token-0123456789",

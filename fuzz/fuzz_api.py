@@ -19,10 +19,10 @@ import sys
 import tempfile
 
 from tether import keys
-from tether.api.app import make_app
-from tether.api.clientconf import PublicEndpoints
+from tether.api.http.app import make_app
+from tether.api.http.ratelimit import RateLimit
 from tether.api.hub import FileOnlyHub
-from tether.api.ratelimit import RateLimit
+from tether.api.peers.clientconf import PublicEndpoints
 from tether.api.registry import state_path
 from tether.api.state import parse as parse_state
 from tether.config import store

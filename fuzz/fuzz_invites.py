@@ -21,12 +21,12 @@ import tempfile
 from urllib.parse import quote
 
 from tether import keys
-from tether.api.app import make_app
-from tether.api.clientconf import PublicEndpoints
+from tether.api.http.app import make_app
+from tether.api.http.ratelimit import RateLimit
 from tether.api.hub import FileOnlyHub
 from tether.api.join import invites
 from tether.api.join.invites import InviteError, JoinLinks
-from tether.api.ratelimit import RateLimit
+from tether.api.peers.clientconf import PublicEndpoints
 from tether.api.registry import state_path
 from tether.api.state import parse as parse_state
 from tether.api.units import parse_duration

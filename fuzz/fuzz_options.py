@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 
-from tether.api.server import parse_listen
+from tether.api.http.server import parse_listen
 from tether.cli import devenv
 
 _dir = tempfile.mkdtemp(prefix="fuzz-options-")

@@ -75,8 +75,8 @@ def verify_unit(unit: Path) -> None:
 JOIN_DATA = REPO / "tether/api/join"
 SERVE_THE_PAGE = """
 import json, sys
-from tether.api.app import make_app
-from tether.api.clientconf import PublicEndpoints
+from tether.api.http.app import make_app
+from tether.api.peers.clientconf import PublicEndpoints
 from tether.api.hub import FileOnlyHub
 from tether.api.join.page import STATIC_TYPES
 app = make_app(FileOnlyHub(sys.argv[1]), public=PublicEndpoints("203.0.113.7"), rate_limit=None)

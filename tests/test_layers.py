@@ -173,3 +173,18 @@ def test_modules_stay_readable(limit):
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > limit * 1.1
     }
     assert not long, f"modules over ~{limit} lines: {long}"
+
+
+@pytest.mark.parametrize("limit", [14])
+def test_packages_stay_browsable(limit):
+    """No folder of `tether` holds more than ~14 modules: past that, a part gets sublayers as
+    folders (tether/api/peers, tether/api/http, tether/device/exit, ...) so that a reader finds
+    a concern by its folder before reading file names."""
+    crowded = {}
+    for folder in [ROOT, *(p for p in ROOT.rglob("*") if p.is_dir())]:
+        if folder.name == "__pycache__":
+            continue
+        modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
+        if len(modules) > limit:
+            crowded[str(folder.relative_to(ROOT.parent))] = len(modules)
+    assert not crowded, f"folders with more than {limit} modules: {crowded}"

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tether.api.app import make_app
-from tether.api.clientconf import PublicEndpoints
+from tether.api.http.app import make_app
+from tether.api.peers.clientconf import PublicEndpoints
 
 from .support import FakeHub, write_device
 

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tether import keys
-from tether.api.app import make_app
-from tether.api.ratelimit import RateLimit
+from tether.api.http.app import make_app
+from tether.api.http.ratelimit import RateLimit
 from tether.api.state import secret_hash
 from tether.config import store
 
@@ -373,7 +373,7 @@ def test_state_file_is_beside_the_device_file(app, conf_dir):
 def test_client_address_rules():
     import ipaddress
 
-    from tether.api.access import client_address, client_key, parse_address
+    from tether.api.http.access import client_address, client_key, parse_address
 
     proxies = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 

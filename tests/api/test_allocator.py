@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tether.api.allocator import Allocator, Exhausted
+from tether.api.peers.allocator import Allocator, Exhausted
 
 
 def brute_force_next(addresses, peers) -> list | None:

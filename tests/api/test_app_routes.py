@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from tether import keys
-from tether.api.app import make_app
-from tether.api.clientconf import PublicEndpoints
+from tether.api.http.app import make_app
+from tether.api.peers.clientconf import PublicEndpoints
 from tether.config import store
 
 from .conftest import PUBLIC

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tether import keys
-from tether.api.app import make_app
-from tether.api.ratelimit import RateLimit, RateLimiter, parse_rate_limit
+from tether.api.http.app import make_app
+from tether.api.http.ratelimit import RateLimit, RateLimiter, parse_rate_limit
 from tether.api.settings import read_token_file
 from tether.device.hub import DeviceCounters
 

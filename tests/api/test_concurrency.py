@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tether import keys
-from tether.api.app import make_app
+from tether.api.http.app import make_app
 from tether.api.hub import FileOnlyHub
 from tether.config import store
 
@@ -32,8 +32,8 @@ WORKER = r"""
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, sys.argv[1])
-from tether.api.app import make_app
-from tether.api.clientconf import PublicEndpoints
+from tether.api.http.app import make_app
+from tether.api.peers.clientconf import PublicEndpoints
 from tether.api.hub import FileOnlyHub
 from tests_api_support import call
 

@@ -3,7 +3,7 @@ and the API's file edits leave it byte for byte (DESIGN.md §3a)."""
 
 from __future__ import annotations
 
-from tether.api.app import make_app
+from tether.api.http.app import make_app
 
 from .conftest import PUBLIC
 from .support import DEVICE_TEXT, PEER1, FakeHub, call, new_key, write_device

@@ -19,8 +19,8 @@ import tracemalloc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tether.api.app import make_app
-from tether.api.server import start_api
+from tether.api.http.app import make_app
+from tether.api.http.server import start_api
 
 from .conftest import PUBLIC
 from .support import FakeHub

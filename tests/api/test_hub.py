@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tether import keys
-from tether.api.app import make_app
+from tether.api.http.app import make_app
 from tether.api.hub import FileOnlyHub
 from tether.device.hub import ApplyError, DeviceHub
 from tether.device.uapi.protocol import DeviceSnapshot, PeerSnapshot

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from tether import keys
-from tether.api.app import make_app
-from tether.api.clientconf import PublicEndpoints
+from tether.api.http.app import make_app
+from tether.api.http.ratelimit import RateLimit
 from tether.api.hub import FileOnlyHub
 from tether.api.join import invites
 from tether.api.join.invites import Invite, JoinLinks
-from tether.api.ratelimit import RateLimit
+from tether.api.peers.clientconf import PublicEndpoints
 from tether.api.registry import FileRegistry, state_path
 from tether.api.state import DeviceState
 from tether.config import store
@@ -495,10 +495,10 @@ import json, os, sys, time
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, sys.argv[1])
 from tether import keys
-from tether.api.clientconf import PublicEndpoints
+from tether.api.peers.clientconf import PublicEndpoints
 from tether.api.hub import FileOnlyHub
 from tether.api.join.onboarding import Onboarding
-from tether.api.peers import PeerError, PeerService
+from tether.api.peers.service import PeerError, PeerService
 
 conf, go, code = sys.argv[2], sys.argv[3], sys.argv[4]
 onboarding = Onboarding(PeerService(FileOnlyHub(conf), PublicEndpoints(ipv4="203.0.113.7")))

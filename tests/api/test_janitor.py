@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from tether import keys
-from tether.api.app import make_app
-from tether.api.janitor import Janitor, interval_for
+from tether.api.http.app import make_app
+from tether.api.peers.janitor import Janitor, interval_for
 
 from .conftest import PUBLIC
 from .support import PEER1, call, new_key

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from tether import keys
-from tether.api.app import make_app
+from tether.api.http.app import make_app
+from tether.api.http.server import start_api
 from tether.api.join.invites import JoinLinks
 from tether.api.registry import state_path
-from tether.api.server import start_api
 from tether.config import store
 
 from .conftest import PUBLIC

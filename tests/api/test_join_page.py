@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.api.app import make_app
+from tether.api.http.app import make_app
 from tether.api.join import page
 from tether.api.join.invites import JoinLinks
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.api import public
+from tether.api.peers import public
 
 ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth9\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether import keys
-from tether.api.app import make_app
+from tether.api.http.app import make_app
 from tether.api.join.invites import Invite
 from tether.api.registry import FileRegistry, record_file_change, state_path
 from tether.api.state import DeviceState, Owner, Release, StateError, parse, render

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from tether.api.app import make_app
-from tether.api.server import parse_listen, start_api
+from tether.api.http.app import make_app
+from tether.api.http.server import parse_listen, start_api
 
 from .conftest import PUBLIC
 from .support import PEER1, FakeHub, new_key

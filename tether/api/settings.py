@@ -20,21 +20,21 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.api import access
-from tether.api import public as public_mod
-from tether.api.app import (
+from tether.api.http import access
+from tether.api.http.app import (
     DEFAULT_PEER_EXPIRY,
     DEFAULT_RATE_LIMIT,
     DEFAULT_SELF_SERVICE_MAX,
     SELF_SERVICE_MODES,
     make_app,
 )
-from tether.api.clientconf import PublicEndpoints
-from tether.api.janitor import Janitor, JanitorThread, interval_for
+from tether.api.http.ratelimit import RateLimit, parse_rate_limit
+from tether.api.http.server import ApiHandle, parse_listen, start_api
 from tether.api.join import invites
-from tether.api.ratelimit import RateLimit, parse_rate_limit
+from tether.api.peers import public as public_mod
+from tether.api.peers.clientconf import PublicEndpoints
+from tether.api.peers.janitor import Janitor, JanitorThread, interval_for
 from tether.api.registry import DEFAULT_QUARANTINE
-from tether.api.server import ApiHandle, parse_listen, start_api
 from tether.api.units import parse_count, parse_duration
 from tether.config import store
 from tether.device.hub import DeviceHub

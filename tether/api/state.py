@@ -33,9 +33,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tether.api.clientconf import ENDPOINT_TYPES
 from tether.api.join.invites import MAX_USES, Invite
 from tether.api.join.invites import prune as prune_invites
+from tether.api.peers.clientconf import ENDPOINT_TYPES
 
 SCHEMA = 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")

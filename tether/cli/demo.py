@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 
 from tether import keys
-from tether.api.allocator import Allocator
-from tether.api.clientconf import endpoint_text, render_client_config
-from tether.api.server import parse_listen
+from tether.api.http.server import parse_listen
+from tether.api.peers.allocator import Allocator
+from tether.api.peers.clientconf import endpoint_text, render_client_config
 from tether.cli.parser import PROG, fail
 from tether.cli.run import LOG_LEVELS, setup_logging
 from tether.config import store

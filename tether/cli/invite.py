@@ -16,13 +16,13 @@ from __future__ import annotations
 import datetime
 import sys
 
-from tether.api import access
-from tether.api.clientconf import ENDPOINT_TYPES, qr_terminal
 from tether.api.errors import PeerError
+from tether.api.http import access
+from tether.api.http.server import parse_listen
 from tether.api.join import invites
 from tether.api.join.invites import Invite, InviteError, JoinLinks
 from tether.api.join.onboarding import Onboarding
-from tether.api.server import parse_listen
+from tether.api.peers.clientconf import ENDPOINT_TYPES, qr_terminal
 from tether.api.units import parse_duration
 from tether.cli import devenv
 from tether.cli.parser import add_family, fail

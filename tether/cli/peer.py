@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 from tether import keys
-from tether.api import public as public_mod
-from tether.api.clientconf import ENDPOINT_TYPES, qr_terminal
 from tether.api.hub import ApplyError, FileOnlyHub
-from tether.api.peers import PeerError, PeerService, parse_public_key
+from tether.api.peers import public as public_mod
+from tether.api.peers.clientconf import ENDPOINT_TYPES, qr_terminal
+from tether.api.peers.service import PeerError, PeerService, parse_public_key
 from tether.cli import devenv
 from tether.cli.parser import add_family, fail
 from tether.config import store

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import sys
 
-from tether.api import public
+from tether.api.peers import public
 from tether.appliance import detach
 from tether.config import filemode, store
 from tether.device.uapi.server import DEFAULT_RUN_DIR, run_dir

@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tether.api.clientconf import EndpointUnavailable
 from tether.api.errors import BadRequest, Gone, NotFound, PeerError, Unavailable
 from tether.api.join import invites
 from tether.api.join.invites import Invite, InviteError, JoinLinks
-from tether.api.ownership import SELF_SERVICE_GRANT, Added
-from tether.api.peers import PeerService, check_endpoint_type
+from tether.api.peers.clientconf import EndpointUnavailable
+from tether.api.peers.ownership import SELF_SERVICE_GRANT, Added
+from tether.api.peers.service import PeerService, check_endpoint_type
 from tether.api.state import DeviceState
 
 log = logging.getLogger("tether.api")

@@ -27,13 +27,13 @@ from urllib.parse import parse_qsl
 
 import bottle
 
-from tether.api import access
 from tether.api.errors import BadRequest, NotFound, PeerError
+from tether.api.http import access
 from tether.api.join import invites
 from tether.api.join.invites import Invite, InviteError
 from tether.api.join.onboarding import NO_INVITE, Onboarding, refusal
 from tether.api.join.page import JoinPage
-from tether.api.peers import PeerService, parse_public_key
+from tether.api.peers.service import PeerService, parse_public_key
 from tether.api.units import parse_duration
 
 OPTIONS = ("uses", "expires", "endpoint_type")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tether import keys
 from tether.api.hub import live_snapshot
-from tether.api.public import resolve
+from tether.api.peers.public import resolve
 from tether.appliance.saveconfig import fold_running_state
 from tether.cli import devenv, run, show
 from tether.cli.original.session import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from tether.api.peers import PeerService, parse_public_key
+from tether.api.peers.service import PeerService, parse_public_key
 from tether.cli import peer as peercmd
 from tether.cli.original.session import (
     Command,

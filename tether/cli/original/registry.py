@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from tether.api.clientconf import ENDPOINT_TYPES
-from tether.api.peers import PeerError
+from tether.api.peers.clientconf import ENDPOINT_TYPES
+from tether.api.peers.service import PeerError
 from tether.cli import devenv
 from tether.cli.original.api import COMMANDS as API
 from tether.cli.original.devices import COMMANDS as DEVICES

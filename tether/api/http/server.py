@@ -40,7 +40,7 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
-from tether.api.guard import DEFAULT_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT, GuardedServer
+from tether.api.http.guard import DEFAULT_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT, GuardedServer
 
 log = logging.getLogger("tether.api")
 

@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 from tether import keys
 from tether.api.errors import PeerError
-from tether.api.ownership import owner_applies
-from tether.api.peers import PeerService
+from tether.api.peers.ownership import owner_applies
+from tether.api.peers.service import PeerService
 from tether.api.state import StateError
 from tether.device.hub import ApplyError
 

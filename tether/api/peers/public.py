@@ -28,7 +28,7 @@ import re
 import socket
 import struct
 
-from tether.api.clientconf import PublicEndpoints
+from tether.api.peers.clientconf import PublicEndpoints
 
 log = logging.getLogger("tether.api")
 

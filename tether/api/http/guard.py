@@ -29,7 +29,7 @@ from collections import Counter
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 
-from tether.api import access
+from tether.api.http import access
 
 log = logging.getLogger("tether.api")
 

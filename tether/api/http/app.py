@@ -44,16 +44,16 @@ from collections.abc import Callable
 import bottle
 
 from tether import keys
-from tether.api import access, metrics
-from tether.api.clientconf import PublicEndpoints, qr_png, qr_svg
 from tether.api.errors import BadRequest, NotFound, PeerError
+from tether.api.http import access, metrics
+from tether.api.http.ratelimit import RateLimit, RateLimiter
 from tether.api.join import page as join_page
 from tether.api.join import routes as join_routes
 from tether.api.join.invites import JoinLinks
 from tether.api.join.onboarding import Onboarding
-from tether.api.ownership import ADMIN_GRANT, SELF_SERVICE_GRANT, owner_applies, owner_matches
-from tether.api.peers import PeerService, parse_public_key
-from tether.api.ratelimit import RateLimit, RateLimiter
+from tether.api.peers.clientconf import PublicEndpoints, qr_png, qr_svg
+from tether.api.peers.ownership import ADMIN_GRANT, SELF_SERVICE_GRANT, owner_applies, owner_matches
+from tether.api.peers.service import PeerService, parse_public_key
 from tether.api.registry import DEFAULT_QUARANTINE
 from tether.api.state import secret_hash
 from tether.device.hub import DeviceHub

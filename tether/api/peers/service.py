@@ -34,13 +34,6 @@ import time
 from collections.abc import Callable
 
 from tether import keys
-from tether.api.allocator import Allocator, Exhausted
-from tether.api.clientconf import (
-    ENDPOINT_TYPES,
-    EndpointUnavailable,
-    PublicEndpoints,
-    render_client_config,
-)
 from tether.api.errors import (
     BadRequest,
     Conflict,
@@ -49,7 +42,14 @@ from tether.api.errors import (
     PeerError,
     Unavailable,
 )
-from tether.api.ownership import (
+from tether.api.peers.allocator import Allocator, Exhausted
+from tether.api.peers.clientconf import (
+    ENDPOINT_TYPES,
+    EndpointUnavailable,
+    PublicEndpoints,
+    render_client_config,
+)
+from tether.api.peers.ownership import (
     SELF_SERVICE_GRANT,
     Added,
     Claim,
