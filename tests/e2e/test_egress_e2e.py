@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +203,20 @@ def test_a_live_change_of_egress_in_the_file_applies_to_new_flows(lab, tmp_path)
         text.replace(f"PublicKey = {key}\n", f"PublicKey = {key}\nEgress = direct\n")
     )
     wait_for(lambda: whoami(topo, switching=True) == EXIT_OUT, 15, "the override to apply")
+
+
+def test_the_proxys_own_address_is_refused_through_it(lab, tmp_path):
+    """Abuse: a peer asks the proxy to connect to the proxy's own address (its SOCKS port, or
+    anything it serves to itself). Even where the operator's policy lets that address through,
+    the exit refuses it as it refuses the host's own: administratively prohibited, at once.
+    dante refuses such a connection by itself, so a naive proxy that does not is used here."""
+    naive = f"socks5://{PROXY}:1081"
+    topo, dante = build(
+        lab, tmp_path, exit_extra=f"AllowDestinations = 198.18.5.0/24\nEgress = {naive}\n"
+    )
+    tool = Path(__file__).parent / "tools" / "naive_socks.py"
+    lab.spawn(dante.ns, sys.executable, str(tool), PROXY, "1081", log=tmp_path / "naive.log")
+    wait_for(lambda: whoami(topo, switching=True) == PROXY_OUT, 15, "the naive proxy")
+    result = ok(topo.check("unreachable", PROXY, "1081"), topo)
+    assert result["tcp"]["seconds"] < 3, result
+    assert sent_directly(lab, topo.exit_ns) == 0

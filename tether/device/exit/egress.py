@@ -29,12 +29,14 @@ the flow as the matching direct failure would (RST for "refused", ICMP unreachab
 administratively prohibited). Once the proxy has accepted us, a CONNECT that waits is waiting
 for the destination: it gets the direct connect timeout and fails only its flow (ETIMEDOUT, ICMP
 host unreachable), so a peer connecting to hosts that drop SYNs cannot mark the proxy down for
-everyone.
+everyone. A proxied flow to the proxy's own address is refused (administratively prohibited), as
+the exit refuses the host's own addresses.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import time
@@ -62,6 +64,20 @@ NEGOTIATION_TIMEOUT = 10.0  # connect to the proxy, authentication, and UDP ASSO
 UDP_QUEUE = 16  # datagrams a flow holds while its association is made
 UDP_BATCH = 64
 _READ = 4096
+
+
+def to_proxy_host(destination: str | bytes, proxy_address: tuple[str, int]) -> bool:
+    """Whether a proxied flow asks the proxy to connect to the proxy's own address. The exit
+    refuses the host's own addresses because a connection from the host to itself reaches
+    services (and firewall exceptions) meant for the host alone; through a proxy the same holds
+    for the proxy's host. Refused as the policy would (EACCES: administratively prohibited).
+    Loopback is left to the policy, which refuses it unless the operator allowed local access."""
+    try:
+        dst = ipaddress.ip_address(destination)
+        own = ipaddress.ip_address(proxy_address[0].partition("%")[0])
+    except ValueError:
+        return False
+    return dst == own and not own.is_loopback
 
 
 class UdpRelay:
@@ -177,6 +193,9 @@ class Egresses:
         if address is None:
             self.exit.receive_tcp_connect_failed(flow, PROXY_DOWN, now)
             return
+        if to_proxy_host(flow.host, address):
+            self.exit.receive_tcp_connect_failed(flow, errno.EACCES, now)
+            return
         sock = None
         try:
             sock = open_socket(address, socket.SOCK_STREAM)
@@ -235,6 +254,9 @@ class Egresses:
         now = time.monotonic()
         if address is None:
             self._udp_failed(flow, PROXY_DOWN)
+            return
+        if to_proxy_host(flow.dst, address):
+            self._udp_failed(flow, errno.EACCES)
             return
         try:
             relay.udp = open_socket(address, socket.SOCK_DGRAM)
