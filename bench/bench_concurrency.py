@@ -14,11 +14,9 @@ Root, wireguard-go, wg, iperf3, ip needed; all traffic stays in namespaces it cr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_exit_iperf import EXIT_SECTION, INET, client, tetherctl_run  # noqa: E402
+from bench_exit_iperf import (  # noqa: E402
+    EXIT_SECTION,
+    INET,
+    client,
+    iperf_rate,
+    iperf_start,
+    tetherctl_run,
+)
 
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
 from tether import keys  # noqa: E402
@@ -69,36 +74,11 @@ def build(lab: NetLab, tmp: Path, split: bool) -> list[str]:
 
 
 def parallel_download(lab: NetLab, namespaces: list[str], seconds: int) -> float:
-    procs = [
-        subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "iperf3",
-                "-c",
-                INET,
-                "-p",
-                str(5201 + i),
-                "-t",
-                str(seconds),
-                "-R",
-                "-J",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        for i, ns in enumerate(namespaces)
-    ]
+    procs = [iperf_start(ns, 5201 + i, seconds, "-R") for i, ns in enumerate(namespaces)]
     total = 0.0
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds + 60)
-        try:
-            total += json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
-        except (json.JSONDecodeError, KeyError):
-            pass
+        total += iperf_rate(out)
     return total
 
 

@@ -137,6 +137,51 @@ def tetherctl_run(conf: Path, *devices: str) -> list[str]:
     ]
 
 
+def ours_server(lab: NetLab, exit_ns: str, tmp: Path, priv: str, client_privs, profile=None):
+    """Our device (UDP 51820, tunnel 10.99.0.1/24, client k at 10.99.0.(k+2)) under `tetherctl
+    run` in the exit namespace, up; returns the daemon's process (`profile`: under py-spy)."""
+    dev = lab.name("td")
+    conf = tmp / "conf"
+    conf.mkdir()
+    peers = "".join(
+        f"[Peer]\nPublicKey = {keys.pubkey(c)}\nAllowedIPs = 10.99.0.{k + 2}/32\n\n"
+        for k, c in enumerate(client_privs)
+    )
+    (conf / f"{dev}.conf").write_text(
+        f"[Interface]\nPrivateKey = {priv}\nListenPort = 51820\nAddress = 10.99.0.1/24\n\n"
+        f"{EXIT_SECTION}{peers}"
+    )
+    argv = tetherctl_run(conf, dev)
+    if profile:
+        argv = [py_spy(), "record", "-o", profile, "-r", "200", "--", *argv]
+    proc = lab.spawn(
+        exit_ns, *argv, log=tmp / "tetherctl.log", env=dict(os.environ, PYTHONPATH=str(REPO))
+    )
+    lab.sockets.append(Path(f"/var/run/wireguard/{dev}.sock"))
+    wait_for(lambda: Path(f"/var/run/wireguard/{dev}.sock").exists(), 20, "tetherctl up")
+    return proc
+
+
+def reference_server(lab: NetLab, exit_ns: str, inet_if: str, priv: str, client_privs) -> None:
+    """The reference: wireguard-go (UDP 51821, tunnel 10.98.0.1/24, client k at 10.98.0.(k+2))
+    with kernel forwarding and MASQUERADE toward inet."""
+    peers = "".join(
+        f"[Peer]\nPublicKey = {keys.pubkey(c)}\nAllowedIPs = 10.98.0.{k + 2}/32\n\n"
+        for k, c in enumerate(client_privs)
+    )
+    lab.wireguard_go(
+        exit_ns,
+        lab.name("wr"),
+        f"[Interface]\nPrivateKey = {priv}\nListenPort = 51821\n\n{peers}",
+        ["10.98.0.1/24"],
+    )
+    lab.ns_sh(exit_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    lab.ns_sh(
+        exit_ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.98.0.0/24",
+        "-o", inet_if, "-j", "MASQUERADE",
+    )  # fmt: skip
+
+
 def build(lab: NetLab, tmp: Path, profile: str | None):
     exit_ns, inet_ns = lab.netns("x"), lab.netns("i")
     inet_if, _ = lab.link(exit_ns, inet_ns, ["198.18.2.1/24"], [f"{INET}/24"])
@@ -146,51 +191,16 @@ def build(lab: NetLab, tmp: Path, profile: str | None):
     )
     paths = {}
     # (a) our device
-    dev, priv = lab.name("td"), keys.genkey()
-    ours_client = keys.genkey()
-    conf = tmp / "conf"
-    conf.mkdir()
-    (conf / f"{dev}.conf").write_text(
-        f"[Interface]\nPrivateKey = {priv}\nListenPort = 51820\nAddress = 10.99.0.1/24\n\n"
-        f"{EXIT_SECTION}[Peer]\nPublicKey = {keys.pubkey(ours_client)}\nAllowedIPs = 10.99.0.2/32\n"
-    )
-    log = tmp / "tetherctl.log"
-    argv = tetherctl_run(conf, dev)
-    if profile:
-        argv = [py_spy(), "record", "-o", profile, "-r", "200", "--", *argv]
-    proc = lab.spawn(exit_ns, *argv, log=log, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    lab.sockets.append(Path(f"/var/run/wireguard/{dev}.sock"))
-    wait_for(lambda: Path(f"/var/run/wireguard/{dev}.sock").exists(), 20, "tetherctl up")
+    priv, ours_client = keys.genkey(), keys.genkey()
+    proc = ours_server(lab, exit_ns, tmp, priv, [ours_client], profile)
     paths["tetherctl"] = client(
         lab, "0", exit_ns, ours_client, keys.pubkey(priv), 51820, "10.99.0.2", "198.18.10"
     )
     paths["pid"] = daemon_pid(proc)
     paths["spy"] = proc if profile else None
     # (b) the reference: wireguard-go server + kernel forwarding + MASQUERADE
-    ref_if, ref_priv, ref_client = lab.name("wr"), keys.genkey(), keys.genkey()
-    lab.wireguard_go(
-        exit_ns,
-        ref_if,
-        f"[Interface]\nPrivateKey = {ref_priv}\nListenPort = 51821\n\n"
-        f"[Peer]\nPublicKey = {keys.pubkey(ref_client)}\n"
-        "AllowedIPs = 10.98.0.2/32\n",
-        ["10.98.0.1/24"],
-    )
-    lab.ns_sh(exit_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    lab.ns_sh(
-        exit_ns,
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-s",
-        "10.98.0.0/24",
-        "-o",
-        inet_if,
-        "-j",
-        "MASQUERADE",
-    )
+    ref_priv, ref_client = keys.genkey(), keys.genkey()
+    reference_server(lab, exit_ns, inet_if, ref_priv, [ref_client])
     paths["wireguard-go"] = client(
         lab, "1", exit_ns, ref_client, keys.pubkey(ref_priv), 51821, "10.98.0.2", "198.18.11"
     )
@@ -212,6 +222,33 @@ def client(lab, i, exit_ns, priv, server_pub, port, tunnel_ip, underlay):
     return ns
 
 
+def iperf_start(ns: str, port: int, seconds: int, *extra: str) -> subprocess.Popen:
+    """An iperf3 client toward inet from namespace `ns`, running (JSON on its stdout)."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, "iperf3", "-c", INET, "-p", str(port), "-t", str(seconds),
+         "-J", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+
+
+def iperf_rate(out: str, udp: bool = False) -> float:
+    """Mbit/s from `iperf3 -J` output: received (TCP) or delivered (UDP: sent less lost); 0.0
+    for a run that failed (a failure shows in the figures, it does not abort the bench)."""
+    try:
+        data = json.loads(out)
+    except json.JSONDecodeError:
+        return 0.0
+    end = data.get("end", {})
+    if udp:
+        total = end.get("sum", {})
+        return (
+            total.get("bits_per_second", 0.0) * (1 - total.get("lost_percent", 100.0) / 100) / 1e6
+        )
+    return end.get("sum_received", {}).get("bits_per_second", 0.0) / 1e6
+
+
 def iperf(lab, ns, seconds, *extra) -> float:
     out = lab.ns_sh(
         ns,
@@ -227,18 +264,7 @@ def iperf(lab, ns, seconds, *extra) -> float:
         check=False,
         timeout=seconds + 60,
     )
-    try:
-        data = json.loads(out.stdout)
-    except json.JSONDecodeError:
-        return 0.0
-    end = data.get("end", {})
-    if "-u" in extra:
-        return (
-            end.get("sum", {}).get("bits_per_second", 0.0)
-            * (1 - end.get("sum", {}).get("lost_percent", 100.0) / 100)
-            / 1e6
-        )
-    return end.get("sum_received", {}).get("bits_per_second", 0.0) / 1e6
+    return iperf_rate(out.stdout, udp="-u" in extra)
 
 
 def ping_rtt(lab, ns) -> float:

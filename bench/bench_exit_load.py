@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -38,11 +37,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_exit_iperf import (  # noqa: E402
-    EXIT_SECTION,
     INET,
     cannot_run,
     client,
-    tetherctl_run,
+    iperf_rate,
+    iperf_start,
+    ours_server,
+    reference_server,
 )
 
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
@@ -70,51 +71,8 @@ def build(lab: NetLab, tmp: Path, n: int) -> dict[str, list[str]]:
     ours_priv, ref_priv = keys.genkey(), keys.genkey()
     ours_clients = [keys.genkey() for _ in range(n)]
     ref_clients = [keys.genkey() for _ in range(n)]
-    dev = lab.name("td")
-    conf = tmp / "conf"
-    conf.mkdir()
-    peers = "".join(
-        f"[Peer]\nPublicKey = {keys.pubkey(c)}\nAllowedIPs = 10.99.0.{k + 2}/32\n\n"
-        for k, c in enumerate(ours_clients)
-    )
-    (conf / f"{dev}.conf").write_text(
-        f"[Interface]\nPrivateKey = {ours_priv}\nListenPort = 51820\nAddress = 10.99.0.1/24\n\n"
-        f"{EXIT_SECTION}{peers}"
-    )
-    lab.spawn(
-        exit_ns,
-        *tetherctl_run(conf, dev),
-        log=tmp / "tetherctl.log",
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-    lab.sockets.append(Path(f"/var/run/wireguard/{dev}.sock"))
-    wait_for(lambda: Path(f"/var/run/wireguard/{dev}.sock").exists(), 20, "tetherctl up")
-    ref_if = lab.name("wr")
-    ref_peers = "".join(
-        f"[Peer]\nPublicKey = {keys.pubkey(c)}\nAllowedIPs = 10.98.0.{k + 2}/32\n\n"
-        for k, c in enumerate(ref_clients)
-    )
-    lab.wireguard_go(
-        exit_ns,
-        ref_if,
-        f"[Interface]\nPrivateKey = {ref_priv}\nListenPort = 51821\n\n{ref_peers}",
-        ["10.98.0.1/24"],
-    )
-    lab.ns_sh(exit_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    lab.ns_sh(
-        exit_ns,
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-s",
-        "10.98.0.0/24",
-        "-o",
-        inet_if,
-        "-j",
-        "MASQUERADE",
-    )
+    ours_server(lab, exit_ns, tmp, ours_priv, ours_clients)
+    reference_server(lab, exit_ns, inet_if, ref_priv, ref_clients)
     # Client k of path p: underlay 198.19.(64p + k).0/24 (benchmarking space, our own veths).
     return {
         "tetherctl": [
@@ -146,38 +104,15 @@ def build(lab: NetLab, tmp: Path, n: int) -> dict[str, list[str]]:
     }
 
 
-def iperf_start(ns: str, port: int, seconds: int, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "iperf3",
-            "-c",
-            INET,
-            "-p",
-            str(port),
-            "-t",
-            str(seconds),
-            "-J",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-
 def iperf_result(proc: subprocess.Popen, seconds: int) -> float:
-    """Mbit/s received, 0 when the run failed (a failure shows, it does not abort the bench)."""
+    """Mbit/s received, 0 when the run failed or hung (it shows, it does not abort the bench)."""
     try:
         out, _ = proc.communicate(timeout=seconds + 60)
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
-    except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError):
+    except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         return 0.0
+    return iperf_rate(out)
 
 
 def ping(ns: str, count: int, interval: float = 0.05) -> tuple[list[float], int]:
