@@ -12,11 +12,12 @@ Run: `make fuzz TARGET=api SECONDS=300` (see fuzz/README.md).
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import os
 import sys
 import tempfile
+
+from wsgi_call import call
 
 from tether import keys
 from tether.api.http.app import make_app
@@ -82,28 +83,6 @@ def _reset() -> None:
 _reset()
 
 
-def _environ(method, path, query, remote, body, headers) -> dict:
-    env = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_NAME": "fuzz",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": remote,
-        "CONTENT_LENGTH": str(len(body)) if body else "",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.url_scheme": "http",
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    env.update(headers)
-    return env
-
-
 def TestOneInput(data: bytes) -> None:
     global _calls
     _calls += 1
@@ -145,21 +124,14 @@ def TestOneInput(data: bytes) -> None:
         headers["HTTP_FORWARDED"] = "for=" + xff.decode("latin-1")
     body = b if flags & 16 else b""
     before = _path.read_bytes()
-    got = {}
-
-    def start_response(status, hdrs, exc_info=None):
-        got["status"] = int(status.split()[0])
-        got["headers"] = dict(hdrs)
-
-    out = b"".join(
-        app(_environ(method, path, query.decode("latin-1"), remote, body, headers), start_response)
+    status, answer_headers, out = call(
+        app, method, path, query.decode("latin-1"), remote, body, headers
     )
-    status = got["status"]
     if status not in STATUSES:
         raise AssertionError(f"{method} {path!r}?{query!r}: status {status}")
     if PRIVATE.encode() in out:
         raise AssertionError("the device's private key leaked into an answer")
-    secret = got["headers"].get("Tether-Peer-Secret")
+    secret = answer_headers.get("Tether-Peer-Secret")
     if secret:
         if status != 200 or secret.encode() in out:
             raise AssertionError("an owner secret outside a successful add's header")
@@ -167,7 +139,7 @@ def TestOneInput(data: bytes) -> None:
     for known in _secrets:
         if known.encode() in out:
             raise AssertionError("an owner secret leaked into an answer")
-    ctype = got["headers"].get("Content-Type", "")
+    ctype = answer_headers.get("Content-Type", "")
     one_line = ctype.startswith("text/plain") and out.count(b"\n") == 1
     if status != 200 and method != "HEAD" and not one_line:
         raise AssertionError(f"error answer is not one line of text: {status} {out!r}")

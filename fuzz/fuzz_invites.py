@@ -13,12 +13,13 @@ device file (no network). Run: `make fuzz TARGET=invites SECONDS=300` (see fuzz/
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
 import tempfile
 from urllib.parse import quote
+
+from wsgi_call import call
 
 from tether import keys
 from tether.api.http.app import make_app
@@ -78,34 +79,10 @@ _reset()
 
 
 def _call(app, method: str, path: str, query: str, body: bytes, admin: bool, form: bool):
-    env = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_NAME": "fuzz",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "198.51.100.7",
-        "CONTENT_LENGTH": str(len(body)) if body else "",
-        "CONTENT_TYPE": "application/x-www-form-urlencoded" if form else "text/plain",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.url_scheme": "http",
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
+    headers = {"CONTENT_TYPE": "application/x-www-form-urlencoded" if form else "text/plain"}
     if admin:
-        env["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
-    got = {}
-
-    def start_response(status, headers, exc_info=None):
-        got["status"] = int(status.split()[0])
-        got["headers"] = dict(headers)
-
-    out = b"".join(app(env, start_response))
-    return got["status"], got["headers"], out
+        headers["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return call(app, method, path, query, "198.51.100.7", body, headers)
 
 
 def _code_from(data: bytes, pick: int) -> str:

@@ -32,6 +32,8 @@ FUZZ = REPO / "fuzz"
 def load_fuzz_target(name: str) -> ModuleType:
     """fuzz/<name>.py as a module (atheris is only imported by its `__main__` block)."""
     path = FUZZ / f"{name}.py"
+    if str(FUZZ) not in sys.path:
+        sys.path.insert(0, str(FUZZ))  # as when run as a script: its helpers (wsgi_call) import
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look their module up by name

@@ -10,6 +10,24 @@ FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
 KEY = b"vi2iosrlXoDeZT08aXlq4AxXUNKO04NDuEeCw2Z7sD0="
 
 
+def mutated(
+    rnd: random.Random, seeds: list[bytes], count: int, edits: tuple[int, int], alphabet: bytes
+):
+    """`count` inputs: a seed, with a random number (in `edits`) of byte changes, insertions
+    (from `alphabet`) and deletions."""
+    for _ in range(count):
+        base = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(*edits)):
+            op = rnd.randint(0, 2)
+            if op == 0 and base:
+                base[rnd.randrange(len(base))] = rnd.randrange(256)
+            elif op == 1:
+                base.insert(rnd.randrange(len(base) + 1), rnd.choice(alphabet))
+            elif base:
+                del base[rnd.randrange(len(base))]
+        yield bytes(base)
+
+
 def test_fuzz_target_smoke(caplog, fuzz_target):
     caplog.set_level(logging.CRITICAL)
     target = fuzz_target("fuzz_api")
@@ -36,17 +54,8 @@ def test_fuzz_target_smoke(caplog, fuzz_target):
     for seed in seeds:
         target.TestOneInput(seed)
     assert len(target._secrets) >= 2  # the seeds reach successful adds (and their secrets)
-    for _ in range(600):
-        base = bytearray(rnd.choice(seeds))
-        for _ in range(rnd.randint(0, 6)):
-            op = rnd.randint(0, 2)
-            if op == 0 and base:
-                base[rnd.randrange(len(base))] = rnd.randrange(256)
-            elif op == 1:
-                base.insert(rnd.randrange(len(base) + 1), rnd.choice(b"/.%=+?&\x00Aa9 \xff"))
-            elif base:
-                del base[rnd.randrange(len(base))]
-        target.TestOneInput(bytes(base))
+    for data in mutated(rnd, seeds, 600, (0, 6), b"/.%=+?&\x00Aa9 \xff"):
+        target.TestOneInput(data)
 
 
 def test_state_fuzz_target_smoke(fuzz_target):
@@ -61,17 +70,8 @@ def test_state_fuzz_target_smoke(fuzz_target):
     seeds = [good, b"{}", b'{"schema": 1}', b"", b"[1,2]", b'{"schema": 2, "owners": 3}']
     for seed in seeds:
         target.TestOneInput(seed)
-    for _ in range(400):
-        base = bytearray(rnd.choice(seeds))
-        for _ in range(rnd.randint(1, 4)):
-            op = rnd.randint(0, 2)
-            if op == 0 and base:
-                base[rnd.randrange(len(base))] = rnd.randrange(256)
-            elif op == 1:
-                base.insert(rnd.randrange(len(base) + 1), rnd.choice(b'{}[]",:0a1 -.e/\\'))
-            elif base:
-                del base[rnd.randrange(len(base))]
-        target.TestOneInput(bytes(base))
+    for data in mutated(rnd, seeds, 400, (1, 4), b'{}[]",:0a1 -.e/\\'):
+        target.TestOneInput(data)
 
 
 def test_fuzz_options_smoke(fuzz_target):
@@ -129,14 +129,5 @@ def test_invites_fuzz_target_smoke(caplog, fuzz_target):
         target.TestOneInput(seed)
     assert target._codes and target._admitted  # the seeds make and redeem invites
     assert target._revoked
-    for _ in range(600):
-        base = bytearray(rnd.choice(seeds))
-        for _ in range(rnd.randint(0, 6)):
-            op = rnd.randint(0, 2)
-            if op == 0 and base:
-                base[rnd.randrange(len(base))] = rnd.randrange(256)
-            elif op == 1:
-                base.insert(rnd.randrange(len(base) + 1), rnd.choice(b"/.%=+?&\x00Aa9-_ \xff"))
-            elif base:
-                del base[rnd.randrange(len(base))]
-        target.TestOneInput(bytes(base))
+    for data in mutated(rnd, seeds, 600, (0, 6), b"/.%=+?&\x00Aa9-_ \xff"):
+        target.TestOneInput(data)
