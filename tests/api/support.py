@@ -53,6 +53,15 @@ def write_device(directory: Path, name: str = "bywg0", text: str = DEVICE_TEXT) 
     return path
 
 
+def small_device_dir(tmp_path: Path) -> Path:
+    """A config dir whose one device, `small`, has a /30: a single address to give a peer."""
+    conf = tmp_path / "c"
+    conf.mkdir()
+    text = f"[Interface]\nAddress = 10.9.0.1/30\nListenPort = 1\nPrivateKey = {keys.genkey()}\n"
+    write_device(conf, "small", text)
+    return conf
+
+
 @dataclass
 class Response:
     status: int

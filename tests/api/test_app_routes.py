@@ -13,7 +13,16 @@ from tether.api.peers.clientconf import PublicEndpoints
 from tether.config import store
 
 from .conftest import PUBLIC
-from .support import PEER1, SERVER_PUBLIC, FakeHub, call, new_key, slash_key, write_device
+from .support import (
+    PEER1,
+    SERVER_PUBLIC,
+    FakeHub,
+    call,
+    new_key,
+    slash_key,
+    small_device_dir,
+    write_device,
+)
 
 
 def test_add_returns_the_client_config_and_edits_the_file(app, hub, conf_dir):
@@ -115,10 +124,7 @@ def test_removed_address_waits_in_quarantine(app):
 
 
 def test_exhaustion_is_503(tmp_path):
-    conf = tmp_path / "c"
-    conf.mkdir()
-    text = f"[Interface]\nAddress = 10.9.0.1/30\nListenPort = 1\nPrivateKey = {keys.genkey()}\n"
-    write_device(conf, "small", text)
+    conf = small_device_dir(tmp_path)
     app = make_app(FakeHub(conf), public=PUBLIC, rate_limit=None)
     assert "Address = 10.9.0.2/32\n" in call(app, "POST", f"/peer/add/ipv4/{new_key()}").text
     r = call(app, "POST", f"/peer/add/ipv4/{new_key()}")

@@ -26,7 +26,7 @@ from tether.api.state import DeviceState
 from tether.config import store
 
 from .conftest import PUBLIC
-from .support import FakeHub, call, new_key, slash_key, write_device
+from .support import FakeHub, call, new_key, slash_key, small_device_dir, write_device
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "admin-token-0123456789"
@@ -313,10 +313,7 @@ def test_an_expired_invite_admits_nobody(hub, conf_dir):
 
 
 def test_no_free_address_does_not_use_the_invite(tmp_path):
-    conf = tmp_path / "c"
-    conf.mkdir()
-    text = f"[Interface]\nAddress = 10.9.0.1/30\nListenPort = 1\nPrivateKey = {keys.genkey()}\n"
-    write_device(conf, "small", text)
+    conf = small_device_dir(tmp_path)
     app = make(FakeHub(conf))
     doc = create(app, "uses=2")
     assert redeem(app, doc["code"]).status == 200

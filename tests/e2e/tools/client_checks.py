@@ -137,24 +137,34 @@ def prohibited(host: str, port: int) -> dict:
     prohibited", which Linux reports on a connected socket as EHOSTUNREACH (IPv4, code 13) or
     EACCES (IPv6, code 1)."""
     tcp = refused(host, port)
-    sock = socket.socket(family(host), socket.SOCK_DGRAM)
-    sock.settimeout(5)
-    sock.connect((host, port))
     start = time.monotonic()
-    udp: dict = {"ok": False}
-    for _attempt in range(3):
+    got = udp_probe(host, port, attempts=3, timeout=5)
+    if got == "answered":
+        udp: dict = {"ok": False, "error": "answered"}
+    elif isinstance(got, OSError):
+        want = errno.EACCES if ":" in host else errno.EHOSTUNREACH
+        udp = {"ok": got.errno == want, "errno": got.errno, "seconds": time.monotonic() - start}
+    else:
+        udp = {"ok": False}
+    return {"ok": tcp["ok"] and udp["ok"], "tcp": tcp, "udp": udp}
+
+
+def udp_probe(host: str, port: int, attempts: int, timeout: float) -> str | OSError | None:
+    """Send a datagram on a connected socket up to `attempts` times: "answered", the error an
+    ICMP reply put on the socket, or None when nothing came back."""
+    sock = socket.socket(family(host), socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    sock.connect((host, port))
+    for _attempt in range(attempts):
         sock.send(b"hello?")
         try:
             sock.recv(2048)
-            udp = {"ok": False, "error": "answered"}
-            break
+            return "answered"
         except TimeoutError:
             continue
         except OSError as e:
-            want = errno.EACCES if ":" in host else errno.EHOSTUNREACH
-            udp = {"ok": e.errno == want, "errno": e.errno, "seconds": time.monotonic() - start}
-            break
-    return {"ok": tcp["ok"] and udp["ok"], "tcp": tcp, "udp": udp}
+            return e
+    return None
 
 
 def churn(host: str, port: int, seconds: float, count: int) -> dict:
@@ -331,21 +341,13 @@ def unreachable(host: str, port: int) -> dict:
         tcp = {"ok": False, "error": "timed out"}
     except OSError as e:
         tcp = {"ok": True, "errno": e.errno, "seconds": time.monotonic() - start}
-    sock = socket.socket(family(host), socket.SOCK_DGRAM)
-    sock.settimeout(2)
-    sock.connect((host, port))
-    udp: dict = {"ok": True, "error": "no answer"}
-    for _attempt in range(2):
-        sock.send(b"hello?")
-        try:
-            sock.recv(2048)
-            udp = {"ok": False, "error": "answered"}
-            break
-        except TimeoutError:
-            continue
-        except OSError as e:
-            udp = {"ok": True, "errno": e.errno}
-            break
+    got = udp_probe(host, port, attempts=2, timeout=2)
+    if got == "answered":
+        udp: dict = {"ok": False, "error": "answered"}
+    elif isinstance(got, OSError):
+        udp = {"ok": True, "errno": got.errno}
+    else:
+        udp = {"ok": True, "error": "no answer"}
     return {"ok": tcp["ok"] and udp["ok"], "tcp": tcp, "udp": udp}
 
 
