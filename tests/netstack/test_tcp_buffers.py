@@ -198,7 +198,7 @@ def test_rtt_estimator_after_a_spurious_timeout_clears_the_delay_seen() -> None:
     r.spurious_timeout(0.5)
     assert (r.srtt, r.rttvar, r.backoff) == (0.5, 0.25, 0)
     assert r.rto == pytest.approx(0.5 + 1.0 + 0.001)
-    r.spurious_timeout(None)  # nothing known: no change
+    r.spurious_timeout(-1.0)  # clock misuse: no change
     assert r.srtt == 0.5
 
 

@@ -150,7 +150,7 @@ class SocksClient:
         mark the proxy down, or any peer could take the egress down for every other one by
         connecting to such a host."""
         if self.result is None and now >= self._deadline:
-            if self._stage == _COMMAND and self._request is not None and self._is_connect():
+            if self._stage == _COMMAND and self._is_connect():
                 self._fail(
                     "the destination did not answer through the proxy in time",
                     fault=False,

@@ -84,14 +84,14 @@ class RttEstimator:
         self._update()
         self.backoff = 0
 
-    def spurious_timeout(self, r: float | None) -> None:
+    def spurious_timeout(self, r: float) -> None:
         """A timeout turned out spurious (the ACK that answered it was for the original
         transmission): the path's delay jumped. RFC 4015 §4 (the Eifel response): restart the
         estimator from the delay that was just seen, so that the next RTO is well clear of it
         (SRTT = r, RTTVAR = r/2: RTO = 3r at least), rather than letting a long series of
         samples average it in while each races the timer. `r` is the age of the oldest octet
-        the ACK covered; None when it is unknown (then the backoff alone stays)."""
-        if r is None or r < 0:
+        the ACK covered (or a lower bound of it); a negative one (clock misuse) is ignored."""
+        if r < 0:
             return
         self.data_timed = True
         srtt = self.srtt or 0.0

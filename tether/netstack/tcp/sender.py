@@ -351,13 +351,15 @@ class SendSide:
         once, echoing the duplicate's TSval (RFC 7323 §4.3) but covering all it had received.
         """
         eifel = ts_rtt is not None and ts_rtt > now - self.rto_time + RttEstimator.GRANULARITY
-        if not (eifel or self.rxt_end < min(ack, self.recover)) or self.undo is None:
+        if not (eifel or self.rxt_end < min(ack, self.recover)):
             return False
         self.spurious_timeouts += 1
-        self.cc.undo(self.undo)
+        self.cc.undo(self.undo)  # saved by the timeout that set `frto`
         self.undo = None
-        lower_bound = now - self.rto_time + self.rto_expired  # the oldest octet waited this long
-        self.rtt.spurious_timeout(ts_rtt if eifel else lower_bound)
+        if eifel:
+            self.rtt.spurious_timeout(ts_rtt)
+        else:  # the oldest octet waited at least this long
+            self.rtt.spurious_timeout(now - self.rto_time + self.rto_expired)
         self._new_ack(ack, None, now)
         self.snd_nxt = max(self.snd_nxt, self.snd_max)
         return True
