@@ -73,7 +73,7 @@ class QuietInside:
     def __init__(self, context) -> None:
         self.context = context
 
-    def receive_packets(self, packets, now):
+    def receive_packets(self, packets, now, queue_delay=None):
         pass
 
     def take_packets(self):

@@ -59,6 +59,7 @@ class SimPeer:
         rcv_buf: int = 65536,
         time_wait: float = 120.0,
         delack: float | None = None,
+        max_flight: int = 256 * 1024,
     ) -> None:
         self.state = "SYN_SENT"
         self.iss = isn & M
@@ -91,6 +92,7 @@ class SimPeer:
         # Delayed ACK (RFC 9293 §3.8.6.3): in-order data is acknowledged only when this timer,
         # started by the first unacknowledged segment, fires; anything else is ACKed at once.
         self.delack = delack
+        self.max_flight = max_flight  # the most it keeps in flight, whatever the window
         self.delack_at: float | None = None
         self.last_ack_sent = 0  # RFC 7323 §4.3 Last.ACK.sent: decides what TS.Recent holds
         self.tw_at: float | None = None
@@ -267,7 +269,7 @@ class SimPeer:
         seg_mss = min(self.peer_mss, self.mss) - (12 if self.ts_ok else 0)
         while True:
             off = (self.snd_nxt - self.snd_una) & M
-            limit = min(self.snd_wnd, 256 * 1024)
+            limit = min(self.snd_wnd, self.max_flight)
             if off < len(self.send_q):
                 n = min(seg_mss, len(self.send_q) - off, limit - off)
                 if n <= 0:

@@ -84,6 +84,7 @@ class Device:
         self._inside_factory = inside_factory
         self._inside: Inside | None = None
         self._send_drops = 0  # datagrams dropped because the socket buffer was full
+        self._queue_delay: float | None = None  # how long this read's first datagram waited
         self.closed = False
         self._resolver = Resolver(resolver)
         self._resolve_timeout = resolve_timeout
@@ -314,9 +315,16 @@ class Device:
         unmap = udp.unmap
         now = time.monotonic()
         wall = time.time()
+        stamped = True  # the first datagram read tells how long the socket queue held it
         for _ in range(BATCH):
             try:
-                n, address = sock.recvfrom_into(buf)
+                if stamped:
+                    stamped = False
+                    n, address, queued = udp.receive_stamped(sock, buf)
+                    if queued is not None:
+                        self._queue_delay = max(0.0, wall - queued)
+                else:
+                    n, address = sock.recvfrom_into(buf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:  # ICMP errors surface here on Linux; the socket carries on
@@ -355,8 +363,9 @@ class Device:
         if lost and inside is not None:
             self._forget(lost)
         packets = core.take_packets()
+        delay, self._queue_delay = self._queue_delay, None
         if packets and inside is not None:
-            inside.receive_packets(packets, time.monotonic())
+            inside.receive_packets(packets, time.monotonic(), delay)
         if inside is not None:
             outbound = inside.take_packets()
             if outbound:

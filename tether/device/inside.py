@@ -35,9 +35,13 @@ __all__ = ["Inside", "InsideContext", "InsideFactory"]
 class Inside(Protocol):
     """The device's view of its inside; every method runs on the device's loop thread."""
 
-    def receive_packets(self, packets: list[tuple[bytes, bytes]], now: float) -> None:
+    def receive_packets(
+        self, packets: list[tuple[bytes, bytes]], now: float, queue_delay: float | None = None
+    ) -> None:
         """Decrypted (peer public key, IP packet) pairs, in arrival order; the inside runs the
-        host actions they cause before returning."""
+        host actions they cause before returning. `queue_delay`: how long the first of them
+        waited in the device's socket queue (seconds; None when unknown): the standing queue
+        in front of the device, which the exit keeps short by the windows it offers."""
 
     def take_packets(self) -> list[bytes]:
         """IP packets toward peers (the device routes them by destination); cleared."""

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
 
 __all__ = [
     "GSO_BYTES",
@@ -25,6 +26,7 @@ __all__ = [
     "BindError",
     "DatagramSender",
     "bind",
+    "receive_stamped",
     "to_socket_address",
     "unmap",
 ]
@@ -41,6 +43,11 @@ GSO_MAX = 64  # the kernel's UDP_MAX_SEGMENTS
 GSO_BYTES = 65000  # a GSO send is one UDP datagram before segmentation
 GSO_MIN = 512  # small datagrams (ACKs, keepalives) rarely come in runs; send them as they are
 _GSO_SIZE = struct.Struct("=H")
+# Kernel receive timestamps (socket(7) SO_TIMESTAMPNS, Linux): the queueing delay in front of
+# the device is the age of the datagram at the head of its socket queue when it is read.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else 0)
+_TIMESPEC = struct.Struct("=qq")
+_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 
 
 class BindError(OSError):
@@ -73,8 +80,28 @@ def bind(port: int, host4: str = "0.0.0.0", host6: str = "::") -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, opt, size)
         except OSError:
             pass  # the kernel caps it at net.core.*mem_max; a smaller buffer still works
+    if SO_TIMESTAMPNS and _STAMP_SPACE:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass  # no receive timestamps: the device reports no queueing delay
     sock.setblocking(False)
     return sock
+
+
+def receive_stamped(sock: socket.socket, buf: bytearray) -> tuple[int, tuple, float | None]:
+    """`recvfrom_into` that also returns when the kernel queued the datagram (wall-clock
+    seconds), or None where the socket has no timestamps. Costlier than `recvfrom_into`, so the
+    device uses it for the first datagram of a read only: its age is the socket queue's delay."""
+    if not _STAMP_SPACE:
+        n, address = sock.recvfrom_into(buf)
+        return n, address, None
+    n, ancillary, _flags, address = sock.recvmsg_into([buf], _STAMP_SPACE)
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return n, address, sec + nsec * 1e-9
+    return n, address, None
 
 
 def is_dual_stack(sock: socket.socket) -> bool:

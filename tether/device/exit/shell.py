@@ -149,8 +149,12 @@ class ExitShell:
 
     # -- Inside ------------------------------------------------------------------------------
 
-    def receive_packets(self, packets: list[tuple[bytes, bytes]], now: float) -> None:
+    def receive_packets(
+        self, packets: list[tuple[bytes, bytes]], now: float, queue_delay: float | None = None
+    ) -> None:
         """Inside: a batch of packets from peers; the host actions they cause run at once."""
+        if queue_delay is not None:
+            self.exit.receive_queue_delay(queue_delay, now)
         deliver = self.exit.receive_packet
         for peer_key, packet in packets:
             deliver(peer_key, packet, now)

@@ -69,6 +69,7 @@ from tether.netstack.exit.output import ExitOutput
 from tether.netstack.exit.policy import DROP, HOST, OWN, PEER, ExitPolicy, decrement_ttl
 from tether.netstack.exit.tcp_table import TcpTable
 from tether.netstack.exit.udp_table import UdpTable
+from tether.netstack.tcp.window_rtt import WindowedMin
 from tether.netstack.wire import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -86,6 +87,9 @@ from tether.netstack.wire import (
 )
 
 __all__ = ["Exit"]
+
+
+QUEUE_DELAY_WINDOW = 0.01  # seconds over which the socket queue's delay is judged
 
 
 class Exit:
@@ -121,6 +125,7 @@ class Exit:
             peer_to_peer=peer_to_peer,
         )
         self._now = 0.0
+        self._queue_delays = WindowedMin(QUEUE_DELAY_WINDOW)
         self._output = out = ExitOutput(mtu)
         self._stats = out.stats
         self._peers: dict[bytes, PeerState] = {}
@@ -521,6 +526,19 @@ class Exit:
         self.echo.receive_send_failed(version, err, now)
 
     # -- output ----------------------------------------------------------------------------
+
+    def receive_queue_delay(self, delay: float, now: float) -> None:
+        """The packets about to be received waited `delay` seconds in the device's socket queue
+        (the shell measures it): TCP windows of peers whose data arrives in this batch follow
+        it (`TcpConnection.receive_queue_delay`).
+
+        What they follow is the least delay of the last `QUEUE_DELAY_WINDOW` seconds, as CoDel
+        judges a queue by its minimum sojourn over an interval: a queue the windows built
+        stays, while a wait because the process was not scheduled (a busy machine) passes, and
+        shrinking windows for that would cost throughput and cure nothing."""
+        self._now = now
+        self._queue_delays.add(delay, now)
+        self.tcp.queue_delay = self._queue_delays.least(now)
 
     def take_actions(self) -> list:
         """Host-socket actions, in the order they must be executed (after the TCP batch step:

@@ -87,6 +87,7 @@ class TcpTable:
         # random one per connection does (the peer picks the 4-tuples).
         self._isn = isn or random.SystemRandom().getrandbits
         self.limits = exit_.limits
+        self.queue_delay: float | None = None  # of the batch being received (Exit sets it)
 
     # -- from the peer -----------------------------------------------------------------------
 
@@ -297,6 +298,7 @@ class TcpTable:
                 if not flow.closed:
                     self._service(flow, now)
             dirty = self._dirty
+        self.queue_delay = None  # the next batch brings its own
 
     def _service(self, flow: TcpFlow, now: float) -> None:
         conn = flow.conn
@@ -306,6 +308,8 @@ class TcpTable:
         act = self._act
         if flow.connected and not flow.host_closed:
             if conn.rcv_available and (not flow.blocked or conn.state is _CLOSED):
+                if self.queue_delay is not None:
+                    conn.receive_queue_delay(self.queue_delay, now)
                 if flow.recv_level and conn.receive_window_used():
                     self._grow(flow, True)  # the peer waits for window while the host keeps up
                 act(TcpWrite(flow, conn.take_peer_data()))

@@ -14,7 +14,9 @@ Windows are in bytes. The loss-recovery *mechanics* (which segment to resend, pi
 
 from __future__ import annotations
 
-__all__ = ["Cubic", "NewReno", "RttEstimator", "make_congestion_control"]
+from tether.netstack.tcp.window_rtt import BaseRtt
+
+__all__ = ["Cubic", "NewReno", "RttEstimator", "StandingQueue", "make_congestion_control"]
 
 
 class RttEstimator:
@@ -120,6 +122,7 @@ class NewReno:
 
     name = "newreno"
     beta = 0.5
+    queue_beta = 0.85
 
     def __init__(self, mss: int, initial_window: int) -> None:
         self.mss = mss
@@ -143,6 +146,13 @@ class NewReno:
     def on_congestion(self, now: float, flight: int) -> None:
         """Fast retransmit: RFC 5681 eq. (4); cwnd drops to ssthresh (RFC 6675 §5 step 4.2)."""
         self.ssthresh = max(int(flight * self.beta), 2 * self.mss)
+        self.cwnd = self.ssthresh
+        self._acc = 0
+
+    def on_queue(self, now: float) -> None:
+        """A standing queue (`StandingQueue`): give up `queue_beta` of the window and leave
+        slow start, as for a loss but gentler (nothing was lost; the queue only has to drain)."""
+        self.ssthresh = max(int(self.cwnd * self.queue_beta), 2 * self.mss)
         self.cwnd = self.ssthresh
         self._acc = 0
 
@@ -240,6 +250,11 @@ class Cubic(NewReno):
         self._acc = 0
         self.epoch_start = None
 
+    def on_queue(self, now: float) -> None:
+        self.w_last_max = self.w_max = float(self.cwnd)  # regrow toward it, concave
+        super().on_queue(now)
+        self.epoch_start = None
+
     def on_rto(self, now: float, flight: int) -> None:
         self.w_last_max = self.w_max = float(self.cwnd)
         self.ssthresh = max(int(self.cwnd * self.beta), 2 * self.mss)
@@ -254,6 +269,64 @@ class Cubic(NewReno):
     def on_idle_restart(self, initial_window: int) -> None:
         super().on_idle_restart(initial_window)
         self.epoch_start = None
+
+
+class StandingQueue:
+    """Finds a standing queue on the path from RTT samples, as CoDel finds one in a router.
+
+    CUBIC and Reno grow the window until a queue overflows, so between losses the bottleneck's
+    queue is full: toward a phone, its socket buffer and its WireGuard's queues, where every
+    other packet to the phone (a ping, a call) waits behind the download, and is dropped when
+    the buffer overflows. Single RTT samples cannot say whether a queue stands: ACKs come in
+    batches and the hosts' schedulers add noise. CoDel's answer (RFC 8289) is the minimum over
+    an interval: if even the best sample of an interval is more than `target` above the path's
+    base RTT, the queue did not drain once in that interval and is standing. Then the sender
+    gives up a little window (`on_queue`), as it would for a loss but gentler; between those
+    reductions the congestion control grows as it always does, so the queue stays around the
+    target instead of at the buffer's size, and no rate estimate can spiral the window down.
+
+    The base RTT is the least sample of the last 5-10 s (`BaseRtt`). Samples come from
+    segments timed with the sender's own clock (one per RTT, never a retransmission: Karn),
+    not from 1 ms timestamps. The interval
+    is 50 ms or 4 smoothed RTTs, whichever is longer, so that it holds several samples, and
+    shrinks by the square root of the count of standing intervals in a row, as CoDel's does,
+    so that a queue the window's growth keeps rebuilding is cut back harder.
+    """
+
+    __slots__ = ("target", "base", "best", "interval_end", "count")
+
+    MIN_INTERVAL = 0.05
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+        self.base = BaseRtt()
+        self.best = float("inf")  # the least sample of this interval
+        self.interval_end: float | None = None
+        self.count = 0  # intervals in a row that ended with a standing queue
+
+    def sample(self, rtt: float, now: float, srtt: float | None, rttvar: float = 0.0) -> bool:
+        """A timed segment was acknowledged after `rtt` seconds. True when an interval ended
+        with a standing queue: the sender should reduce its window once. `rttvar` (RFC 6298)
+        widens the margin where samples are noisy for reasons other than a queue: a peer that
+        holds its ACKs up to 200-500 ms (delayed ACK) makes every sample late by a random
+        amount, which no queue on the path explains."""
+        if rtt <= 0:
+            return False
+        self.base.sample(rtt, now)
+        if rtt < self.best:
+            self.best = rtt
+        if self.interval_end is None:
+            self.interval_end = now + max(self.MIN_INTERVAL, 4 * (srtt or rtt))
+            return False
+        if now < self.interval_end:
+            return False
+        standing = self.best - self.base.value > max(self.target, 2 * rttvar)
+        self.count = self.count + 1 if standing else 0
+        self.best = float("inf")
+        # CoDel's control law: while the queue keeps standing, judge (and reduce) more often.
+        interval = max(self.MIN_INTERVAL, 4 * (srtt or rtt)) / (self.count + 1) ** 0.5
+        self.interval_end = now + interval
+        return standing
 
 
 def make_congestion_control(name: str, mss: int, initial_window: int) -> NewReno:

@@ -200,9 +200,16 @@ class TcpConnection:
 
     def receive_window_used(self) -> bool:
         """The peer sent all the window we offered: the receive buffer limits its rate (unless
-        the host is not reading, which the shell knows)."""
+        the host is not reading, which the shell knows, or the queue-delay clamp is what holds
+        the window back, which a bigger buffer would not change)."""
         rx = self.rx
-        return rx.rcv_adv - rx.rcv_nxt < rx.sws
+        return rx.rcv_adv - rx.rcv_nxt < rx.sws and not rx.clamp_limits()
+
+    def receive_queue_delay(self, delay: float, now: float) -> None:
+        """The packets just received waited `delay` seconds in the device's socket queue: size
+        the window this peer may keep in flight (`ReceiveSide.receive_queue_delay`) so that the
+        queue stays near `config.queue_delay_target`."""
+        self.rx.receive_queue_delay(delay, self.config.queue_delay_target, now)
 
     def send_buffer_in_flight(self) -> bool:
         """Every byte the send buffer holds has been sent: if the host has more, the buffer,
@@ -449,7 +456,7 @@ class TcpConnection:
         blocks = ()
         if self._sack_ok and rx.ooo:
             blocks = rx.ooo.sack_blocks(3 if ts else 4)
-        rx.acked()
+        rx.acked(now)
         return self._segment(seq, rcv_nxt, flags, win, payload, timestamps=ts, sack_blocks=blocks)
 
     def _raw(self, seq: int, ack: int, flags: int) -> bytes:

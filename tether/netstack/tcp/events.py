@@ -56,6 +56,9 @@ class TcpConfig:
     max_ooo_ranges: int = 64
     max_sack_ranges: int = 64
     challenge_ack_interval: float = 0.1  # RFC 5961 §7 rate limit, per connection
+    # Queueing delay in front of the exit that a peer's upload may cause (the receive window
+    # clamp, `ReceiveSide.receive_queue_delay`): short enough for a call beside an upload.
+    queue_delay_target: float = 0.001
 
     def __post_init__(self) -> None:
         # Checked once here so that a bad setting fails at configuration time, not on a SYN.
@@ -65,6 +68,8 @@ class TcpConfig:
             raise ValueError("need 0 < min_rto <= max_rto and a positive initial_rto")
         if self.congestion not in ("cubic", "newreno"):
             raise ValueError(f"unknown congestion control {self.congestion!r}")
+        if not self.queue_delay_target > 0:
+            raise ValueError("queue_delay_target must be positive")
         if self.initial_window_segments < 1 or self.max_retransmits < 0:
             raise ValueError("initial_window_segments must be >= 1, max_retransmits >= 0")
 

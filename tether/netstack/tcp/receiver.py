@@ -18,6 +18,7 @@ cumulative ACK, as with receive offload on a kernel stack.
 from __future__ import annotations
 
 from tether.netstack.tcp.buffers import ReassemblyQueue
+from tether.netstack.tcp.window_rtt import WindowRtt
 
 __all__ = ["ReceiveSide"]
 
@@ -40,6 +41,9 @@ class ReceiveSide:
         "delack_deadline",
         "delayed_ack",
         "last_ack_sent",
+        "clamp",
+        "governed",
+        "window_rtt",
     )
 
     def __init__(
@@ -67,6 +71,11 @@ class ReceiveSide:
         self.delack_deadline: float | None = None
         self.delayed_ack = delayed_ack
         self.last_ack_sent = self.rcv_nxt  # RFC 7323 Last.ACK.sent
+        # The window clamp: the most the peer may have in flight beyond RCV.NXT, whatever the
+        # buffer could hold; moved by `receive_queue_delay` (unbounded until a delay is known).
+        self.clamp = 1 << 62
+        self.governed = self.rcv_nxt  # RCV.NXT when the clamp was last moved
+        self.window_rtt = WindowRtt(self.rcv_nxt)
 
     def acceptable(self, seq: int, seg_len: int) -> bool:
         """RFC 9293 §3.10.7.4 first check, with the zero-window allowance for SEG.SEQ = RCV.NXT.
@@ -86,6 +95,7 @@ class ReceiveSide:
         """Keep the in-window part of `payload` at `seq`. True if it made data readable."""
         nxt = self.rcv_nxt
         end = seq + len(payload)
+        self.window_rtt.data_arrived(seq, end, now)
         adv = self.rcv_adv
         if end > adv:
             payload = payload[: max(adv - seq, 0)]
@@ -153,7 +163,7 @@ class ReceiveSide:
         if window_open:
             # Like Linux's tcp_cleanup_rbuf: announce at once when the window at least doubled.
             cur = self.rcv_adv - self.rcv_nxt
-            free = self.bufsize - len(self.buf)
+            free = min(self.bufsize - len(self.buf), self.clamp)
             if free >= 2 * cur and free - cur >= self.sws:
                 self.ack_now = True
         return data
@@ -168,7 +178,7 @@ class ReceiveSide:
         creep forward with every tiny segment while the host is not reading.
         """
         nxt = self.rcv_nxt
-        limit = nxt - len(self.buf) + self.bufsize
+        limit = nxt + min(self.bufsize - len(self.buf), self.clamp)
         adv = self.rcv_adv
         edge = adv if limit < adv + self.sws else limit
         if edge < nxt:
@@ -185,8 +195,48 @@ class ReceiveSide:
             self.rcv_adv = edge
         return win
 
-    def acked(self) -> None:
-        """An ACK for RCV.NXT is going out: nothing is pending any more."""
+    def receive_queue_delay(self, delay: float, target: float, now: float) -> None:
+        """Move the window clamp toward `target` seconds of queue in front of the exit.
+
+        When the exit is the bottleneck (a peer uploads faster than the process decrypts and
+        forwards), every byte the peer may keep in flight beyond one pipeline's worth waits in
+        the device's socket queue, and so does every other packet of every peer: a video call
+        next to an upload. `delay` is that queue's age as the device read it; the peer's own
+        queues (its WireGuard's, its interface's) show as the window's round trip above its
+        least (`WindowRtt.excess`), and the larger of the two counts. Like LEDBAT
+        (RFC 6817), the clamp moves in proportion to the data received since the last call and
+        to how far the delay is from the target: at no delay it grows by an eighth per window
+        (a 50 ms path opens 16-fold in about a second), at twice the target it halves per
+        window, and it grows only while the peer waits for it (`WindowRtt.waited`: a peer with
+        little to send, or held back by its own congestion window, earns nothing).
+        The right edge already offered is never taken back (RFC 9293 §3.8.6.2.2); a smaller
+        clamp only stops it from moving until the peer's data catches up.
+        """
+        new = self.rcv_nxt - self.governed
+        self.governed = self.rcv_nxt
+        if new <= 0:
+            return
+        # The window's round trip also holds the exit's own work on a batch (its ACK leaves when
+        # the batch is done), which grows with the window and is needed to keep the pipeline
+        # full: only its excess beyond one more target counts as a queue.
+        delay = max(delay, self.window_rtt.excess(now) - target)
+        clamp = min(self.clamp, self.bufsize)
+        if delay > target:
+            cut = int(new * min((delay - target) / target, 1.0)) >> 1
+            clamp = max(clamp - cut, 4 * self.mss)
+        elif self.window_rtt.waited:
+            clamp += int(new * (target - delay) / target) >> 3
+        self.window_rtt.waited = False
+        self.clamp = clamp
+
+    def clamp_limits(self) -> bool:
+        """The clamp, not the buffer, is what bounds the window now."""
+        return self.clamp < self.bufsize
+
+    def acked(self, now: float) -> None:
+        """An ACK for RCV.NXT (and the window `window_field` gave) is going out: nothing is
+        pending any more."""
+        self.window_rtt.window_sent(self.rcv_adv, now)
         self.last_ack_sent = self.rcv_nxt
         self.ack_now = False
         self.delack_deadline = None

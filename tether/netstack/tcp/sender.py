@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tether.netstack.tcp.buffers import SackScoreboard, SendBuffer
-from tether.netstack.tcp.congestion import RttEstimator, make_congestion_control
+from tether.netstack.tcp.congestion import RttEstimator, StandingQueue, make_congestion_control
 from tether.netstack.tcp.events import TcpConfig
 
 __all__ = ["SendSide"]
@@ -51,6 +51,7 @@ class SendSide:
         "fin_seq",
         "rtt",
         "cc",
+        "queue",
         "initial_window",
         "scoreboard",
         "dupacks",
@@ -70,6 +71,7 @@ class SendSide:
         "rtt_time",
         "syn_end",
         "frto",
+        "rto_holes",
         "rto_time",
         "rto_expired",
         "rxt_end",
@@ -113,6 +115,7 @@ class SendSide:
         iw = config.initial_window_segments
         self.initial_window = min(iw * mss, max(2 * mss, iw * 1460))
         self.cc = make_congestion_control(config.congestion, mss, self.initial_window)
+        self.queue = StandingQueue(config.queue_delay_target)
         self.scoreboard = SackScoreboard(config.max_sack_ranges)
         self.dupacks = 0
         self.in_recovery = False
@@ -132,6 +135,7 @@ class SendSide:
         self.syn_end = iss + 1  # an ACK above this covers data
         # After a timeout, until the next ACK of new data: was it spurious? (see _spurious)
         self.frto = False
+        self.rto_holes = False  # the peer had reported holes (SACK) when the timeout went off
         self.rto_time = 0.0  # when the first timeout of the episode went off
         self.rto_expired = 0.0  # the RTO it waited
         self.rxt_end = iss  # end of what has been resent since
@@ -237,11 +241,19 @@ class SendSide:
         rtt = self.rtt
         # RFC 6298 §5.7 and Karn: only a measurement clears the backoff, and only segments
         # sent once are timed (timestamps tell which transmission an ACK answers).
+        timed = self.rtt_seq is not None and ack >= self.rtt_seq
         if ts_rtt is not None:
             rtt.sample(ts_rtt, ack > self.syn_end)
-        elif self.rtt_seq is not None and ack >= self.rtt_seq:
+        elif timed:
             rtt.sample(now - self.rtt_time, self.rtt_seq > self.syn_end)
-        if self.rtt_seq is not None and ack >= self.rtt_seq:
+        if timed:
+            # Data only: the SYN-ACK is answered at once, data may wait for a delayed ACK.
+            if (
+                self.rtt_seq > self.syn_end
+                and self.queue.sample(now - self.rtt_time, now, rtt.srtt, rtt.rttvar)
+                and not self.in_recovery
+            ):
+                self.cc.on_queue(now)
             self.rtt_seq = None
         self.snd_una = ack
         self.buf.ack_to(ack)
@@ -320,6 +332,7 @@ class SendSide:
             self.rto_time = now
             self.rto_expired = self.rtt.rto
             self.rxt_end = una
+            self.rto_holes = bool(self.scoreboard)
             self.undo = self.cc.undo_state()
             self.cc.on_rto(now, self.snd_max - una)  # ssthresh held on repeated timeouts
         else:
@@ -346,12 +359,16 @@ class SendSide:
         Detection, either of two tests (as Linux): the ACK echoes a TSval from before the
         retransmission (the Eifel test, RFC 3522), or it covers octets that were sent once,
         before the timeout, and never resent since (F-RTO's test, RFC 5682 §3.1 step 3b, applied
-        to the first ACK): not everything in flight was lost. The second is the one that sees a
+        to the first ACK, and only when the peer had reported no hole): not everything in
+        flight was lost. The second is the one that sees a
         peer sitting on its ACKs: the resent segment reaches it as a duplicate, which it ACKs at
         once, echoing the duplicate's TSval (RFC 7323 §4.3) but covering all it had received.
         """
         eifel = ts_rtt is not None and ts_rtt > now - self.rto_time + RttEstimator.GRANULARITY
-        if not (eifel or self.rxt_end < min(ack, self.recover)):
+        # Not when the peer had reported holes: then data was lost, and octets it had SACKed
+        # before the timeout, now covered by the cumulative ACK, prove nothing (a full queue
+        # drops the resent segments too, and taking that for spurious stalls the flow).
+        if not (eifel or (not self.rto_holes and self.rxt_end < min(ack, self.recover))):
             return False
         self.spurious_timeouts += 1
         self.cc.undo(self.undo)  # saved by the timeout that set `frto`
