@@ -45,7 +45,17 @@ from tether.netstack.tcp.events import (
 )
 from tether.netstack.tcp.receiver import ReceiveSide
 from tether.netstack.tcp.sender import SendSide
-from tether.netstack.wire import ACK, FIN, PSH, RST, SYN, Segment, addresses_sum, build_segment
+from tether.netstack.wire import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    Segment,
+    addresses_sum,
+    build_segment,
+    timestamped_builder,
+)
 
 __all__ = ["TcpConnection"]
 
@@ -106,6 +116,11 @@ class TcpConnection:
             syn.sport,
             addr_sum=addresses_sum(local_addr, remote_addr),
         )
+        self._timestamped = timestamped_builder(local_addr, remote_addr, syn.dport, syn.sport)
+        # (RCV.NXT, window, TSval) of the segments `tx.output` is sending now: in one call they
+        # are all the same, so they are worked out once (`_build`). None outside such a call.
+        self._round: tuple[int, int, int] | None = None
+        self._in_output = False
         self._out: list[bytes] = []
         self._events: list[TcpEvent] = []
         v6 = len(local_addr) == 16
@@ -417,7 +432,12 @@ class TcpConnection:
                 mss -= 4 + 8 * min(len(ooo.starts), 3 if self._ts_ok else 4)
             tx = self.tx
             if tx.snd_nxt < tx.data_end or tx.in_recovery or tx.fast_rxt:
-                tx.output(now, mss)
+                self._in_output = True
+                try:
+                    tx.output(now, mss)
+                finally:
+                    self._in_output = False
+                    self._round = None
             else:
                 tx.cwnd_limited = False  # nothing to send: the window is not what limits us
                 tx.persist_deadline = None
@@ -448,8 +468,23 @@ class TcpConnection:
         return (int(now * 1000) + self._ts_offset) & _M32
 
     def _build(self, seq: int, flags: int, payload: bytes | bytearray, now: float) -> bytes:
-        """A segment carrying our current ACK, window and options; it satisfies any pending ACK."""
+        """A segment carrying our current ACK, window and options; it satisfies any pending ACK.
+
+        The common shape (timestamps, no SACK blocks) goes through `timestamped_builder`; within
+        one `tx.output` call the ACK, window and TSval are computed for the first segment only.
+        """
+        rnd = self._round
+        if rnd is not None:
+            return self._timestamped(seq, rnd[0], flags, rnd[1], payload, rnd[2], self._ts_recent)
         rx = self.rx
+        if self._ts_ok and not (self._sack_ok and rx.ooo):
+            rcv_nxt = rx.rcv_nxt
+            win = rx.window_field()
+            tsval = (int(now * 1000) + self._ts_offset) & _M32
+            rx.acked(now)
+            if self._in_output:
+                self._round = (rcv_nxt, win, tsval)
+            return self._timestamped(seq, rcv_nxt, flags, win, payload, tsval, self._ts_recent)
         rcv_nxt = rx.rcv_nxt
         win = rx.window_field()
         ts = ((int(now * 1000) + self._ts_offset) & _M32, self._ts_recent) if self._ts_ok else None

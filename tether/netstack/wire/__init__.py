@@ -86,6 +86,7 @@ from tether.netstack.wire.tcp import (
     build_reset_reply,
     build_segment,
     parse_segment,
+    timestamped_builder,
 )
 from tether.netstack.wire.udp import (
     UDPDatagram,
@@ -178,6 +179,7 @@ __all__ = [
     "parse_udp",
     "parse_udp_segment",
     "pseudo_header_sum",
+    "timestamped_builder",
     "transport_checksum",
     "udp_header",
 ]
