@@ -313,3 +313,25 @@ def test_a_timeout_after_reported_holes_is_not_taken_for_spurious() -> None:
     assert q.dropped and tx.timeouts
     assert tx.spurious_timeouts == 0
     assert len(h.peer.received) >= 0.6 * 20e6 * 1.5
+
+
+def test_window_rtt_times_the_data_an_update_let_in() -> None:
+    from tether.netstack.tcp.window_rtt import WindowRtt
+
+    w = WindowRtt(1000)
+    w.window_sent(5000, 10.000)  # the peer may send [1000, 5000)
+    w.data_arrived(1000, 2000, 10.001)  # the first octets it let in: 1 ms
+    assert w.take_waited() and abs(w.base.value - 0.001) < 1e-9
+    w.data_arrived(2000, 3000, 10.0012)  # the rest of the same window: no second sample
+    assert not w.take_waited()
+    w.window_sent(9000, 10.002)
+    w.data_arrived(5000, 6000, 10.0045)  # starts at the edge the update moved: 2.5 ms
+    assert w.take_waited()
+    assert abs(w.excess(10.0045) - 0.0) < 1e-9  # judged on the least of the last 10 ms
+    assert abs(w.excess(10.0115) - 0.0015) < 1e-9  # once the 1 ms sample has aged out
+    assert w.excess(10.05) == 0.0  # nothing recent: no judgement
+    # A segment that runs across an edge was sent without waiting for it: no sample.
+    w.window_sent(13000, 10.050)
+    w.window_sent(17000, 10.051)
+    w.data_arrived(12500, 13500, 10.060)
+    assert not w.take_waited() and w.excess(10.060) == 0.0

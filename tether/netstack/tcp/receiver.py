@@ -219,14 +219,15 @@ class ReceiveSide:
         # The window's round trip also holds the exit's own work on a batch (its ACK leaves when
         # the batch is done), which grows with the window and is needed to keep the pipeline
         # full: only its excess beyond one more target counts as a queue.
-        delay = max(delay, self.window_rtt.excess(now) - target)
+        window_rtt = self.window_rtt
+        delay = max(delay, window_rtt.excess(now) - target)
+        waited = window_rtt.take_waited()
         clamp = min(self.clamp, self.bufsize)
         if delay > target:
             cut = int(new * min((delay - target) / target, 1.0)) >> 1
             clamp = max(clamp - cut, 4 * self.mss)
-        elif self.window_rtt.waited:
+        elif waited:
             clamp += int(new * (target - delay) / target) >> 3
-        self.window_rtt.waited = False
         self.clamp = clamp
 
     def clamp_limits(self) -> bool:

@@ -117,6 +117,11 @@ class WindowRtt:
         self.waited = True
         self._sample(now - sent, now)
 
+    def take_waited(self) -> bool:
+        """Whether the peer waited for window since the last call (see `waited`)."""
+        waited, self.waited = self.waited, False
+        return waited
+
     def _sample(self, rtt: float, now: float) -> None:
         if rtt < 0:
             return
