@@ -63,13 +63,20 @@ class Device:
         resolver=socket.getaddrinfo,
         resolve_timeout: float = RESOLVE_TIMEOUT,
         exit_settings: ExitSettings | None = None,
+        worker: tuple[int, int] = (0, 1),
+        bind=None,
     ):
         """`resolver` (getaddrinfo's signature) resolves named peer endpoints in a thread, giving
         up after `resolve_timeout` seconds. `exit_settings`: the file's `[Exit]` section, which
-        the inside (the exit) reads when it is made; None gives the defaults."""
+        the inside (the exit) reads when it is made; None gives the defaults.
+
+        `worker` (k, n) and `bind` serve a device spread over n processes (docs/workers.md):
+        this one allocates session indices ≡ k mod n, and `bind(port)` returns its socket (its
+        member of the port's steered reuseport group) instead of a socket of its own."""
         self.name = name
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._core = WireGuardCore(private_key, mtu=mtu)
+        self._core = WireGuardCore(private_key, mtu=mtu, index_residue=worker)
+        self._bind_socket = bind
         self._addresses = tuple(addresses or ())
         self._exit_settings = exit_settings if exit_settings is not None else ExitSettings()
         self._peer_egress: dict[bytes, Egress] = {}
@@ -126,7 +133,10 @@ class Device:
         self._collect()
 
     def _bind(self, port: int) -> None:
-        sock = udp.bind(port, *self._bind_hosts)
+        if self._bind_socket is not None:
+            sock = self._bind_socket(port)
+        else:
+            sock = udp.bind(port, *self._bind_hosts)
         if self._sock is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
