@@ -17,7 +17,12 @@ inet runs one `iperf3 -s` per client (an iperf3 server serves one test at a time
 Paths alternate within each run so machine noise hits both alike; figures are medians over
 --runs. Every iperf3 and ping run is bounded by --seconds.
 
+--workers 2 (or 1,2) adds the prototype of docs/workers.md as a further path per count: one
+device served by that many worker processes on one steered SO_REUSEPORT port
+(bench/proto_workers.py), with its own N clients. --no-latency skips part 1.
+
     python bench/bench_exit_load.py [--runs 3] [--seconds 8] [--clients 1,4,12]
+                                    [--workers 2] [--no-latency]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from bench_exit_iperf import (  # noqa: E402
     INET,
     cannot_run,
     client,
+    device_file,
     iperf_rate,
     iperf_start,
     ours_server,
@@ -49,59 +55,90 @@ from bench_exit_iperf import (  # noqa: E402
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
 from tether import keys  # noqa: E402
 
-PATHS = ("tetherctl", "wireguard-go")
+REFERENCE = "wireguard-go"
 BASE_PORT = 5201
 
 
-def build(lab: NetLab, tmp: Path, n: int) -> dict[str, list[str]]:
-    """The two servers in one exit namespace, n clients each; returns their namespaces."""
+def workers_server(
+    lab: NetLab,
+    exit_ns: str,
+    tmp: Path,
+    priv: str,
+    client_privs,
+    workers: int,
+    port: int,
+    subnet: str,
+) -> None:
+    """The prototype (bench/proto_workers.py): our device on `port`, tunnel `subnet`.0/24,
+    served by `workers` processes; returns its process once all are up."""  # fmt: skip
+    conf = tmp / f"workers{workers}.conf"
+    conf.write_text(device_file(priv, port, subnet, client_privs))
+    ready = tmp / f"workers{workers}.ready"
+    proc = lab.spawn(
+        exit_ns, sys.executable, str(REPO / "bench" / "proto_workers.py"), "--workers",
+        str(workers), "--ready", str(ready), str(conf), log=tmp / f"workers{workers}.log",
+    )  # fmt: skip
+    wait_for(ready.exists, 30, f"prototype with {workers} workers up")
+    return proc
+
+
+def stop_workers(tmp: Path, lab: NetLab, workers: list[int]) -> None:
+    """Stop the prototypes and print their workers' summaries (who served which peers)."""
+    for proc in lab.processes:
+        if "proto_workers.py" in " ".join(map(str, proc.args)):
+            proc.terminate()
+            proc.wait(30)
+    for w in workers:
+        for line in (tmp / f"workers{w}.log").read_text().splitlines():
+            if "worker " in line:
+                print(line)
+
+
+def build(lab: NetLab, tmp: Path, n: int, paths: list[str], workers: list[int]):
+    """The servers in one exit namespace, n clients each; returns their namespaces by path.
+    Path i's clients sit on underlay 198.19.(64i + k).0/24 (benchmarking space, our own veths)
+    and use iperf3 ports BASE_PORT + i*n + k."""
     exit_ns, inet_ns = lab.netns("x"), lab.netns("i")
     inet_if, _ = lab.link(exit_ns, inet_ns, ["198.18.2.1/24"], [f"{INET}/24"])
-    for k in range(2 * n):
+    total = len(paths) * n
+    for k in range(total):
         port = BASE_PORT + k
         lab.spawn(inet_ns, "iperf3", "-s", "-p", str(port), log=tmp / f"iperf-{port}.log")
     wait_for(
         lambda: all(
             str(BASE_PORT + k) in lab.ns_sh(inet_ns, "ss", "-ltn", check=False).stdout
-            for k in range(2 * n)
+            for k in range(total)
         ),
         20,
         "iperf3 servers",
     )
-    ours_priv, ref_priv = keys.genkey(), keys.genkey()
-    ours_clients = [keys.genkey() for _ in range(n)]
-    ref_clients = [keys.genkey() for _ in range(n)]
-    ours_server(lab, exit_ns, tmp, ours_priv, ours_clients)
-    reference_server(lab, exit_ns, inet_if, ref_priv, ref_clients)
-    # Client k of path p: underlay 198.19.(64p + k).0/24 (benchmarking space, our own veths).
-    return {
-        "tetherctl": [
+    out: dict[str, list[str]] = {}
+    for i, path in enumerate(paths):
+        server, clients = keys.genkey(), [keys.genkey() for _ in range(n)]
+        if path == "tetherctl":
+            port, subnet = 51820, "10.99.0"
+            ours_server(lab, exit_ns, tmp, server, clients)
+        elif path == REFERENCE:
+            port, subnet = 51821, "10.98.0"
+            reference_server(lab, exit_ns, inet_if, server, clients)
+        else:
+            w = workers[i - 2]
+            port, subnet = 51822 + i, f"10.{97 - i}.0"
+            workers_server(lab, exit_ns, tmp, server, clients, w, port, subnet)
+        out[path] = [
             client(
                 lab,
-                f"o{k}",
+                f"{i}k{k}",
                 exit_ns,
                 c,
-                keys.pubkey(ours_priv),
-                51820,
-                f"10.99.0.{k + 2}",
-                f"198.19.{k}",
-            )
-            for k, c in enumerate(ours_clients)
-        ],
-        "wireguard-go": [
-            client(
-                lab,
-                f"r{k}",
-                exit_ns,
-                c,
-                keys.pubkey(ref_priv),
-                51821,
-                f"10.98.0.{k + 2}",
-                f"198.19.{64 + k}",
-            )
-            for k, c in enumerate(ref_clients)
-        ],
-    }
+                keys.pubkey(server),
+                port,
+                f"{subnet}.{k + 2}",
+                f"198.19.{64 * i + k}",
+            )  # fmt: skip
+            for k, c in enumerate(clients)
+        ]
+    return out
 
 
 def iperf_result(proc: subprocess.Popen, seconds: int) -> float:
@@ -176,25 +213,33 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--clients", default="1,4,12", help="client counts for part 2")
+    parser.add_argument("--workers", default="", help="prototype paths: worker counts, e.g. 2")
+    parser.add_argument("--no-latency", action="store_true", help="skip part 1")
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.clients.split(",") if c.strip()})
     if not counts or counts[0] < 1 or counts[-1] > 32:
         parser.error("--clients: counts between 1 and 32")
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    if len(workers) > 2 or any(not 1 <= w <= 8 for w in workers):
+        parser.error("--workers: at most two counts, each 1..8")
     if cannot_run("bench_exit_load", ("wireguard-go", "wg", "iperf3", "iptables", "ip", "ping")):
         return 0
+    paths = ["tetherctl", REFERENCE] + [f"tetherctl x{w}" for w in workers]
     nmax = counts[-1]
-    ports = {"tetherctl": BASE_PORT, "wireguard-go": BASE_PORT + nmax}
-    load: dict = {d: {p: [] for p in PATHS} for d in ("idle", "download", "upload")}
-    multi: dict = {n: {p: [] for p in PATHS} for n in counts}
+    ports = {path: BASE_PORT + i * nmax for i, path in enumerate(paths)}
+    load: dict = {d: {p: [] for p in paths} for d in ("idle", "download", "upload")}
+    multi: dict = {n: {p: [] for p in paths} for n in counts}
     lab = NetLab()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            clients = build(lab, Path(tmp), nmax)
+            clients = build(lab, Path(tmp), nmax, paths, workers)
             for nss in clients.values():  # handshakes done before measuring
                 for ns in nss:
                     ping(ns, 3, 0.2)
-            for _run in range(args.runs):
-                for path in PATHS:
+            for run in range(args.runs):
+                # the order of the paths rotates from run to run: none always goes first
+                order = paths[run % len(paths) :] + paths[: run % len(paths)]
+                for path in order if not args.no_latency else ():
                     rtts, sent = ping(clients[path][0], 40)
                     load["idle"][path].append(
                         {
@@ -206,43 +251,55 @@ def main() -> int:
                         }
                     )
                 for direction, reverse in (("download", True), ("upload", False)):
-                    for path in PATHS:
+                    for path in order if not args.no_latency else ():
                         load[direction][path].append(
                             under_load(clients[path][0], ports[path], args.seconds, reverse)
                         )
                         time.sleep(0.5)
                 for n in counts:
-                    for path in PATHS:
+                    for path in order:
                         multi[n][path].append(many(clients[path][:n], ports[path], args.seconds))
                         time.sleep(0.5)
+            stop_workers(Path(tmp), lab, workers)
     finally:
         lab.close()
+    report(args, paths, load, multi, counts)
+    return 0
+
+
+def report(args, paths: list[str], load: dict, multi: dict, counts: list[int]) -> None:
+    """Medians per path, each with its ratio to the reference."""
 
     def med(rows: list[dict], key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+        return statistics.median(r[key] for r in rows) if rows else float("nan")
 
     print(
         f"Latency under load and many clients, median of {args.runs} runs of {args.seconds}s "
-        "(2-core machine: clients, servers and iperf3 share it)"
+        "(2-core machine: clients, servers and iperf3 share it); ratio = path / reference"
     )
-    print(f"{'':34}{'tetherctl':>12}{'wireguard-go':>14}{'ratio':>8}")
-    for direction in ("idle", "download", "upload"):
-        rows = load[direction]
+    ours = [p for p in paths if p != REFERENCE]
+    print(f"{'':34}" + "".join(f"{p:>14}{'ratio':>7}" for p in ours) + f"{REFERENCE:>14}")
+
+    def line(label: str, table: dict, key: str) -> None:
+        ref = med(table[REFERENCE], key)
+        cells = ""
+        for p in ours:
+            value = med(table[p], key)
+            ratio = f"{value / ref:7.0%}" if ref else f"{'':7}"
+            cells += f"{value:14.2f}{ratio}"
+        print(f"{label:34}{cells}{ref:14.2f}")
+
+    for direction in ("idle", "download", "upload") if not args.no_latency else ():
         keys_ = ("p50", "p90", "max", "lost") + (("Mbit/s",) if direction != "idle" else ())
         for key in keys_:
-            ours, ref = med(rows["tetherctl"], key), med(rows["wireguard-go"], key)
             unit = "" if key in ("lost", "Mbit/s") else " ms"
             label = f"ping {key}{unit}" if key != "Mbit/s" else "iperf3 Mbit/s"
-            ratio = f"{ours / ref:8.0%}" if ref else f"{'':8}"
-            print(f"{direction + ': ' + label:34}{ours:12.2f}{ref:14.2f}{ratio}")
+            line(f"{direction}: {label}", load[direction], key)
     for n in counts:
         for key in ("Mbit/s", "jain"):
-            ours, ref = med(multi[n]["tetherctl"], key), med(multi[n]["wireguard-go"], key)
-            ratio = f"{ours / ref:8.0%}" if ref else f"{'':8}"
             label = f"{n} clients down: " + ("aggregate Mbit/s" if key == "Mbit/s" else "Jain")
-            print(f"{label:34}{ours:12.2f}{ref:14.2f}{ratio}")
+            line(label, multi[n], key)
     print("raw:", json.dumps({"load": load, "clients": {str(n): v for n, v in multi.items()}}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""Prototype (docs/workers.md): one device served by N worker processes on one UDP port.
+
+    python bench/proto_workers.py --workers N [--ready FILE] DEVICE.conf
+
+The parent binds N sockets on the file's ListenPort as one SO_REUSEPORT group with the steering
+program attached (tether/device/steering.py), starts worker k with socket k (inherited file
+descriptor; the group's order is the order of binding, so socket k is index k of the program)
+and closes its own copies. Each worker is a full Device with its own exit (ExitShell, the
+daemon's defaults: loopback and the host's addresses refused) and the whole file applied, and
+allocates session indices ≡ k mod N. When every worker is up the parent creates FILE.
+
+What this prototype does not do, and the notes say how it would be done: no file watching or
+reconciling of later edits, no UAPI (`wg show` would have to sum the workers), no forwarding of
+peer-to-peer packets between workers, no shared flow limits (each worker enforces the file's
+limits on its own), no ownership of a peer's sessions across roaming. It is a benchmark
+subject, not a user path: nothing in tether/ starts it.
+
+SIGTERM or SIGINT to the parent stops the workers (by pid) and waits for them; a worker that
+dies takes the others down (the parent exits 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tether.appliance.reconcile import reconcile  # noqa: E402
+from tether.config.model import parse_bytes  # noqa: E402
+from tether.device import steering  # noqa: E402
+from tether.device.device import Device  # noqa: E402
+from tether.device.exit import ExitShell  # noqa: E402
+
+START_TIMEOUT = 30.0
+
+
+def worker(conf: Path, k: int, n: int, fd: int, ready: Path) -> int:
+    """Worker k of n: the device of `conf` on the inherited socket `fd`, until SIGTERM."""
+    _, config = parse_bytes(conf.read_bytes(), str(conf))
+    iface = config.interface
+    sock = socket.socket(fileno=fd)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        device = Device(
+            f"{conf.stem}.{k}",
+            private_key=iface.private_key,
+            mtu=iface.effective_mtu,
+            addresses=iface.addresses,
+            inside_factory=functools.partial(ExitShell, allow_local=False),
+            exit_settings=config.exit,
+            worker=(k, n),
+            bind=lambda _port: sock,
+        )
+        device.start(loop, sock.getsockname()[1])
+        try:
+            reconcile(device, None, config)
+            ready.touch()
+            await stop.wait()
+            summary(device, k, n)
+        finally:
+            device.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def summary(device: Device, k: int, n: int) -> None:
+    """One line on stderr at the end: which peers this worker served and what it cost."""
+    state = device.snapshot()
+    served = [p for p in state.peers.values() if p.last_handshake is not None]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        f"proto_workers: worker {k}/{n}: {len(served)} of {len(state.peers)} peers had a "
+        f"handshake here; rx {sum(p.rx_bytes for p in served) / 1e6:.0f} MB, tx "
+        f"{sum(p.tx_bytes for p in served) / 1e6:.0f} MB; unknown-index drops "
+        f"{state.counters['drop_unknown_index']}; CPU user {usage.ru_utime:.1f}s "
+        f"system {usage.ru_stime:.1f}s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def parent(conf: Path, n: int, ready: Path | None) -> int:
+    _, config = parse_bytes(conf.read_bytes(), str(conf))
+    group = steering.reuseport_group(config.interface.listen_port or 0, n)
+    port = group[0].getsockname()[1]
+    marks = [Path(f"{ready or conf}.worker{k}") for k in range(n)]
+    for mark in marks:
+        mark.unlink(missing_ok=True)
+    procs: list[subprocess.Popen] = []
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for k, sock in enumerate(group):
+            fd = sock.fileno()
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        f"{k}/{n}",
+                        "--fd",
+                        str(fd),
+                        "--ready",
+                        str(marks[k]),
+                        str(conf),
+                    ],
+                    pass_fds=[fd],
+                )  # fmt: skip
+            )
+        for sock in group:  # the workers hold the group now
+            sock.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(m.exists() for m in marks):
+            if stopping or time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                print("proto_workers: a worker did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        print(f"proto_workers: {conf.stem} on UDP {port}, {n} workers", file=sys.stderr)
+        if ready is not None:
+            ready.touch()
+        while not stopping:
+            if any(p.poll() is not None for p in procs):
+                print("proto_workers: a worker died; stopping the others", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for mark in marks:
+            mark.unlink(missing_ok=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("conf", type=Path)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ready", type=Path, help="created once every worker is up")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # "k/n": run as worker k
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--log", default="warning")
+    args = parser.parse_args()
+    logging.basicConfig(level=args.log.upper(), format="%(name)s: %(message)s")
+    if args.worker:
+        k, n = (int(x) for x in args.worker.split("/"))
+        return worker(args.conf, k, n, args.fd, args.ready)
+    if not 1 <= args.workers <= steering.MAX_WORKERS:
+        parser.error(f"--workers: 1..{steering.MAX_WORKERS}")
+    return parent(args.conf, args.workers, args.ready)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
