@@ -17,24 +17,29 @@ inet runs one `iperf3 -s` per client (an iperf3 server serves one test at a time
 Paths alternate within each run so machine noise hits both alike; figures are medians over
 --runs. Every iperf3 and ping run is bounded by --seconds.
 
+--profile DIR adds one round of part 2 after the measured ones (not in the figures): py-spy
+records our servers' processes, and DIR/<n>-<path>/cpu.txt has the machine's CPU seconds by
+command (this bench's namespaces), kernel threads, other people's processes, softirq, idle.
 --workers 2 (or 1,2) adds the prototype of docs/workers.md as a further path per count: one
 device served by that many worker processes on one steered SO_REUSEPORT port
 (bench/proto_workers.py), with its own N clients. --no-latency skips part 1.
 
     python bench/bench_exit_load.py [--runs 3] [--seconds 8] [--clients 1,4,12]
-                                    [--workers 2] [--no-latency]
+                                    [--workers 2] [--no-latency] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,11 +50,14 @@ from bench_exit_iperf import (  # noqa: E402
     INET,
     cannot_run,
     client,
+    cpu_times,
     device_file,
     iperf_rate,
     iperf_start,
     ours_server,
+    py_spy,
     reference_server,
+    top_own,
 )
 
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
@@ -94,8 +102,9 @@ def stop_workers(tmp: Path, lab: NetLab, workers: list[int]) -> None:
                 print(line)
 
 
-def build(lab: NetLab, tmp: Path, n: int, paths: list[str], workers: list[int]):
-    """The servers in one exit namespace, n clients each; returns their namespaces by path.
+def build(lab: NetLab, tmp: Path, n: int, paths: list[str], workers: list[int], pids: dict):
+    """The servers in one exit namespace, n clients each; returns their namespaces by path
+    and fills `pids` with our servers' Python processes by path (the workers' for a prototype).
     Path i's clients sit on underlay 198.19.(64i + k).0/24 (benchmarking space, our own veths)
     and use iperf3 ports BASE_PORT + i*n + k."""
     exit_ns, inet_ns = lab.netns("x"), lab.netns("i")
@@ -117,14 +126,16 @@ def build(lab: NetLab, tmp: Path, n: int, paths: list[str], workers: list[int]):
         server, clients = keys.genkey(), [keys.genkey() for _ in range(n)]
         if path == "tetherctl":
             port, subnet = 51820, "10.99.0"
-            ours_server(lab, exit_ns, tmp, server, clients)
+            pids[path] = [ours_server(lab, exit_ns, tmp, server, clients).pid]
         elif path == REFERENCE:
             port, subnet = 51821, "10.98.0"
             reference_server(lab, exit_ns, inet_if, server, clients)
         else:
             w = workers[i - 2]
             port, subnet = 51822 + i, f"10.{97 - i}.0"
-            workers_server(lab, exit_ns, tmp, server, clients, w, port, subnet)
+            parent = workers_server(lab, exit_ns, tmp, server, clients, w, port, subnet).pid
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            pids[path] = [int(c) for c in children]
         out[path] = [
             client(
                 lab,
@@ -199,9 +210,79 @@ def under_load(ns: str, port: int, seconds: int, reverse: bool) -> dict[str, flo
     }
 
 
-def many(nss: list[str], first_port: int, seconds: int) -> dict[str, float]:
+def cpu_census(namespaces: list[str]) -> Counter:
+    """CPU seconds so far by command for the processes in `namespaces` (this bench's: servers,
+    clients, iperf3), and in total for kernel threads and for every other process (other
+    people's benchmarks on a shared machine), plus the machine's softirq and idle time."""
+    tick = os.sysconf("SC_CLK_TCK")
+    ours = set()
+    for ns in namespaces:
+        try:
+            ours.add(os.stat(f"/var/run/netns/{ns}").st_ino)
+        except OSError:
+            pass
+    census: Counter = Counter()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+            ino = int(os.readlink(entry / "ns/net").split("[")[1].rstrip("]"))
+        except (OSError, IndexError, ValueError):
+            continue
+        fields = rest.split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if fields[1] == "2" or entry.name == "2":
+            census["kernel threads"] += seconds
+        elif ino in ours:
+            census[comm.split("(", 1)[1]] += seconds
+        else:
+            census["other processes"] += seconds
+    cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    census["softirq (machine)"] = int(cpu[7]) / tick
+    census["idle (machine)"] = int(cpu[4]) / tick
+    return census
+
+
+def many(
+    nss: list[str],
+    first_port: int,
+    seconds: int,
+    profile: Path | None = None,
+    pids=(),
+    namespaces: list[str] = (),
+) -> dict[str, float]:
+    """All clients download at once; `profile`: py-spy records each of `pids` meanwhile into
+    profile-<pid>.txt (raw stacks) and .top.txt (own time of the busiest functions, CPU)."""
+    census = cpu_census(namespaces) if profile is not None else None
     procs = [iperf_start(ns, first_port + k, seconds, "-R") for k, ns in enumerate(nss)]
+    spies = []
+    if profile is not None:
+        time.sleep(1.0)
+        for pid in pids:
+            raw = profile / f"profile-{pid}.txt"
+            spy = subprocess.Popen(
+                [py_spy(), "record", "--pid", str(pid), "--rate", "200", "--duration",
+                 str(max(1, seconds - 3)), "--idle", "--format", "raw", "--output", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            spies.append((spy, raw, pid, cpu_times(pid), time.monotonic()))
     rates = [iperf_result(p, seconds) for p in procs]
+    if census is not None:
+        used = cpu_census(namespaces)
+        used.subtract(census)
+        (profile / "cpu.txt").write_text(
+            "".join(f"{v:8.2f}s  {k}\n" for k, v in used.most_common() if v > 0.005)
+        )
+    for spy, raw, pid, cpu0, t0 in spies:
+        spy.wait(60)
+        cpu1, t1 = cpu_times(pid), time.monotonic()
+        if raw.exists():
+            raw.with_suffix(".top.txt").write_text(
+                f"pid {pid}: over {t1 - t0:.1f}s user {cpu1[0] - cpu0[0]:.2f}s system "
+                f"{cpu1[1] - cpu0[1]:.2f}s, runnable but waiting {cpu1[3] - cpu0[3]:.2f}s\n"
+                + top_own(raw)
+            )
     total = sum(rates)
     squares = sum(r * r for r in rates)
     jain = total * total / (len(rates) * squares) if squares else 0.0
@@ -215,6 +296,9 @@ def main() -> int:
     parser.add_argument("--clients", default="1,4,12", help="client counts for part 2")
     parser.add_argument("--workers", default="", help="prototype paths: worker counts, e.g. 2")
     parser.add_argument("--no-latency", action="store_true", help="skip part 1")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="profile one extra round of part 2 into DIR"
+    )
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.clients.split(",") if c.strip()})
     if not counts or counts[0] < 1 or counts[-1] > 32:
@@ -232,7 +316,8 @@ def main() -> int:
     lab = NetLab()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            clients = build(lab, Path(tmp), nmax, paths, workers)
+            pids: dict[str, list[int]] = {}
+            clients = build(lab, Path(tmp), nmax, paths, workers, pids)
             for nss in clients.values():  # handshakes done before measuring
                 for ns in nss:
                     ping(ns, 3, 0.2)
@@ -260,6 +345,15 @@ def main() -> int:
                     for path in order:
                         multi[n][path].append(many(clients[path][:n], ports[path], args.seconds))
                         time.sleep(0.5)
+            for n in counts if args.profile else ():  # one more round, not in the figures
+                for path in paths:
+                    spy = Path(args.profile) / f"{n}-{path.replace(' ', '')}"
+                    spy.mkdir(parents=True, exist_ok=True)
+                    many(
+                        clients[path][:n], ports[path], args.seconds, spy, pids.get(path, ()),
+                        lab.namespaces,
+                    )  # fmt: skip
+                    time.sleep(0.5)
             stop_workers(Path(tmp), lab, workers)
     finally:
         lab.close()
