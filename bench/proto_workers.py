@@ -5,9 +5,10 @@
 The parent binds N sockets on the file's ListenPort as one SO_REUSEPORT group with the steering
 program attached (tether/device/steering.py), starts worker k with socket k (inherited file
 descriptor; the group's order is the order of binding, so socket k is index k of the program)
-and closes its own copies. Each worker is a full Device with its own exit (ExitShell, the
-daemon's defaults: loopback and the host's addresses refused) and the whole file applied, and
-allocates session indices ≡ k mod N. When every worker is up the parent creates FILE.
+and keeps its own copies (see `parent`). Each worker is a full Device with its own exit
+(ExitShell, the daemon's defaults: loopback and the host's addresses refused) and the whole
+file applied, and allocates session indices ≡ k mod N. When every worker is up the parent
+creates FILE.
 
 What this prototype does not do, and the notes say how it would be done: no file watching or
 reconciling of later edits, no UAPI (`wg show` would have to sum the workers), no forwarding of
@@ -16,7 +17,7 @@ limits on its own), no ownership of a peer's sessions across roaming. It is a be
 subject, not a user path: nothing in tether/ starts it.
 
 SIGTERM or SIGINT to the parent stops the workers (by pid) and waits for them; a worker that
-dies takes the others down (the parent exits 1).
+dies is replaced on its socket (up to RESTARTS times, then the parent stops all and exits 1).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tether.device.device import Device  # noqa: E402
 from tether.device.exit import ExitShell  # noqa: E402
 
 START_TIMEOUT = 30.0
+RESTARTS = 3  # replacements of dead workers per run, in all
 
 
 def worker(conf: Path, k: int, n: int, fd: int, ready: Path) -> int:
@@ -95,15 +97,29 @@ def summary(device: Device, k: int, n: int) -> None:
     )
 
 
+def spawn(conf: Path, k: int, n: int, sock: socket.socket, mark: Path) -> subprocess.Popen:
+    """Worker k on the parent's socket k (inherited: the same socket, another descriptor)."""
+    mark.unlink(missing_ok=True)
+    fd = sock.fileno()
+    return subprocess.Popen(
+        [sys.executable, __file__, "--worker", f"{k}/{n}", "--fd", str(fd), "--ready", str(mark),
+         str(conf)],
+        pass_fds=[fd],
+    )  # fmt: skip
+
+
 def parent(conf: Path, n: int, ready: Path | None) -> int:
+    """The group's keeper: it holds a descriptor of every socket for the whole run, so a dead
+    worker's socket stays in the group (its datagrams wait in its buffer instead of the last
+    socket moving into its slot and every residue class behind it going astray), and the
+    replacement worker inherits the same socket. At most RESTARTS replacements in all."""
     _, config = parse_bytes(conf.read_bytes(), str(conf))
     group = steering.reuseport_group(config.interface.listen_port or 0, n)
     port = group[0].getsockname()[1]
     marks = [Path(f"{ready or conf}.worker{k}") for k in range(n)]
-    for mark in marks:
-        mark.unlink(missing_ok=True)
     procs: list[subprocess.Popen] = []
     stopping = False
+    restarts = 0
 
     def stop(*_):
         nonlocal stopping
@@ -112,26 +128,7 @@ def parent(conf: Path, n: int, ready: Path | None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        for k, sock in enumerate(group):
-            fd = sock.fileno()
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--worker",
-                        f"{k}/{n}",
-                        "--fd",
-                        str(fd),
-                        "--ready",
-                        str(marks[k]),
-                        str(conf),
-                    ],
-                    pass_fds=[fd],
-                )  # fmt: skip
-            )
-        for sock in group:  # the workers hold the group now
-            sock.close()
+        procs = [spawn(conf, k, n, sock, marks[k]) for k, sock in enumerate(group)]
         deadline = time.monotonic() + START_TIMEOUT
         while not all(m.exists() for m in marks):
             if stopping or time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -142,9 +139,19 @@ def parent(conf: Path, n: int, ready: Path | None) -> int:
         if ready is not None:
             ready.touch()
         while not stopping:
-            if any(p.poll() is not None for p in procs):
-                print("proto_workers: a worker died; stopping the others", file=sys.stderr)
-                return 1
+            for k, p in enumerate(procs):
+                if p.poll() is None:
+                    continue
+                if restarts == RESTARTS:
+                    print("proto_workers: workers keep dying; stopping", file=sys.stderr)
+                    return 1
+                restarts += 1
+                print(
+                    f"proto_workers: worker {k} exited ({p.returncode}); starting another on "
+                    "its socket (its sessions and flows are gone)",
+                    file=sys.stderr,
+                )
+                procs[k] = spawn(conf, k, n, group[k], marks[k])
             time.sleep(0.2)
         return 0
     finally:
@@ -157,6 +164,8 @@ def parent(conf: Path, n: int, ready: Path | None) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for sock in group:
+            sock.close()
         for mark in marks:
             mark.unlink(missing_ok=True)
 

@@ -225,3 +225,21 @@ def test_arbitrary_datagrams_are_all_delivered_where_the_model_says(sender_famil
             else:
                 assert group.index(readable[0]) == expected
         assert len(hashed) == 1
+
+
+def test_a_member_stays_while_any_descriptor_holds_it_and_its_slot_is_refilled_when_it_goes():
+    """The failure mode docs/workers.md builds on: a dead worker's socket stays in the group
+    while the parent keeps a copy of its descriptor; once the last copy closes, the kernel
+    moves the group's last socket into the hole, so index 1 means another socket."""
+    host, family = "127.0.0.1", socket.AF_INET
+    with steered(3, host, family, 1) as (group, src, port):
+        kept = socket.socket(fileno=os.dup(group[1].fileno()))  # the parent's copy
+        group[1].close()  # the worker's copy: the worker died
+        datagrams = [message(4, 1 + 3 * k, k) for k in range(4)]  # all for worker 1
+        for datagram in datagrams:
+            src[0].sendto(datagram, (host, port))
+        assert receive_all([group[0], kept, group[2]], 4) == dict.fromkeys(range(4), 1)
+        kept.close()  # no copy left: the slot is refilled by the last socket, group[2]
+        for datagram in datagrams:
+            src[0].sendto(datagram, (host, port))
+        assert receive_all([group[0], group[2]], 4) == dict.fromkeys(range(4), 1)
