@@ -20,9 +20,11 @@ Paths alternate within each run so machine noise hits both alike; figures are me
 --profile DIR adds one round of part 2 after the measured ones (not in the figures): py-spy
 records our servers' processes, and DIR/<n>-<path>/cpu.txt has the machine's CPU seconds by
 command (this bench's namespaces), kernel threads, other people's processes, softirq, idle.
---workers 2 (or 1,2) adds the prototype of docs/workers.md as a further path per count: one
-device served by that many worker processes on one steered SO_REUSEPORT port
-(bench/proto_workers.py), with its own N clients. --no-latency skips part 1.
+--workers 2 (or 1,2, or 2,2:order) adds the prototype of docs/workers.md as a further path per
+count: one device served by that many worker processes on one steered SO_REUSEPORT port
+(bench/proto_workers.py), with its own N clients; `:key` or `:order` gives a peer's sessions
+to the owner by key hash or by position in the file, initiations forwarded between workers
+(default `tuple`: whoever receives the initiation). --no-latency skips part 1.
 
     python bench/bench_exit_load.py [--runs 3] [--seconds 8] [--clients 1,4,12]
                                     [--workers 2] [--no-latency] [--profile DIR]
@@ -73,36 +75,42 @@ def workers_server(
     tmp: Path,
     priv: str,
     client_privs,
-    workers: int,
+    spec: tuple[int, str],
     port: int,
     subnet: str,
-) -> None:
+    tag: str,
+):
     """The prototype (bench/proto_workers.py): our device on `port`, tunnel `subnet`.0/24,
-    served by `workers` processes; returns its process once all are up."""  # fmt: skip
-    conf = tmp / f"workers{workers}.conf"
+    served by spec = (workers, owner rule); returns its process once all are up; its log is
+    tmp/<tag>.log."""  # fmt: skip
+    workers, rule = spec
+    conf = tmp / f"{tag}.conf"
     conf.write_text(device_file(priv, port, subnet, client_privs))
-    ready = tmp / f"workers{workers}.ready"
+    ready = tmp / f"{tag}.ready"
     proc = lab.spawn(
         exit_ns, sys.executable, str(REPO / "bench" / "proto_workers.py"), "--workers",
-        str(workers), "--ready", str(ready), str(conf), log=tmp / f"workers{workers}.log",
+        str(workers), "--owner", rule, "--ready", str(ready), str(conf), log=tmp / f"{tag}.log",
     )  # fmt: skip
     wait_for(ready.exists, 30, f"prototype with {workers} workers up")
     return proc
 
 
-def stop_workers(tmp: Path, lab: NetLab, workers: list[int]) -> None:
+def stop_workers(tmp: Path, lab: NetLab, paths: list[str]) -> None:
     """Stop the prototypes and print their workers' summaries (who served which peers)."""
     for proc in lab.processes:
         if "proto_workers.py" in " ".join(map(str, proc.args)):
             proc.terminate()
             proc.wait(30)
-    for w in workers:
-        for line in (tmp / f"workers{w}.log").read_text().splitlines():
+    for i, path in enumerate(paths):
+        log = tmp / f"workers-path{i}.log"
+        for line in log.read_text().splitlines() if log.exists() else ():
             if "worker " in line:
-                print(line)
+                print(f"{path}: {line}")
 
 
-def build(lab: NetLab, tmp: Path, n: int, paths: list[str], workers: list[int], pids: dict):
+def build(
+    lab: NetLab, tmp: Path, n: int, paths: list[str], workers: list[tuple[int, str]], pids: dict
+):
     """The servers in one exit namespace, n clients each; returns their namespaces by path
     and fills `pids` with our servers' Python processes by path (the workers' for a prototype).
     Path i's clients sit on underlay 198.19.(64i + k).0/24 (benchmarking space, our own veths)
@@ -131,9 +139,11 @@ def build(lab: NetLab, tmp: Path, n: int, paths: list[str], workers: list[int], 
             port, subnet = 51821, "10.98.0"
             reference_server(lab, exit_ns, inet_if, server, clients)
         else:
-            w = workers[i - 2]
             port, subnet = 51822 + i, f"10.{97 - i}.0"
-            parent = workers_server(lab, exit_ns, tmp, server, clients, w, port, subnet).pid
+            parent = workers_server(
+                lab, exit_ns, tmp, server, clients, workers[i - 2], port, subnet,
+                f"workers-path{i}",
+            ).pid  # fmt: skip
             children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
             pids[path] = [int(c) for c in children]
         out[path] = [
@@ -294,7 +304,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--clients", default="1,4,12", help="client counts for part 2")
-    parser.add_argument("--workers", default="", help="prototype paths: worker counts, e.g. 2")
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="prototype paths: worker counts with an optional owner rule, e.g. 1,2 or 2,2:order",
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip part 1")
     parser.add_argument(
         "--profile", metavar="DIR", help="profile one extra round of part 2 into DIR"
@@ -303,12 +317,21 @@ def main() -> int:
     counts = sorted({int(c) for c in args.clients.split(",") if c.strip()})
     if not counts or counts[0] < 1 or counts[-1] > 32:
         parser.error("--clients: counts between 1 and 32")
-    workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    if len(workers) > 2 or any(not 1 <= w <= 8 for w in workers):
-        parser.error("--workers: at most two counts, each 1..8")
+    workers: list[tuple[int, str]] = []
+    for spec in filter(None, (w.strip() for w in args.workers.split(","))):
+        count, _, rule = spec.partition(":")
+        if not count.isdigit() or not 1 <= int(count) <= 8:
+            parser.error(f"--workers: {spec}: a count of 1..8")
+        if rule not in ("", "tuple", "key", "order"):
+            parser.error(f"--workers: {spec}: the owner rule is tuple, key or order")
+        workers.append((int(count), rule or "tuple"))
+    if len(workers) > 2:
+        parser.error("--workers: at most two prototype paths")
     if cannot_run("bench_exit_load", ("wireguard-go", "wg", "iperf3", "iptables", "ip", "ping")):
         return 0
-    paths = ["tetherctl", REFERENCE] + [f"tetherctl x{w}" for w in workers]
+    paths = ["tetherctl", REFERENCE] + [
+        f"tetherctl x{w}" + (f" {rule}" if rule != "tuple" else "") for w, rule in workers
+    ]
     nmax = counts[-1]
     ports = {path: BASE_PORT + i * nmax for i, path in enumerate(paths)}
     load: dict = {d: {p: [] for p in paths} for d in ("idle", "download", "upload")}
@@ -354,7 +377,7 @@ def main() -> int:
                         lab.namespaces,
                     )  # fmt: skip
                     time.sleep(0.5)
-            stop_workers(Path(tmp), lab, workers)
+            stop_workers(Path(tmp), lab, paths)
     finally:
         lab.close()
     report(args, paths, load, multi, counts)
@@ -372,7 +395,12 @@ def report(args, paths: list[str], load: dict, multi: dict, counts: list[int]) -
         "(2-core machine: clients, servers and iperf3 share it); ratio = path / reference"
     )
     ours = [p for p in paths if p != REFERENCE]
-    print(f"{'':34}" + "".join(f"{p:>14}{'ratio':>7}" for p in ours) + f"{REFERENCE:>14}")
+    width = {p: max(14, len(p) + 2) for p in paths}
+    print(
+        f"{'':34}"
+        + "".join(f"{p:>{width[p]}}{'ratio':>7}" for p in ours)
+        + f"{REFERENCE:>{width[REFERENCE]}}"
+    )
 
     def line(label: str, table: dict, key: str) -> None:
         ref = med(table[REFERENCE], key)
@@ -380,8 +408,8 @@ def report(args, paths: list[str], load: dict, multi: dict, counts: list[int]) -
         for p in ours:
             value = med(table[p], key)
             ratio = f"{value / ref:7.0%}" if ref else f"{'':7}"
-            cells += f"{value:14.2f}{ratio}"
-        print(f"{label:34}{cells}{ref:14.2f}")
+            cells += f"{value:{width[p]}.2f}{ratio}"
+        print(f"{label:34}{cells}{ref:{width[REFERENCE]}.2f}")
 
     for direction in ("idle", "download", "upload") if not args.no_latency else ():
         keys_ = ("p50", "p90", "max", "lost") + (("Mbit/s",) if direction != "idle" else ())

@@ -18,28 +18,43 @@ from tether.wireguard.core import WireGuardCore
 from .support import loopback, set_peer
 from .test_device_collect import WALL, Reflector, ip4
 
-CLIENTS = 16  # all of them hashed onto one of two workers: probability 2**-15
+CLIENTS = 16  # all on one of two workers (or no initiation forwarded): probability 2**-15
 DEVICE_IP = bytes([10, 0, 0, 1])
 
 
-def test_sessions_and_their_data_stay_on_the_worker_that_took_the_handshake():
+def run_workers(owned_by_key: bool) -> None:
+    """Two workers, CLIENTS clients each on its own endpoint, three round trips each; checks
+    that every session is on one worker (the owner by key when `owned_by_key`, else the one
+    the 4-tuple hash chose) and all its data reached that worker."""
+
     async def main():
         loop = asyncio.get_running_loop()
         host = loopback()
         private = keys.generate_private()
         group = steering.reuseport_group(0, 2, "127.0.0.1", "::1")
         port = group[0].getsockname()[1]
-        workers = [
-            Device(
-                f"twork{k}",
-                private_key=private,
-                addresses=[ipaddress.ip_interface("10.0.0.1/24")],
-                inside_factory=Reflector,
-                worker=(k, 2),
-                bind=lambda _port, k=k: group[k],
+        workers: list[Device] = []
+
+        def forward(owner, key, datagram, source):  # the inter-worker channel: a loop hop
+            loop.call_soon(workers[owner].receive_forwarded, datagram, source)
+
+        def owner(key):
+            return steering.owner_by_key(key, 2)
+
+        for k in range(2):
+            role = steering.WorkerRole(
+                k, 2, lambda _port, k=k: group[k],
+                owner if owned_by_key else None, forward if owned_by_key else None,
+            )  # fmt: skip
+            workers.append(
+                Device(
+                    f"twork{k}",
+                    private_key=private,
+                    addresses=[ipaddress.ip_interface("10.0.0.1/24")],
+                    inside_factory=Reflector,
+                    role=role,
+                )
             )
-            for k in range(2)
-        ]
         clients = []
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
@@ -92,15 +107,22 @@ def test_sessions_and_their_data_stay_on_the_worker_that_took_the_handshake():
                     if device.snapshot().peers[core.public_key].last_handshake is not None
                 ]
                 assert len(holding) == 1  # one handshake, on one worker
-                (owner,) = holding
+                (holder,) = holding
+                if owned_by_key:
+                    assert holder == owner(core.public_key)
                 received = [
-                    p for key, p in workers[owner].inside.received if key == core.public_key
+                    p for key, p in workers[holder].inside.received if key == core.public_key
                 ]
                 assert len(received) == 3  # all its data reached the session's worker
-                owners.append(owner)
-            assert set(owners) == {0, 1}  # endpoints spread over the workers
+                owners.append(holder)
+            assert set(owners) == {0, 1}  # peers spread over the workers
             counters = [device.snapshot().counters for device in workers]
             assert sum(c["handshakes_completed"] for c in counters) == CLIENTS
+            forwarded = sum(c["initiations_forwarded"] for c in counters)
+            if owned_by_key:  # each initiation lands on the non-owner with probability 1/2
+                assert forwarded > 0
+            else:
+                assert forwarded == 0
             for c in counters:
                 assert c["drop_unknown_index"] == 0  # no data message on a stranger worker
         finally:
@@ -110,3 +132,11 @@ def test_sessions_and_their_data_stay_on_the_worker_that_took_the_handshake():
                 sock.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_sessions_and_their_data_stay_on_the_worker_that_took_the_handshake():
+    run_workers(owned_by_key=False)
+
+
+def test_with_owners_by_key_initiations_reach_the_owner_wherever_they_land():
+    run_workers(owned_by_key=True)

@@ -243,3 +243,19 @@ def test_a_member_stays_while_any_descriptor_holds_it_and_its_slot_is_refilled_w
         for datagram in datagrams:
             src[0].sendto(datagram, (host, port))
         assert receive_all([group[0], group[2]], 4) == dict.fromkeys(range(4), 1)
+
+
+def test_worker_roles_are_checked_and_owners_by_key_are_stable_and_spread():
+    def sock(_port):
+        raise AssertionError("not bound in this test")
+
+    with pytest.raises(ValueError):
+        steering.WorkerRole(2, 2, sock)
+    with pytest.raises(ValueError):
+        steering.WorkerRole(0, steering.MAX_WORKERS + 1, sock)
+    with pytest.raises(ValueError):
+        steering.WorkerRole(0, 2, sock, owner=lambda key: 0)  # an owner rule needs a forward
+    keys_ = [os.urandom(32) for _ in range(64)]
+    owners = [steering.owner_by_key(k, 3) for k in keys_]
+    assert owners == [steering.owner_by_key(k, 3) for k in keys_]
+    assert set(owners) == {0, 1, 2}

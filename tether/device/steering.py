@@ -19,20 +19,29 @@ reserved bytes) and:
 
 `worker_for` is the same rule in Python, for tests and for the notes: the kernel decides, this
 only predicts what the kernel decides (None where the kernel hashes).
+
+`WorkerRole` is what a Device needs to be worker k of n: its member of the group, and
+optionally peer ownership (the core then forwards initiations of peers another worker owns
+and starts handshakes only for its own; `owner_by_key` is the stateless rule).
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import socket
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from tether.device import udp
 
 __all__ = [
     "HASH_FALLBACK",
     "SO_ATTACH_REUSEPORT_CBPF",
+    "WorkerRole",
     "attach",
+    "owner_by_key",
     "program",
     "reuseport_group",
     "worker_for",
@@ -130,3 +139,33 @@ def worker_for(datagram: bytes, workers: int) -> int | None:
     if word == _TYPE_WORD[2]:
         return int.from_bytes(datagram[8:12], "little") % workers
     return None
+
+
+def owner_by_key(public_key: bytes, workers: int) -> int:
+    """The worker that owns a peer under the stateless rule: a hash of its public key, which
+    every worker computes alike with nothing shared."""
+    return int.from_bytes(hashlib.blake2s(public_key, digest_size=4).digest(), "little") % workers
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """Worker `k` of `n` of one device (docs/workers.md).
+
+    `socket(port)` returns this worker's member of the port's steered group. `owner(key)`, when
+    given, names the worker that owns a peer; initiations of peers owned elsewhere go to
+    `forward(owner, peer key, datagram, source)` (both or neither). Without `owner`, whichever
+    worker receives a peer's initiation (the kernel's 4-tuple hash) holds its session."""
+
+    k: int
+    n: int
+    socket: Callable[[int], socket.socket]
+    owner: Callable[[bytes], int] | None = None
+    forward: Callable[[int, bytes, bytes, tuple], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.k < self.n <= MAX_WORKERS:
+            raise ValueError(
+                f"worker {self.k} of {self.n}: not a worker of a 1..{MAX_WORKERS} group"
+            )
+        if (self.owner is None) != (self.forward is None):
+            raise ValueError("a worker role has both owner and forward, or neither")
