@@ -18,6 +18,11 @@ with the cookie instead), so the timestamp is still fresh and this costs it noth
 a flood, a legitimate peer then completes its handshake one round trip later rather than
 REKEY_TIMEOUT later. Only one such resend is made per initiation, so forged cookie replies
 (anyone on the path can make one) cannot multiply our traffic.
+
+A core can be one worker of a device spread over processes (`set_owner`, docs/workers.md):
+then an initiation of a peer another worker owns is checked as above, its sender read (one DH),
+and handed out through `take_forwards` instead of answered; the owner consumes it with
+`receive_forwarded`, and only the owner ever initiates toward a peer.
 """
 
 from __future__ import annotations
