@@ -278,11 +278,15 @@ def many(
             )  # fmt: skip
             spies.append((spy, raw, pid, cpu_times(pid), time.monotonic()))
     rates = [iperf_result(p, seconds) for p in procs]
+    total = sum(rates)
+    squares = sum(r * r for r in rates)
+    jain = total * total / (len(rates) * squares) if squares else 0.0
     if census is not None:
         used = cpu_census(namespaces)
         used.subtract(census)
         (profile / "cpu.txt").write_text(
-            "".join(f"{v:8.2f}s  {k}\n" for k, v in used.most_common() if v > 0.005)
+            f"{total:.0f} Mbit/s aggregate, Jain {jain:.2f}; CPU seconds:\n"
+            + "".join(f"{v:8.2f}s  {k}\n" for k, v in used.most_common() if v > 0.005)
         )
     for spy, raw, pid, cpu0, t0 in spies:
         spy.wait(60)
@@ -293,9 +297,6 @@ def many(
                 f"{cpu1[1] - cpu0[1]:.2f}s, runnable but waiting {cpu1[3] - cpu0[3]:.2f}s\n"
                 + top_own(raw)
             )
-    total = sum(rates)
-    squares = sum(r * r for r in rates)
-    jain = total * total / (len(rates) * squares) if squares else 0.0
     return {"Mbit/s": total, "jain": jain}
 
 
