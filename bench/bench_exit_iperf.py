@@ -137,20 +137,26 @@ def tetherctl_run(conf: Path, *devices: str) -> list[str]:
     ]
 
 
+def device_file(priv: str, port: int, subnet: str, client_privs) -> str:
+    """Our bench device's file: UDP `port`, tunnel `subnet`.1/24, client k at `subnet`.(k+2),
+    the inet subnet opened in [Exit]."""
+    peers = "".join(
+        f"[Peer]\nPublicKey = {keys.pubkey(c)}\nAllowedIPs = {subnet}.{k + 2}/32\n\n"
+        for k, c in enumerate(client_privs)
+    )
+    return (
+        f"[Interface]\nPrivateKey = {priv}\nListenPort = {port}\nAddress = {subnet}.1/24\n\n"
+        f"{EXIT_SECTION}{peers}"
+    )
+
+
 def ours_server(lab: NetLab, exit_ns: str, tmp: Path, priv: str, client_privs, profile=None):
     """Our device (UDP 51820, tunnel 10.99.0.1/24, client k at 10.99.0.(k+2)) under `tetherctl
     run` in the exit namespace, up; returns the daemon's process (`profile`: under py-spy)."""
     dev = lab.name("td")
     conf = tmp / "conf"
     conf.mkdir()
-    peers = "".join(
-        f"[Peer]\nPublicKey = {keys.pubkey(c)}\nAllowedIPs = 10.99.0.{k + 2}/32\n\n"
-        for k, c in enumerate(client_privs)
-    )
-    (conf / f"{dev}.conf").write_text(
-        f"[Interface]\nPrivateKey = {priv}\nListenPort = 51820\nAddress = 10.99.0.1/24\n\n"
-        f"{EXIT_SECTION}{peers}"
-    )
+    (conf / f"{dev}.conf").write_text(device_file(priv, 51820, "10.99.0", client_privs))
     argv = tetherctl_run(conf, dev)
     if profile:
         argv = [py_spy(), "record", "-o", profile, "-r", "200", "--", *argv]

@@ -17,19 +17,31 @@ inet runs one `iperf3 -s` per client (an iperf3 server serves one test at a time
 Paths alternate within each run so machine noise hits both alike; figures are medians over
 --runs. Every iperf3 and ping run is bounded by --seconds.
 
+--profile DIR adds one round of part 2 after the measured ones (not in the figures): py-spy
+records our servers' processes, and DIR/<n>-<path>/cpu.txt has the machine's CPU seconds by
+command (this bench's namespaces), kernel threads, other people's processes, softirq, idle.
+--workers 2 (or 1,2, or 2,2:order) adds the prototype of docs/workers.md as a further path per
+count: one device served by that many worker processes on one steered SO_REUSEPORT port
+(bench/proto_workers.py), with its own N clients; `:key` or `:order` gives a peer's sessions
+to the owner by key hash or by position in the file, initiations forwarded between workers
+(default `tuple`: whoever receives the initiation). --no-latency skips part 1.
+
     python bench/bench_exit_load.py [--runs 3] [--seconds 8] [--clients 1,4,12]
+                                    [--workers 2] [--no-latency] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,68 +52,114 @@ from bench_exit_iperf import (  # noqa: E402
     INET,
     cannot_run,
     client,
+    cpu_times,
+    device_file,
     iperf_rate,
     iperf_start,
     ours_server,
+    py_spy,
     reference_server,
+    top_own,
 )
 
 from tests.e2e.netlab import NetLab, wait_for  # noqa: E402
 from tether import keys  # noqa: E402
 
-PATHS = ("tetherctl", "wireguard-go")
+REFERENCE = "wireguard-go"
 BASE_PORT = 5201
 
 
-def build(lab: NetLab, tmp: Path, n: int) -> dict[str, list[str]]:
-    """The two servers in one exit namespace, n clients each; returns their namespaces."""
+def workers_server(
+    lab: NetLab,
+    exit_ns: str,
+    tmp: Path,
+    priv: str,
+    client_privs,
+    spec: tuple[int, str],
+    port: int,
+    subnet: str,
+    tag: str,
+):
+    """The prototype (bench/proto_workers.py): our device on `port`, tunnel `subnet`.0/24,
+    served by spec = (workers, owner rule); returns its process once all are up; its log is
+    tmp/<tag>.log."""  # fmt: skip
+    workers, rule = spec
+    conf = tmp / f"{tag}.conf"
+    conf.write_text(device_file(priv, port, subnet, client_privs))
+    ready = tmp / f"{tag}.ready"
+    proc = lab.spawn(
+        exit_ns, sys.executable, str(REPO / "bench" / "proto_workers.py"), "--workers",
+        str(workers), "--owner", rule, "--ready", str(ready), str(conf), log=tmp / f"{tag}.log",
+    )  # fmt: skip
+    wait_for(ready.exists, 30, f"prototype with {workers} workers up")
+    return proc
+
+
+def stop_workers(tmp: Path, lab: NetLab, paths: list[str]) -> None:
+    """Stop the prototypes and print their workers' summaries (who served which peers)."""
+    for proc in lab.processes:
+        if "proto_workers.py" in " ".join(map(str, proc.args)):
+            proc.terminate()
+            proc.wait(30)
+    for i, path in enumerate(paths):
+        log = tmp / f"workers-path{i}.log"
+        for line in log.read_text().splitlines() if log.exists() else ():
+            if "worker " in line:
+                print(f"{path}: {line}")
+
+
+def build(
+    lab: NetLab, tmp: Path, n: int, paths: list[str], workers: list[tuple[int, str]], pids: dict
+):
+    """The servers in one exit namespace, n clients each; returns their namespaces by path
+    and fills `pids` with our servers' Python processes by path (the workers' for a prototype).
+    Path i's clients sit on underlay 198.19.(64i + k).0/24 (benchmarking space, our own veths)
+    and use iperf3 ports BASE_PORT + i*n + k."""
     exit_ns, inet_ns = lab.netns("x"), lab.netns("i")
     inet_if, _ = lab.link(exit_ns, inet_ns, ["198.18.2.1/24"], [f"{INET}/24"])
-    for k in range(2 * n):
+    total = len(paths) * n
+    for k in range(total):
         port = BASE_PORT + k
         lab.spawn(inet_ns, "iperf3", "-s", "-p", str(port), log=tmp / f"iperf-{port}.log")
     wait_for(
         lambda: all(
             str(BASE_PORT + k) in lab.ns_sh(inet_ns, "ss", "-ltn", check=False).stdout
-            for k in range(2 * n)
+            for k in range(total)
         ),
         20,
         "iperf3 servers",
     )
-    ours_priv, ref_priv = keys.genkey(), keys.genkey()
-    ours_clients = [keys.genkey() for _ in range(n)]
-    ref_clients = [keys.genkey() for _ in range(n)]
-    ours_server(lab, exit_ns, tmp, ours_priv, ours_clients)
-    reference_server(lab, exit_ns, inet_if, ref_priv, ref_clients)
-    # Client k of path p: underlay 198.19.(64p + k).0/24 (benchmarking space, our own veths).
-    return {
-        "tetherctl": [
+    out: dict[str, list[str]] = {}
+    for i, path in enumerate(paths):
+        server, clients = keys.genkey(), [keys.genkey() for _ in range(n)]
+        if path == "tetherctl":
+            port, subnet = 51820, "10.99.0"
+            pids[path] = [ours_server(lab, exit_ns, tmp, server, clients).pid]
+        elif path == REFERENCE:
+            port, subnet = 51821, "10.98.0"
+            reference_server(lab, exit_ns, inet_if, server, clients)
+        else:
+            port, subnet = 51822 + i, f"10.{97 - i}.0"
+            parent = workers_server(
+                lab, exit_ns, tmp, server, clients, workers[i - 2], port, subnet,
+                f"workers-path{i}",
+            ).pid  # fmt: skip
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            pids[path] = [int(c) for c in children]
+        out[path] = [
             client(
                 lab,
-                f"o{k}",
+                f"{i}k{k}",
                 exit_ns,
                 c,
-                keys.pubkey(ours_priv),
-                51820,
-                f"10.99.0.{k + 2}",
-                f"198.19.{k}",
-            )
-            for k, c in enumerate(ours_clients)
-        ],
-        "wireguard-go": [
-            client(
-                lab,
-                f"r{k}",
-                exit_ns,
-                c,
-                keys.pubkey(ref_priv),
-                51821,
-                f"10.98.0.{k + 2}",
-                f"198.19.{64 + k}",
-            )
-            for k, c in enumerate(ref_clients)
-        ],
-    }
+                keys.pubkey(server),
+                port,
+                f"{subnet}.{k + 2}",
+                f"198.19.{64 * i + k}",
+            )  # fmt: skip
+            for k, c in enumerate(clients)
+        ]
+    return out
 
 
 def iperf_result(proc: subprocess.Popen, seconds: int) -> float:
@@ -162,12 +220,83 @@ def under_load(ns: str, port: int, seconds: int, reverse: bool) -> dict[str, flo
     }
 
 
-def many(nss: list[str], first_port: int, seconds: int) -> dict[str, float]:
+def cpu_census(namespaces: list[str]) -> Counter:
+    """CPU seconds so far by command for the processes in `namespaces` (this bench's: servers,
+    clients, iperf3), and in total for kernel threads and for every other process (other
+    people's benchmarks on a shared machine), plus the machine's softirq and idle time."""
+    tick = os.sysconf("SC_CLK_TCK")
+    ours = set()
+    for ns in namespaces:
+        try:
+            ours.add(os.stat(f"/var/run/netns/{ns}").st_ino)
+        except OSError:
+            pass
+    census: Counter = Counter()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+            ino = int(os.readlink(entry / "ns/net").split("[")[1].rstrip("]"))
+        except (OSError, IndexError, ValueError):
+            continue
+        fields = rest.split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if fields[1] == "2" or entry.name == "2":
+            census["kernel threads"] += seconds
+        elif ino in ours:
+            census[comm.split("(", 1)[1]] += seconds
+        else:
+            census["other processes"] += seconds
+    cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    census["softirq (machine)"] = int(cpu[7]) / tick
+    census["idle (machine)"] = int(cpu[4]) / tick
+    return census
+
+
+def many(
+    nss: list[str],
+    first_port: int,
+    seconds: int,
+    profile: Path | None = None,
+    pids=(),
+    namespaces: list[str] = (),
+) -> dict[str, float]:
+    """All clients download at once; `profile`: py-spy records each of `pids` meanwhile into
+    profile-<pid>.txt (raw stacks) and .top.txt (own time of the busiest functions, CPU)."""
+    census = cpu_census(namespaces) if profile is not None else None
     procs = [iperf_start(ns, first_port + k, seconds, "-R") for k, ns in enumerate(nss)]
+    spies = []
+    if profile is not None:
+        time.sleep(1.0)
+        for pid in pids:
+            raw = profile / f"profile-{pid}.txt"
+            spy = subprocess.Popen(
+                [py_spy(), "record", "--pid", str(pid), "--rate", "200", "--duration",
+                 str(max(1, seconds - 3)), "--idle", "--format", "raw", "--output", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            spies.append((spy, raw, pid, cpu_times(pid), time.monotonic()))
     rates = [iperf_result(p, seconds) for p in procs]
     total = sum(rates)
     squares = sum(r * r for r in rates)
     jain = total * total / (len(rates) * squares) if squares else 0.0
+    if census is not None:
+        used = cpu_census(namespaces)
+        used.subtract(census)
+        (profile / "cpu.txt").write_text(
+            f"{total:.0f} Mbit/s aggregate, Jain {jain:.2f}; CPU seconds:\n"
+            + "".join(f"{v:8.2f}s  {k}\n" for k, v in used.most_common() if v > 0.005)
+        )
+    for spy, raw, pid, cpu0, t0 in spies:
+        spy.wait(60)
+        cpu1, t1 = cpu_times(pid), time.monotonic()
+        if raw.exists():
+            raw.with_suffix(".top.txt").write_text(
+                f"pid {pid}: over {t1 - t0:.1f}s user {cpu1[0] - cpu0[0]:.2f}s system "
+                f"{cpu1[1] - cpu0[1]:.2f}s, runnable but waiting {cpu1[3] - cpu0[3]:.2f}s\n"
+                + top_own(raw)
+            )
     return {"Mbit/s": total, "jain": jain}
 
 
@@ -176,25 +305,50 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--clients", default="1,4,12", help="client counts for part 2")
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="prototype paths: worker counts with an optional owner rule, e.g. 1,2 or 2,2:order",
+    )
+    parser.add_argument("--no-latency", action="store_true", help="skip part 1")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="profile one extra round of part 2 into DIR"
+    )
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.clients.split(",") if c.strip()})
     if not counts or counts[0] < 1 or counts[-1] > 32:
         parser.error("--clients: counts between 1 and 32")
+    workers: list[tuple[int, str]] = []
+    for spec in filter(None, (w.strip() for w in args.workers.split(","))):
+        count, _, rule = spec.partition(":")
+        if not count.isdigit() or not 1 <= int(count) <= 8:
+            parser.error(f"--workers: {spec}: a count of 1..8")
+        if rule not in ("", "tuple", "key", "order"):
+            parser.error(f"--workers: {spec}: the owner rule is tuple, key or order")
+        workers.append((int(count), rule or "tuple"))
+    if len(workers) > 2:
+        parser.error("--workers: at most two prototype paths")
     if cannot_run("bench_exit_load", ("wireguard-go", "wg", "iperf3", "iptables", "ip", "ping")):
         return 0
+    paths = ["tetherctl", REFERENCE] + [
+        f"tetherctl x{w}" + (f" {rule}" if rule != "tuple" else "") for w, rule in workers
+    ]
     nmax = counts[-1]
-    ports = {"tetherctl": BASE_PORT, "wireguard-go": BASE_PORT + nmax}
-    load: dict = {d: {p: [] for p in PATHS} for d in ("idle", "download", "upload")}
-    multi: dict = {n: {p: [] for p in PATHS} for n in counts}
+    ports = {path: BASE_PORT + i * nmax for i, path in enumerate(paths)}
+    load: dict = {d: {p: [] for p in paths} for d in ("idle", "download", "upload")}
+    multi: dict = {n: {p: [] for p in paths} for n in counts}
     lab = NetLab()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            clients = build(lab, Path(tmp), nmax)
+            pids: dict[str, list[int]] = {}
+            clients = build(lab, Path(tmp), nmax, paths, workers, pids)
             for nss in clients.values():  # handshakes done before measuring
                 for ns in nss:
                     ping(ns, 3, 0.2)
-            for _run in range(args.runs):
-                for path in PATHS:
+            for run in range(args.runs):
+                # the order of the paths rotates from run to run: none always goes first
+                order = paths[run % len(paths) :] + paths[: run % len(paths)]
+                for path in order if not args.no_latency else ():
                     rtts, sent = ping(clients[path][0], 40)
                     load["idle"][path].append(
                         {
@@ -206,43 +360,69 @@ def main() -> int:
                         }
                     )
                 for direction, reverse in (("download", True), ("upload", False)):
-                    for path in PATHS:
+                    for path in order if not args.no_latency else ():
                         load[direction][path].append(
                             under_load(clients[path][0], ports[path], args.seconds, reverse)
                         )
                         time.sleep(0.5)
                 for n in counts:
-                    for path in PATHS:
+                    for path in order:
                         multi[n][path].append(many(clients[path][:n], ports[path], args.seconds))
                         time.sleep(0.5)
+            for n in counts if args.profile else ():  # one more round, not in the figures
+                for path in paths:
+                    spy = Path(args.profile) / f"{n}-{path.replace(' ', '')}"
+                    spy.mkdir(parents=True, exist_ok=True)
+                    many(
+                        clients[path][:n], ports[path], args.seconds, spy, pids.get(path, ()),
+                        lab.namespaces,
+                    )  # fmt: skip
+                    time.sleep(0.5)
+            stop_workers(Path(tmp), lab, paths)
     finally:
         lab.close()
+    report(args, paths, load, multi, counts)
+    return 0
+
+
+def report(args, paths: list[str], load: dict, multi: dict, counts: list[int]) -> None:
+    """Medians per path, each with its ratio to the reference."""
 
     def med(rows: list[dict], key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+        return statistics.median(r[key] for r in rows) if rows else float("nan")
 
     print(
         f"Latency under load and many clients, median of {args.runs} runs of {args.seconds}s "
-        "(2-core machine: clients, servers and iperf3 share it)"
+        "(2-core machine: clients, servers and iperf3 share it); ratio = path / reference"
     )
-    print(f"{'':34}{'tetherctl':>12}{'wireguard-go':>14}{'ratio':>8}")
-    for direction in ("idle", "download", "upload"):
-        rows = load[direction]
+    ours = [p for p in paths if p != REFERENCE]
+    width = {p: max(14, len(p) + 2) for p in paths}
+    print(
+        f"{'':34}"
+        + "".join(f"{p:>{width[p]}}{'ratio':>7}" for p in ours)
+        + f"{REFERENCE:>{width[REFERENCE]}}"
+    )
+
+    def line(label: str, table: dict, key: str) -> None:
+        ref = med(table[REFERENCE], key)
+        cells = ""
+        for p in ours:
+            value = med(table[p], key)
+            ratio = f"{value / ref:7.0%}" if ref else f"{'':7}"
+            cells += f"{value:{width[p]}.2f}{ratio}"
+        print(f"{label:34}{cells}{ref:{width[REFERENCE]}.2f}")
+
+    for direction in ("idle", "download", "upload") if not args.no_latency else ():
         keys_ = ("p50", "p90", "max", "lost") + (("Mbit/s",) if direction != "idle" else ())
         for key in keys_:
-            ours, ref = med(rows["tetherctl"], key), med(rows["wireguard-go"], key)
             unit = "" if key in ("lost", "Mbit/s") else " ms"
             label = f"ping {key}{unit}" if key != "Mbit/s" else "iperf3 Mbit/s"
-            ratio = f"{ours / ref:8.0%}" if ref else f"{'':8}"
-            print(f"{direction + ': ' + label:34}{ours:12.2f}{ref:14.2f}{ratio}")
+            line(f"{direction}: {label}", load[direction], key)
     for n in counts:
         for key in ("Mbit/s", "jain"):
-            ours, ref = med(multi[n]["tetherctl"], key), med(multi[n]["wireguard-go"], key)
-            ratio = f"{ours / ref:8.0%}" if ref else f"{'':8}"
             label = f"{n} clients down: " + ("aggregate Mbit/s" if key == "Mbit/s" else "Jain")
-            print(f"{label:34}{ours:12.2f}{ref:14.2f}{ratio}")
+            line(label, multi[n], key)
     print("raw:", json.dumps({"load": load, "clients": {str(n): v for n, v in multi.items()}}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Fuzz target: arbitrary datagrams through every wire parser and the handshake/cookie consumers.
+"""Fuzz target: arbitrary datagrams through every wire parser and the handshake/cookie consumers,
+and the worker steering model (which worker's socket the kernel gives a datagram).
 
 The contract under test: whatever bytes arrive on the device socket, the protocol core raises
 `MessageError` (or a subclass) or accepts them, and nothing else. Any other exception is a crash.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
+from tether.device import steering
 from tether.wireguard.constants import (
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
@@ -112,12 +114,32 @@ def _handle(data: bytes) -> None:
             _RESPONDER_KEYS.open(counter, memoryview(data)[MESSAGE_TRANSPORT_HEADER_SIZE:])
 
 
+def _steering(data: bytes) -> None:
+    """The worker steering model (tether/device/steering.py, the kernel program's twin) agrees
+    with the parsers on where a message's receiver index is, and never names a worker outside
+    the group."""
+    for workers in (1, 2, 3):
+        worker = steering.worker_for(data, workers)
+        assert worker is None or 0 <= worker < workers
+        for parser in (parse_response, parse_cookie_reply):
+            try:
+                assert worker == parser(data).receiver % workers
+            except MessageError:
+                pass
+        try:
+            receiver, _ = parse_transport(data)
+        except MessageError:
+            continue
+        assert worker == receiver % workers
+
+
 def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libFuzzer expect
     for parser in (parse, parse_initiation, parse_response, parse_cookie_reply, parse_transport):
         try:
             parser(data)
         except MessageError:
             pass
+    _steering(data)
     try:
         _handle(data)
     except MessageError:

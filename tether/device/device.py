@@ -36,6 +36,7 @@ from tether.device.change import ZERO_KEY, DeviceChange, PeerChange
 from tether.device.inside import Inside, InsideContext, InsideFactory
 from tether.device.resolve import RESOLVE_TIMEOUT, Request, Resolver
 from tether.device.state import PeerState, RunningState
+from tether.device.steering import WorkerRole
 from tether.wireguard.core import WireGuardCore
 
 __all__ = ["BATCH", "Device"]
@@ -63,13 +64,22 @@ class Device:
         resolver=socket.getaddrinfo,
         resolve_timeout: float = RESOLVE_TIMEOUT,
         exit_settings: ExitSettings | None = None,
+        role: WorkerRole | None = None,
     ):
         """`resolver` (getaddrinfo's signature) resolves named peer endpoints in a thread, giving
         up after `resolve_timeout` seconds. `exit_settings`: the file's `[Exit]` section, which
-        the inside (the exit) reads when it is made; None gives the defaults."""
+        the inside (the exit) reads when it is made; None gives the defaults.
+
+        `role`: this device is one worker of a device spread over processes (steering.py,
+        docs/workers.md): session indices from its residue class, its socket from the role,
+        and with an owner rule, initiations of peers owned elsewhere forwarded."""
         self.name = name
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._core = WireGuardCore(private_key, mtu=mtu)
+        self._role = role
+        residue = (role.k, role.n) if role is not None else (0, 1)
+        self._core = WireGuardCore(private_key, mtu=mtu, index_residue=residue)
+        if role is not None and role.owner is not None:
+            self._core.set_owner(lambda key, owner=role.owner, k=role.k: owner(key) == k)
         self._addresses = tuple(addresses or ())
         self._exit_settings = exit_settings if exit_settings is not None else ExitSettings()
         self._peer_egress: dict[bytes, Egress] = {}
@@ -127,7 +137,10 @@ class Device:
         self._collect()
 
     def _bind(self, port: int) -> None:
-        sock = udp.bind(port, *self._bind_hosts)
+        if self._role is not None:
+            sock = self._role.socket(port)
+        else:
+            sock = udp.bind(port, *self._bind_hosts)
         if self._sock is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
@@ -333,6 +346,12 @@ class Device:
             receive(bytes(view[:n]), unmap(address), now, wall)
         self._collect()
 
+    def receive_forwarded(self, datagram: bytes, source: tuple[str, int]) -> None:
+        """An initiation another worker of this device forwarded because we own its peer."""
+        if not self.closed:
+            self._core.receive_forwarded(datagram, source, time.monotonic())
+            self._collect()
+
     def _wake(self) -> None:
         """The inside's `wake`: one collection soon, however many times it is called before."""
         if not self._woken and not self.closed:
@@ -373,6 +392,10 @@ class Device:
                 send = core.send_packet
                 for packet in outbound:
                     send(packet, now, wall)
+        role = self._role
+        if role is not None and role.forward is not None:
+            for key, datagram, source in core.take_forwards():
+                role.forward(role.owner(key), key, datagram, source)
         datagrams = core.take_datagrams()
         if datagrams and self._sender is not None:
             self._send_drops += self._sender.send(datagrams)

@@ -54,13 +54,19 @@ class BindError(OSError):
     pass
 
 
-def bind(port: int, host4: str = "0.0.0.0", host6: str = "::") -> socket.socket:
-    """A non-blocking UDP socket on `port` (0 = a free one), dual-stack when possible."""
+def bind(
+    port: int, host4: str = "0.0.0.0", host6: str = "::", *, reuseport: bool = False
+) -> socket.socket:
+    """A non-blocking UDP socket on `port` (0 = a free one), dual-stack when possible.
+    `reuseport`: join the port's SO_REUSEPORT group (the worker processes of one device share
+    its port that way, steering.py); without it the port must be free."""
     sock = None
     if socket.has_ipv6:
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host6, port))
         except OSError as e:
             if sock is not None:
@@ -71,6 +77,8 @@ def bind(port: int, host4: str = "0.0.0.0", host6: str = "::") -> socket.socket:
     if sock is None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host4, port))
         except OSError as e:
             sock.close()

@@ -107,7 +107,8 @@ class WireGuardCore(HandshakeLayer):
     `rng`, when given, must offer `randbytes(n)` and `random()` (a `random.Random` seeded for
     tests); it then supplies ephemeral keys, local indices, cookie secrets and timer jitter.
     By default the first three come from os.urandom and jitter from a non-cryptographic
-    generator, as wireguard-go's fastrandn.
+    generator, as wireguard-go's fastrandn. `index_residue` (k, n): every local index is
+    ≡ k mod n (worker k of a device spread over n processes; docs/workers.md).
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class WireGuardCore(HandshakeLayer):
         mtu: int = DEFAULT_MTU,
         under_load_rate: int = DEFAULT_UNDER_LOAD_RATE,
         max_staged: int = DEFAULT_MAX_STAGED,
+        index_residue: tuple[int, int] = (0, 1),
     ) -> None:
         if rng is None:
             self._random_bytes = os.urandom
@@ -125,7 +127,9 @@ class WireGuardCore(HandshakeLayer):
         else:
             self._random_bytes = rng.randbytes
             jitter_source = rng
-        self._index = IndexTable(lambda: int.from_bytes(self._random_bytes(4), "little"))
+        self._index = IndexTable(
+            lambda: int.from_bytes(self._random_bytes(4), "little"), index_residue
+        )
         self._timers = TimerQueue(lambda: jitter_source.random() * REKEY_TIMEOUT_JITTER_MAX)
         self._mtu = mtu
         self._max_staged = max_staged

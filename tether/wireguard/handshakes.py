@@ -18,6 +18,11 @@ with the cookie instead), so the timestamp is still fresh and this costs it noth
 a flood, a legitimate peer then completes its handshake one round trip later rather than
 REKEY_TIMEOUT later. Only one such resend is made per initiation, so forged cookie replies
 (anyone on the path can make one) cannot multiply our traffic.
+
+A core can be one worker of a device spread over processes (`set_owner`, docs/workers.md):
+then an initiation of a peer another worker owns is checked as above, its sender read (one DH),
+and handed out through `take_forwards` instead of answered; the owner consumes it with
+`receive_forwarded`, and only the owner ever initiates toward a peer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from tether.wireguard.constants import (
     KEY_LEN,
     MESSAGE_INITIATION,
+    MESSAGE_INITIATION_SIZE,
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
 )
@@ -53,10 +59,16 @@ __all__ = ["RESPONSE_MAX_DELAY", "HandshakeLayer"]
 
 # Responses to initiations sent longer ago are refused (see session.PendingInitiation).
 RESPONSE_MAX_DELAY = REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX
+_INITIATION_WORD = MESSAGE_INITIATION.to_bytes(4, "little")
 
 
 class HandshakeLayer:
     """Handshake message processing; see the module docstring. Not used on its own."""
+
+    # Worker ownership (docs/workers.md): None, or a function telling whether this core owns a
+    # peer (by public key). Set with `set_owner`; the class default keeps core.py unaware.
+    _owns: Callable[[bytes], bool] | None = None
+    _forwards: list[tuple[bytes, bytes, tuple]]
 
     # Provided by WireGuardCore.
     _peers: dict[bytes, Peer]
@@ -70,6 +82,33 @@ class HandshakeLayer:
     _random_bytes: Callable[[int], bytes]
     _send: Callable[[Peer, bytes], None]
     _send_keepalive: Callable[[Peer, float, float], None]
+
+    def set_owner(self, owns: Callable[[bytes], bool] | None) -> None:
+        """Make this core one worker of a device spread over several processes: `owns(key)`
+        says whether this worker owns the peer with that public key. For a peer it does not
+        own, the core starts no handshake (no initiations, so no keepalives either: only the
+        owner holds the peer's sessions) and passes an initiation from it, once it has checked
+        mac1 (and under load mac2 and the rate limit) and read the sender's key, to
+        `take_forwards()` for the owner instead of answering it. None: every peer is ours."""
+        self._owns = owns
+        self._forwards = []
+
+    def take_forwards(self) -> list[tuple[bytes, bytes, tuple]]:
+        """Initiations for peers another worker owns: (peer key, datagram, source)."""
+        if self._owns is None or not self._forwards:
+            return []
+        out, self._forwards = self._forwards, []
+        return out
+
+    def receive_forwarded(self, data: bytes, source: tuple, now: float) -> None:
+        """An initiation another worker checked and forwarded because we own its peer: consumed
+        as if it came from `source`, without the mac and load checks (the receiving worker made
+        them; a second cookie round would send the peer to a worker whose cookie secret differs).
+        One we do not own (ownership changed on the way) is dropped, never sent on again."""
+        if len(data) != MESSAGE_INITIATION_SIZE or data[:4] != _INITIATION_WORD:
+            self._stats.drops["malformed"] += 1
+            return
+        self._consume_initiation(data, source, now, forwarded=True)
 
     def _receive_handshake(
         self, mtype: int, data: bytes, source: tuple, now: float, wall: float
@@ -100,8 +139,13 @@ class HandshakeLayer:
         else:
             self._consume_response(data, source, now, wall)
 
-    def _consume_initiation(self, data: bytes, source: tuple, now: float) -> None:
+    def _consume_initiation(
+        self, data: bytes, source: tuple, now: float, forwarded: bool = False
+    ) -> None:
         drops = self._stats.drops
+        if self._local is None:
+            drops["no_private_key"] += 1
+            return
         try:
             opened = open_initiation(self._local, parse_initiation(data))
         except MessageError:
@@ -110,6 +154,14 @@ class HandshakeLayer:
         peer = self._peers.get(opened.initiator_static)
         if peer is None or peer.keys is None:
             drops["unknown_peer"] += 1
+            return
+        owns = self._owns
+        if owns is not None and not owns(peer.public_key):
+            if forwarded:
+                drops["forwarded_not_owned"] += 1
+            else:
+                self._stats.initiations_forwarded += 1
+                self._forwards.append((peer.public_key, bytes(data), source))
             return
         try:
             state = opened.authenticate(peer.keys)
@@ -209,7 +261,10 @@ class HandshakeLayer:
             self._send(peer, packet)
 
     def _send_initiation(self, peer: Peer, now: float, wall: float, is_retry: bool) -> None:
-        """Start (or retry) a handshake, at most once per REKEY_TIMEOUT per peer (§6.2)."""
+        """Start (or retry) a handshake, at most once per REKEY_TIMEOUT per peer (§6.2); never
+        for a peer another worker owns (`set_owner`)."""
+        if self._owns is not None and not self._owns(peer.public_key):
+            return
         if not is_retry:
             peer.handshake_attempts = 0
         if now - peer.last_sent_handshake < REKEY_TIMEOUT:

@@ -154,18 +154,30 @@ class PendingInitiation:
 class IndexTable:
     """Local index -> Session or PendingInitiation; `entries` is the dict itself, for speed."""
 
-    __slots__ = ("entries", "_random_index")
+    __slots__ = ("entries", "_random_index", "_residue", "_modulus")
 
-    def __init__(self, random_index: Callable[[], int]) -> None:
+    def __init__(self, random_index: Callable[[], int], residue: tuple[int, int] = (0, 1)) -> None:
+        """`residue` (k, n): every index allocated here is ≡ k mod n. A device spread over n
+        worker processes gives worker k the class k, so that the kernel's steering program
+        (tether/device/steering.py) can send a message naming one of our indices to the worker
+        that holds it; (0, 1) is the whole index space."""
+        k, n = residue
+        if not 0 <= k < n:
+            raise ValueError(f"index residue {k} is not in 0..{n - 1}")
         self.entries: dict[int, Session | PendingInitiation] = {}
         self._random_index = random_index
+        self._residue = k
+        self._modulus = n
 
     def allocate(self) -> int:
-        """A fresh random index not in use; collisions are retried (2**32 indices, few in use)."""
+        """A fresh random index of our residue class not in use; collisions (and the few
+        candidates of the class past 2**32 - 1) are retried: 2**32 / n indices, few in use."""
         entries = self.entries
+        k, n = self._residue, self._modulus
         while True:
             index = self._random_index() & 0xFFFFFFFF
-            if index not in entries:
+            index += k - index % n
+            if index <= 0xFFFFFFFF and index not in entries:
                 return index
 
     def add(self, entry: Session | PendingInitiation) -> None:

@@ -27,6 +27,7 @@ class CoreStats:
     cookie_replies_sent: int = 0
     cookie_replies_received: int = 0  # authenticated
     keepalives_received: int = 0
+    initiations_forwarded: int = 0  # to the worker that owns the peer (docs/workers.md)
 
     def snapshot(self) -> Counter:
         """Every counter in one flat mapping (a copy): the fields by name, each drop reason as
