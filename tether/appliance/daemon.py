@@ -90,10 +90,12 @@ class Daemon:
         allow_local: bool = False,
         api=None,
         public_addresses=(),
+        fleet=None,
     ):
         """`api` is an ApiSettings (None: no API); `allow_local` lets the exit reach the host's
         loopback, link-local and own addresses, which it refuses by default, as it refuses
-        `public_addresses` (the operator's --public-ipv4/-ipv6)."""
+        `public_addresses` (the operator's --public-ipv4/-ipv6). `fleet`: a
+        `tether.api.fleet.device.Fleet` whose peers are rendered into the files (--fleet-etcd)."""
         if inside_factory is None:
             inside_factory = functools.partial(
                 ExitShell, allow_local=allow_local, public_addresses=tuple(public_addresses)
@@ -114,6 +116,8 @@ class Daemon:
         self.ready = asyncio.Event()
         self.fatal: str | None = None  # why the daemon stopped on its own (exit status 1)
         self._loop_errors: dict[tuple, tuple[float, int]] = {}
+        self.fleet = fleet
+        self.fleet_runner = None  # tether.appliance.fleet.FleetRunner, once serving
 
     # -- which files ---------------------------------------------------------------------------
 
@@ -174,6 +178,8 @@ class Daemon:
             data, cfg = read
             if slot.up and data == slot.applied_bytes:
                 return  # our own write (SaveConfig, API) or a touch without change
+            if self.fleet_runner is not None:
+                self.fleet_runner.file_changed(name, data)  # a hand edit of a rendered block?
             if slot.up:
                 before = slot.applied
                 change = self._apply(slot, data, cfg)
@@ -379,6 +385,11 @@ class Daemon:
         await self.sync_all()
         if not self.watch and not any(s.up for s in self.slots.values()):
             return 1
+        if self.fleet is not None:
+            from tether.appliance.fleet import FleetRunner  # the etcd client: only for fleets
+
+            self.fleet_runner = FleetRunner(self, self.fleet)
+            await self.fleet_runner.start(self.device_names())
         if self.api is not None:
             try:
                 self._api_handle = await asyncio.to_thread(self.api.start, DaemonHub(self))
@@ -463,6 +474,9 @@ class Daemon:
         if self._api_handle is not None:
             await asyncio.to_thread(self._api_handle.stop)
             self._api_handle = None
+        if self.fleet_runner is not None:
+            await self.fleet_runner.close()
+            self.fleet_runner = None
         for slot in list(self.slots.values()):
             if slot.up:
                 async with slot.lock:

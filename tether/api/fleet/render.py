@@ -1,0 +1,97 @@
+"""Rendering the fleet's peers into a host's device file (sans-IO: a ConfigFile in, edits made).
+
+A rendered peer is an ordinary `[Peer]` block with one comment line glued above it that starts
+with `# fleet-managed` (a comment, so wg-quick and `wg setconf` never see it). The renderer owns
+exactly those blocks: it adds the fleet's new peers, removes blocks whose peer left the fleet, and
+puts back what a hand edit changed in a block (AllowedIPs, PresharedKey, or the whole block
+deleted), reporting each restore so that the operator learns why the edit did not stick. An
+Endpoint or PersistentKeepalive in a block is left alone: SaveConfig writes the endpoints the
+device learned, and neither changes who may use which address. Blocks without the marker are
+the host's own and are never touched, even when a fleet peer has the same public key (that is
+reported, and the hand-written block wins on this host).
+
+All edits go through the lossless editor, so the rest of the file stays byte-identical, and
+rendering the same fleet state twice changes nothing (the second pass makes no edit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+
+from tether import keys
+from tether.api.fleet.layout import FleetPeer
+from tether.config.editor import ConfigFile
+
+MARKER = "fleet-managed"
+
+
+def marker_comment(entry: FleetPeer) -> str:
+    """The comment glued above a rendered block (without the `# `)."""
+    text = f"{MARKER} (etcd; change it through the API, hand edits are undone)"
+    return f"{text}: {entry.comment}" if entry.comment else text
+
+
+def managed_keys(cfg: ConfigFile) -> set[bytes]:
+    """The public keys of the blocks that carry the marker."""
+    out = set()
+    sections = cfg.doc.sections
+    prefix = "# " + MARKER
+    peer_sections = [i for i, s in enumerate(sections) if s.name == "peer"]
+    for peer, i in zip(cfg.config.peers, peer_sections, strict=True):
+        above = sections[i - 1] if i > 0 else cfg.doc.preamble
+        n = above.leading_comment_count()
+        if n and any(line.raw.startswith(prefix) for line in above.body[-n:]):
+            out.add(peer.public_key)
+    return out
+
+
+@dataclass
+class Rendered:
+    """What one rendering changed, by base64 public key."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # blocks a hand edit had changed or removed
+    shadowed: list[str] = field(default_factory=list)  # fleet peers a hand-written block hides
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.restored)
+
+
+def render(
+    cfg: ConfigFile,
+    wanted: Mapping[bytes, FleetPeer],
+    *,
+    known: Collection[bytes] = (),
+) -> Rendered:
+    """Make `cfg`'s fleet-managed blocks exactly `wanted`. `known`: the keys rendered before
+    (a wanted peer missing from the file is then a restore, not an add)."""
+    out = Rendered()
+    managed = managed_keys(cfg)
+    for key in managed - wanted.keys():
+        cfg.remove_peer(key)
+        out.removed.append(keys.encode(key))
+    for key, entry in wanted.items():
+        current = cfg.peer(key)
+        if current is None:
+            cfg.add_peer(_copy(entry), comment=marker_comment(entry))
+            (out.restored if key in known else out.added).append(keys.encode(key))
+        elif key not in managed:
+            out.shadowed.append(keys.encode(key))
+        elif (
+            current.allowed_ips != entry.peer.allowed_ips
+            or current.preshared_key != entry.peer.preshared_key
+        ):
+            cfg.update_peer(
+                key,
+                allowed_ips=list(entry.peer.allowed_ips),
+                preshared_key=entry.peer.preshared_key,
+            )
+            out.restored.append(keys.encode(key))
+    return out
+
+
+def _copy(entry: FleetPeer):
+    """A Peer of its own for the file's model (the mirror's stays unshared)."""
+    return replace(entry.peer, allowed_ips=list(entry.peer.allowed_ips))

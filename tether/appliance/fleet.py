@@ -1,0 +1,223 @@
+"""The fleet beside the daemon: per device, a watch on etcd and a renderer into the device file.
+
+For each device of `tetherctl run --fleet-etcd`, two threads (the etcd client blocks):
+
+- the watcher reads everything of the device once (startup; and once more whenever etcd says
+  the revision to resume from was compacted: one full resync, not a storm), then watches the
+  device's keys from the mirror's revision + 1. When etcd becomes unreachable it retries with a
+  growing pause (to 2 s) and resumes from the last revision it saw, so a host that was cut off
+  gets exactly the changes it missed, removals included;
+- the renderer wakes when the watch changed a peer (or the daemon saw the file change under it),
+  renders the mirror's peers into the file through the lossless editor (one locked atomic write
+  for however many events arrived meanwhile), asks the daemon to apply the file now, and then
+  marks the revision rendered, which is what an API write on this host waits for.
+
+Meanwhile the data plane never waits for etcd: the device runs whatever the file says, so with
+etcd down every tunnel and exit flow keeps going on the last rendered peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from tether.api.fleet.device import Fleet, FleetDevice
+from tether.api.fleet.etcd import EtcdUnavailable, WatchCompacted
+from tether.api.fleet.render import render
+from tether.config import store
+from tether.config.editor import ConfigFile
+from tether.config.errors import ConfigError
+
+log = logging.getLogger("tether.fleet")
+
+RETRY_MIN, RETRY_MAX = 0.2, 2.0  # seconds between attempts to reach etcd
+FIRST_LOAD_WAIT = 5.0  # seconds startup waits for the first read before serving the API anyway
+APPLY_TIMEOUT = 30.0
+
+
+class DeviceFleetSync:
+    """The watcher and renderer of one device (see the module docstring)."""
+
+    def __init__(self, path: Path, dev: FleetDevice, name: str, apply: Callable[[], None]) -> None:
+        """`apply()` makes the running device match the file now (the daemon's sync)."""
+        self.apply = apply
+        self.dev = dev
+        self.name = name
+        self.path = path
+        self.stop = threading.Event()
+        self.kick = threading.Event()
+        self.loaded = threading.Event()
+        self.cache = store.ParseCache()
+        self.written: bytes | None = None  # the bytes the renderer wrote last
+        self.known: set[bytes] = set()  # fleet peers rendered so far
+        self.stream = None
+        self.renders = 0  # file writes (tests and the bench count them)
+        self._threads = [
+            threading.Thread(target=self._watch, name=f"fleet-watch-{name}", daemon=True),
+            threading.Thread(target=self._render_loop, name=f"fleet-render-{name}", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.kick.set()
+        stream = self.stream
+        if stream is not None:
+            stream.stop()
+        for t in self._threads:
+            t.join(5)
+
+    def file_changed(self, data: bytes) -> None:
+        """The daemon saw the file change: if it was not our write, check our blocks."""
+        if data != self.written:
+            self.kick.set()
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        pause = RETRY_MIN
+        resync = True
+        down = False
+        while not self.stop.is_set():
+            try:
+                if resync:
+                    self.dev.load()
+                    resync = False
+                    self.loaded.set()
+                    log.info(
+                        "%s: fleet state read at revision %d (%d peers)",
+                        self.name,
+                        self.dev.mirror.snapshot.revision,
+                        len(self.dev.mirror.snapshot.peers),
+                    )
+                    self.kick.set()
+                start = self.dev.mirror.snapshot.revision + 1
+                for revision, events in self.dev.etcd.watch(
+                    self.dev.layout.root, start, self._started
+                ):
+                    if down:
+                        log.info(
+                            "%s: etcd reachable again, watching from revision %d", self.name, start
+                        )
+                        down = False
+                    pause = RETRY_MIN
+                    if self.dev.feed(revision, events):
+                        self.kick.set()
+                    if self.stop.is_set():
+                        return
+            except WatchCompacted as e:
+                log.warning("%s: %s; reading the fleet state once more", self.name, e)
+                resync = True
+                continue
+            except (EtcdUnavailable, OSError, ValueError, KeyError) as e:
+                if not down:
+                    log.error(
+                        "%s: %s; the device keeps running on its file, retrying", self.name, e
+                    )
+                    down = True
+            self.stream = None
+            if self.stop.wait(pause):
+                return
+            pause = min(RETRY_MAX, pause * 2)
+
+    def _started(self, stream) -> None:
+        self.stream = stream
+        if self.stop.is_set():
+            stream.stop()
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def _render_loop(self) -> None:
+        while not self.stop.is_set():
+            self.kick.wait()
+            self.kick.clear()
+            if self.stop.is_set() or not self.dev.mirror.loaded:
+                continue
+            try:
+                self._render_once()
+            except Exception as e:  # one bad pass must not end the renderer
+                log.error("%s: rendering the fleet's peers failed: %s", self.name, e, exc_info=e)
+                self.stop.wait(RETRY_MAX)
+                self.kick.set()
+
+    def _render_once(self) -> None:
+        with self.dev.cond:
+            snap = self.dev.mirror.snapshot
+        wanted = snap.peers
+
+        def change(cfg: ConfigFile):
+            return render(cfg, wanted, known=self.known)
+
+        try:
+            done = store.edit(self.path, change, cache=self.cache)
+        except ConfigError as e:
+            log.error("%s: fleet peers not rendered, the file is invalid: %s", self.name, e)
+            return
+        except FileNotFoundError:
+            return
+        self.known = set(wanted)
+        for key in done.restored:
+            log.warning("%s: fleet peer %s was edited by hand here; restored", self.name, key)
+        for key in done.shadowed:
+            log.warning(
+                "%s: fleet peer %s has a hand-written block here, which wins on this host",
+                self.name,
+                key,
+            )
+        if done:
+            self.renders += 1
+            self.written = self.cache.data
+            log.info(
+                "%s: fleet revision %d rendered (%d added, %d removed, %d restored)",
+                self.name,
+                snap.revision,
+                len(done.added),
+                len(done.removed),
+                len(done.restored),
+            )
+            self.apply()
+        self.dev.mark_rendered(snap.revision)
+
+
+class FleetRunner:
+    """The fleet syncs of a daemon's devices."""
+
+    def __init__(self, daemon, fleet: Fleet) -> None:
+        self.daemon = daemon
+        self.fleet = fleet
+        self.syncs: dict[str, DeviceFleetSync] = {}
+
+    async def start(self, names: list[str]) -> None:
+        """Start a sync per device and wait (a few seconds at most) for their first read."""
+        for name in names:
+            if name not in self.syncs:
+                sync = self.syncs[name] = DeviceFleetSync(
+                    self.daemon, self.fleet.device(name), name
+                )
+                sync.start()
+        for sync in self.syncs.values():
+            await asyncio.to_thread(sync.loaded.wait, FIRST_LOAD_WAIT)
+        log.info("fleet: %r, devices %s", self.fleet, ", ".join(sorted(self.syncs)) or "none")
+
+    def _applier(self, name: str) -> Callable[[], None]:
+        def apply() -> None:
+            daemon = self.daemon
+            future = asyncio.run_coroutine_threadsafe(daemon.sync(name), daemon.loop)
+            future.result(APPLY_TIMEOUT)
+
+        return apply
+
+    def file_changed(self, name: str, data: bytes) -> None:
+        sync = self.syncs.get(name)
+        if sync is not None:
+            sync.file_changed(data)
+
+    async def close(self) -> None:
+        for sync in self.syncs.values():
+            await asyncio.to_thread(sync.close)
