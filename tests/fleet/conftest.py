@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .etcdlab import EtcdCluster
+from ..e2e.etcdlab import EtcdCluster
 
 
 @pytest.fixture

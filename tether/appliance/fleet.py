@@ -197,9 +197,9 @@ class FleetRunner:
         """Start a sync per device and wait (a few seconds at most) for their first read."""
         for name in names:
             if name not in self.syncs:
-                sync = self.syncs[name] = DeviceFleetSync(
-                    self.daemon, self.fleet.device(name), name
-                )
+                path = store.device_path(self.daemon.config_dir, name)
+                sync = DeviceFleetSync(path, self.fleet.device(name), name, self._applier(name))
+                self.syncs[name] = sync
                 sync.start()
         for sync in self.syncs.values():
             await asyncio.to_thread(sync.loaded.wait, FIRST_LOAD_WAIT)

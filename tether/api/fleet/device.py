@@ -52,7 +52,7 @@ class FleetDevice:
         self.cond = threading.Condition()
         self.rendered = 0  # the revision whose peers the device file and the device have
         self.last_commit = 0  # the latest revision this host wrote
-        self.connected = False
+        self.writing = threading.Lock()  # this host's writers take turns (see transact)
 
     # -- fed by the watcher --------------------------------------------------------------------
 
@@ -115,7 +115,14 @@ class FleetDevice:
         """Commit what `build(snapshot)` returns, `(result, compares, operations)`, rebuilding on
         a fresh snapshot while other hosts win the race; returns (result, revision). `build`
         returning operations None means nothing to write (result, snapshot revision). Raises
-        Unavailable when etcd does not answer or stays too busy."""
+        Unavailable when etcd does not answer or stays too busy.
+
+        This host's writers take turns: they would only make each other's transactions fail,
+        so the optimistic retries are left to races between hosts, which a handful settle."""
+        with self.writing:
+            return self._transact(build)
+
+    def _transact(self, build: Callable[[Snapshot], tuple]) -> tuple[object, int]:
         self.wait_for(self.last_commit)
         for _ in range(TRIES):
             snap = self.snapshot()
