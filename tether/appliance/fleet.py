@@ -53,6 +53,7 @@ class DeviceFleetSync:
         self.cache = store.ParseCache()
         self.written: bytes | None = None  # the bytes the renderer wrote last
         self.known: set[bytes] = set()  # fleet peers rendered so far
+        self.problems: dict[str, str] = {}  # fleet peers left out, and why (logged once each)
         self.stream = None
         self.renders = 0  # file writes (tests and the bench count them)
         self._threads = [
@@ -82,7 +83,10 @@ class DeviceFleetSync:
 
     def _watch(self) -> None:
         pause = RETRY_MIN
-        resync = True
+        resync = not self.dev.mirror.loaded  # a mirror kept from before resumes from its revision
+        if not resync:
+            self.loaded.set()
+            self.kick.set()
         down = False
         while not self.stop.is_set():
             try:
@@ -152,7 +156,7 @@ class DeviceFleetSync:
         wanted = snap.peers
 
         def change(cfg: ConfigFile):
-            return render(cfg, wanted, known=self.known)
+            return render(cfg, wanted, known=self.known, allocations=snap.addresses)
 
         try:
             done = store.edit(self.path, change, cache=self.cache)
@@ -164,12 +168,13 @@ class DeviceFleetSync:
         self.known = set(wanted)
         for key in done.restored:
             log.warning("%s: fleet peer %s was edited by hand here; restored", self.name, key)
+        problems = dict(done.refused)
         for key in done.shadowed:
-            log.warning(
-                "%s: fleet peer %s has a hand-written block here, which wins on this host",
-                self.name,
-                key,
-            )
+            problems[key] = "a hand-written block with its key wins on this host"
+        for key, why in problems.items():
+            if self.problems.get(key) != why:
+                log.error("%s: fleet peer %s not rendered: %s", self.name, key, why)
+        self.problems = problems
         if done:
             self.renders += 1
             self.written = self.cache.data

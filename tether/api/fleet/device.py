@@ -52,6 +52,7 @@ class FleetDevice:
         self.cond = threading.Condition()
         self.rendered = 0  # the revision whose peers the device file and the device have
         self.last_commit = 0  # the latest revision this host wrote
+        self.loads = 0  # full reads so far (startup, and once per compaction seen)
         self.writing = threading.Lock()  # this host's writers take turns (see transact)
 
     # -- fed by the watcher --------------------------------------------------------------------
@@ -61,6 +62,7 @@ class FleetDevice:
         EtcdUnavailable when no member answers."""
         revision, kvs = self.etcd.range_prefix(self.layout.root)
         with self.cond:
+            self.loads += 1
             changed = self.mirror.reset(revision, kvs)
             self.cond.notify_all()
         self._log_problems()

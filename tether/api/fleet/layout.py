@@ -177,6 +177,8 @@ def _peer(label: str, name: str, doc: dict) -> FleetPeer:
             net = None
         if net is None or str(net) != text:
             raise FleetValueError(f"{label}: allowed_ips: {str(text)[:50]!r} is not a network")
+        if net.prefixlen != net.max_prefixlen:  # the API hands out single addresses only
+            raise FleetValueError(f"{label}: allowed_ips: {text} is not a single address")
         allowed.append(net)
     if len(set(allowed)) != len(allowed):
         raise FleetValueError(f"{label}: allowed_ips: a network is listed twice")

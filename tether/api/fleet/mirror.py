@@ -58,7 +58,8 @@ class Mirror:
         return changed
 
     def apply(self, revision: int, events: list[tuple[str, bytes, bytes, int]]) -> set[bytes]:
-        """One watch response; returns the peer keys (public keys) whose entry changed."""
+        """One watch response; returns the peer keys (public keys) whose entry or address
+        allocations changed (what may change the rendered file)."""
         if revision and revision <= self.snapshot.revision and not events:
             return set()
         return self._feed(revision, events)
@@ -90,7 +91,7 @@ class Mirror:
             if kind_of_event != "PUT":
                 continue
             try:
-                entry = parse_value(kind, name, value, self.layout.root.decode())
+                entry = parse_value(kind, name, value, self.layout.root.decode().rstrip("/"))
             except FleetValueError as e:
                 self._report(key, f"{e} (skipped)")
                 continue
@@ -99,6 +100,7 @@ class Mirror:
                 changed.add(entry.peer.public_key)
             elif kind == "addresses":
                 addresses[name] = entry
+                changed.add(entry)  # whether its peer may be rendered depends on it
             else:
                 getattr(state, kind)[name] = entry
         state.changed, state.touched = False, set()
@@ -114,7 +116,9 @@ class Mirror:
             if peers.pop(key, None) is not None:
                 changed.add(key)
         elif kind == "addresses":
-            addresses.pop(name, None)
+            owner = addresses.pop(name, None)
+            if owner is not None:
+                changed.add(owner)
         else:
             getattr(state, kind).pop(name, None)
 

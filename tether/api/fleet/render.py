@@ -54,6 +54,7 @@ class Rendered:
     removed: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)  # blocks a hand edit had changed or removed
     shadowed: list[str] = field(default_factory=list)  # fleet peers a hand-written block hides
+    refused: dict[str, str] = field(default_factory=dict)  # fleet peers not rendered, and why
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.restored)
@@ -64,11 +65,14 @@ def render(
     wanted: Mapping[bytes, FleetPeer],
     *,
     known: Collection[bytes] = (),
+    allocations: Mapping[str, bytes] | None = None,
 ) -> Rendered:
     """Make `cfg`'s fleet-managed blocks exactly `wanted`. `known`: the keys rendered before
-    (a wanted peer missing from the file is then a restore, not an add)."""
+    (a wanted peer missing from the file is then a restore, not an add). `allocations`: the
+    fleet's address keys (network text -> the peer it was allocated to)."""
     out = Rendered()
     managed = managed_keys(cfg)
+    wanted = _acceptable(cfg, wanted, managed, out.refused, allocations)
     for key in managed - wanted.keys():
         cfg.remove_peer(key)
         out.removed.append(keys.encode(key))
@@ -90,6 +94,45 @@ def render(
             )
             out.restored.append(keys.encode(key))
     return out
+
+
+def _acceptable(
+    cfg: ConfigFile,
+    wanted: Mapping[bytes, FleetPeer],
+    managed: set[bytes],
+    refused: dict,
+    allocations: Mapping[str, bytes] | None,
+) -> dict[bytes, FleetPeer]:
+    """The fleet peers this file may carry. Whoever can write a peer's key in etcd must not be
+    able to route more than single addresses to it, take an address allocated to another peer,
+    or pose as the device: an entry whose AllowedIPs are not host routes inside the device's
+    Address subnets, whose addresses were not allocated to it (`allocations`; without them,
+    hand-written peers and then lower public keys win, so every host decides alike), or that
+    names the device's own key, is left out."""
+    iface = cfg.config.interface
+    subnets = [a.network for a in iface.addresses]
+    taken = {n for p in cfg.config.peers if p.public_key not in managed for n in p.allowed_ips}
+    out = {}
+    for key in sorted(wanted):
+        entry = wanted[key]
+        nets = entry.peer.allowed_ips
+        why = None
+        if key == iface.public_key:
+            why = "it is the device's own public key"
+        elif any(n.prefixlen != n.max_prefixlen for n in nets):
+            why = "its AllowedIPs are not all single addresses"
+        elif not all(any(n.subnet_of(s) for s in subnets if s.version == n.version) for n in nets):
+            why = "its AllowedIPs are outside the device's Address subnets"
+        elif any(n in taken for n in nets) or (
+            allocations is not None and any(allocations.get(str(n)) != key for n in nets)
+        ):
+            why = "an address of it belongs to another peer"
+        if why is None:
+            taken.update(nets)
+            out[key] = entry
+        else:
+            refused[keys.encode(key)] = why
+    return {k: wanted[k] for k in wanted if k in out}
 
 
 def _copy(entry: FleetPeer):
