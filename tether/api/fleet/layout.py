@@ -137,7 +137,7 @@ def parse_value(kind: str, name: str, value: bytes, where: str = "etcd"):
     """The value of a key of `kind` named `name`, strictly checked: a FleetPeer (peers), the
     peer key of an address (addresses), an Owner, Release or Invite; FleetValueError (one
     line: `where/kind/name: what`)."""
-    label = f"{where}/{kind}/{name[:60]}"
+    label = f"{where}/{kind}/{repr(name[:60])[1:-1]}"  # a name is input: escaped, one line
     if len(value) > MAX_VALUE:
         raise FleetValueError(f"{label}: value of {len(value)} bytes (at most {MAX_VALUE})")
     try:
