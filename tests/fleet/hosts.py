@@ -37,7 +37,7 @@ class Host:
         self.hub = FakeHub(self.dir)
         self.applied = 0
 
-        def apply() -> None:
+        def apply(parsed) -> None:
             self.applied += 1
 
         self.sync = DeviceFleetSync(self.path, self.fleet.device(NAME), NAME, apply)

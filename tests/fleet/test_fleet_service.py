@@ -3,6 +3,7 @@ invites shared by two hosts, rendering into each host's file."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -134,3 +135,32 @@ def test_etcd_down_adds_answer_503_fast_and_recover(two, etcd):
     wait_for(lambda: key in b.peers(), 5, "b catches up after etcd came back")
     assert keys.decode(key) in b.dev.snapshot().peers
     assert NAME
+
+
+def test_single_use_invite_admits_one_peer_in_the_whole_fleet(tmp_path, etcd):
+    token = "admin-token-0123456789"
+    admin = {"Authorization": f"Bearer {token}"}
+    kw = {"token": token, "self_service": "invite"}
+    a, b = Host(tmp_path, "a", etcd.urls, **kw), Host(tmp_path, "b", etcd.urls, **kw)
+    try:
+        r = call(a.app, "POST", "/invites", "uses=1", headers=admin)
+        assert r.status == 200, r.text
+        code = json.loads(r.text)["code"]
+        wait_for(lambda: b.dev.snapshot().state.invites, 2, "the invite on b")
+        statuses = []
+
+        def redeem(host):
+            statuses.append(call(host.app, "POST", f"/join/{code}/{new_key()}").status)
+
+        threads = [threading.Thread(target=redeem, args=(h,)) for h in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(statuses) == [200, 410, 410, 410], statuses
+        assert len(a.dev.snapshot().peers) == 1
+        # anonymous adds without an invite are refused on both hosts, as on one
+        assert call(b.app, "POST", f"/peer/add/any/{new_key()}").status in (401, 403)
+    finally:
+        a.close()
+        b.close()

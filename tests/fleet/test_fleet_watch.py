@@ -14,7 +14,7 @@ from .hosts import NAME, Host
 def reconnect(host: Host) -> None:
     """Stop host's watcher and start another on the same mirror (a watch that was cut off)."""
     host.sync.close()
-    host.sync = DeviceFleetSync(host.path, host.dev, NAME, lambda: None)
+    host.sync = DeviceFleetSync(host.path, host.dev, NAME, lambda parsed: None)
     host.sync.start()
 
 

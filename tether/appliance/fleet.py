@@ -24,9 +24,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from tether import keys
 from tether.api.fleet.device import Fleet, FleetDevice
 from tether.api.fleet.etcd import EtcdUnavailable, WatchCompacted
-from tether.api.fleet.render import render
+from tether.api.fleet.render import LocalView, render
 from tether.config import store
 from tether.config.editor import ConfigFile
 from tether.config.errors import ConfigError
@@ -56,6 +57,10 @@ class DeviceFleetSync:
         self.problems: dict[str, str] = {}  # fleet peers left out, and why (logged once each)
         self.stream = None
         self.renders = 0  # file writes (tests and the bench count them)
+        self.pending_lock = threading.Lock()
+        self.pending: set[bytes] | None = None  # peers to look at again; None: the whole file
+        self.rendered_cfg: ConfigFile | None = None  # the parse the last rendering edited
+        self.managed: frozenset[bytes] = frozenset()  # its fleet blocks
         self._threads = [
             threading.Thread(target=self._watch, name=f"fleet-watch-{name}", daemon=True),
             threading.Thread(target=self._render_loop, name=f"fleet-render-{name}", daemon=True),
@@ -74,10 +79,19 @@ class DeviceFleetSync:
         for t in self._threads:
             t.join(5)
 
+    def _want(self, keys: set[bytes] | None) -> None:
+        """Ask the renderer to look at these peers again (None: at the whole file)."""
+        with self.pending_lock:
+            if keys is None or self.pending is None:
+                self.pending = None
+            else:
+                self.pending |= keys
+        self.kick.set()
+
     def file_changed(self, data: bytes) -> None:
         """The daemon saw the file change: if it was not our write, check our blocks."""
         if data != self.written:
-            self.kick.set()
+            self._want(None)
 
     # -- watching ------------------------------------------------------------------------------
 
@@ -86,7 +100,7 @@ class DeviceFleetSync:
         resync = not self.dev.mirror.loaded  # a mirror kept from before resumes from its revision
         if not resync:
             self.loaded.set()
-            self.kick.set()
+            self._want(None)
         down = False
         while not self.stop.is_set():
             try:
@@ -94,13 +108,13 @@ class DeviceFleetSync:
                     self.dev.load()
                     resync = False
                     self.loaded.set()
+                    self._want(None)
                     log.info(
                         "%s: fleet state read at revision %d (%d peers)",
                         self.name,
                         self.dev.mirror.snapshot.revision,
                         len(self.dev.mirror.snapshot.peers),
                     )
-                    self.kick.set()
                 start = self.dev.mirror.snapshot.revision + 1
                 for revision, events in self.dev.etcd.watch(
                     self.dev.layout.root, start, self._started
@@ -111,8 +125,9 @@ class DeviceFleetSync:
                         )
                         down = False
                     pause = RETRY_MIN
-                    if self.dev.feed(revision, events):
-                        self.kick.set()
+                    changed = self.dev.feed(revision, events)
+                    if changed:
+                        self._want(changed)
                     if self.stop.is_set():
                         return
             except WatchCompacted as e:
@@ -148,36 +163,57 @@ class DeviceFleetSync:
             except Exception as e:  # one bad pass must not end the renderer
                 log.error("%s: rendering the fleet's peers failed: %s", self.name, e, exc_info=e)
                 self.stop.wait(RETRY_MAX)
-                self.kick.set()
+                self._want(None)
 
     def _render_once(self) -> None:
+        with self.pending_lock:
+            only, self.pending = self.pending, set()
         with self.dev.cond:
             snap = self.dev.mirror.snapshot
         wanted = snap.peers
 
         def change(cfg: ConfigFile):
-            return render(cfg, wanted, known=self.known, allocations=snap.addresses)
+            # only what changed in etcd, unless someone else wrote the file since our write
+            some = only if cfg is self.rendered_cfg else None
+            done = render(
+                cfg,
+                wanted,
+                known=self.known,
+                allocations=snap.addresses,
+                only=some,
+                managed=self.managed,
+            )
+            return done, cfg, some
 
         try:
-            done = store.edit(self.path, change, cache=self.cache)
+            done, cfg, some = store.edit(self.path, change, cache=self.cache)
         except ConfigError as e:
             log.error("%s: fleet peers not rendered, the file is invalid: %s", self.name, e)
             return
         except FileNotFoundError:
             return
         self.known = set(wanted)
+        self.rendered_cfg, self.managed = cfg, done.managed
         for key in done.restored:
             log.warning("%s: fleet peer %s was edited by hand here; restored", self.name, key)
-        problems = dict(done.refused)
+        looked = None if some is None else {keys.encode(k) for k in some}
+        problems = (
+            {}
+            if looked is None
+            else {k: why for k, why in self.problems.items() if k not in looked}
+        )
+        problems.update(done.refused)
         for key in done.shadowed:
             problems[key] = "a hand-written block with its key wins on this host"
-        for key, why in problems.items():
+        for key, why in done.refused.items() | {k: problems[k] for k in done.shadowed}.items():
             if self.problems.get(key) != why:
                 log.error("%s: fleet peer %s not rendered: %s", self.name, key, why)
         self.problems = problems
+        view = LocalView.of(self.cache.data, cfg, done.managed)
+        self.dev.local = view
         if done:
             self.renders += 1
-            self.written = self.cache.data
+            self.written = view.data
             log.info(
                 "%s: fleet revision %d rendered (%d added, %d removed, %d restored)",
                 self.name,
@@ -186,7 +222,7 @@ class DeviceFleetSync:
                 len(done.removed),
                 len(done.restored),
             )
-            self.apply()
+            self.apply((view.data, view))
         self.dev.mark_rendered(snap.revision)
 
 
@@ -201,19 +237,23 @@ class FleetRunner:
     async def start(self, names: list[str]) -> None:
         """Start a sync per device and wait (a few seconds at most) for their first read."""
         for name in names:
-            if name not in self.syncs:
-                path = store.device_path(self.daemon.config_dir, name)
-                sync = DeviceFleetSync(path, self.fleet.device(name), name, self._applier(name))
-                self.syncs[name] = sync
-                sync.start()
+            self.ensure(name)
         for sync in self.syncs.values():
             await asyncio.to_thread(sync.loaded.wait, FIRST_LOAD_WAIT)
         log.info("fleet: %r, devices %s", self.fleet, ", ".join(sorted(self.syncs)) or "none")
 
-    def _applier(self, name: str) -> Callable[[], None]:
-        def apply() -> None:
+    def ensure(self, name: str) -> None:
+        """A sync for `name` (a device file that appeared later gets one when it comes up)."""
+        if name not in self.syncs:
+            path = store.device_path(self.daemon.config_dir, name)
+            sync = DeviceFleetSync(path, self.fleet.device(name), name, self._applier(name))
+            self.syncs[name] = sync
+            sync.start()
+
+    def _applier(self, name: str) -> Callable[[tuple], None]:
+        def apply(parsed: tuple) -> None:
             daemon = self.daemon
-            future = asyncio.run_coroutine_threadsafe(daemon.sync(name), daemon.loop)
+            future = asyncio.run_coroutine_threadsafe(daemon.sync(name, parsed), daemon.loop)
             future.result(APPLY_TIMEOUT)
 
         return apply

@@ -51,6 +51,7 @@ class FleetDevice:
         self.mirror = Mirror(layout)
         self.cond = threading.Condition()
         self.rendered = 0  # the revision whose peers the device file and the device have
+        self.local = None  # render.LocalView of the file as the renderer last wrote it
         self.last_commit = 0  # the latest revision this host wrote
         self.loads = 0  # full reads so far (startup, and once per compaction seen)
         self.writing = threading.Lock()  # this host's writers take turns (see transact)

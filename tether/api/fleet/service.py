@@ -27,7 +27,7 @@ from tether.api.fleet.device import Fleet, FleetDevice
 from tether.api.fleet.etcd import absent
 from tether.api.fleet.layout import address_value, peer_value, state_diff
 from tether.api.fleet.registry import EtcdRegistry
-from tether.api.fleet.render import managed_keys
+from tether.api.fleet.render import LocalView, managed_keys
 from tether.api.peers.allocator import Allocator
 from tether.api.peers.clientconf import render_client_config
 from tether.api.peers.ownership import Added, Claim
@@ -50,6 +50,7 @@ class FleetPeerService(PeerService):
         kwargs["registry"] = lambda name: EtcdRegistry(fleet.device(name))
         super().__init__(hub, public, **kwargs)
         self.fleet = fleet
+        self._pools: dict[str, _Pool] = {}
 
     def add(
         self,
@@ -71,14 +72,15 @@ class FleetPeerService(PeerService):
             private = keys.generate_private()
             public_key = keys.public_from_private(private)
         dev = self.fleet.device(name)
-        cfg = self.device_config(name)
-        port = self._port(name, live_port, cfg)
-        if cfg.config.interface.public_key == public_key:
+        view = self._local(name, dev)
+        iface = view.config.interface
+        port = self._port(name, live_port, view)
+        if iface.public_key == public_key:
             raise BadRequest("this is the device's own public key")
-        managed = managed_keys(cfg)
-        if cfg.peer(public_key) is not None and public_key not in managed:
+        hand = view.hand_written()
+        if any(p.public_key == public_key for p in hand):
             raise Conflict("a peer with this public key already exists")
-        local = [p.allowed_ips for p in cfg.config.peers if p.public_key not in managed]
+        local_nets = [n for p in hand for n in p.allowed_ips]
         admission = self._admission(public_key, client, grant, claim, note)
         layout = dev.layout
 
@@ -88,18 +90,17 @@ class FleetPeerService(PeerService):
             now = self.clock()
             rs = snap.state.copy()
             rs.prune(now)
-            alloc = Allocator(
-                cfg.config.interface.addresses,
-                [*local, *(p.peer.allowed_ips for p in snap.peers.values())],
-            )
+            alloc = self._pool(name, iface.addresses).sync(snap.peers)
             orphans = [t for t, k in snap.addresses.items() if k not in snap.peers]
 
             def hold(quarantined: set[str]) -> None:
-                alloc.hold(ipaddress.ip_network(t) for t in [*orphans, *quarantined])
+                texts = [*orphans, *quarantined]
+                alloc.hold([*(ipaddress.ip_network(t) for t in texts), *local_nets])
 
             nets = admission.admit(rs, now, alloc, hold)
             if not isinstance(nets, list):
                 return nets, None, None
+            alloc.remove_peer(nets)  # taken once etcd says so (the mirror brings it back)
             peer = Peer(public_key, allowed_ips=nets)
             ops = state_diff(layout, snap.state, rs)
             ops.append(("put", layout.peer(public_key), peer_value(peer, admission.comment)))
@@ -125,7 +126,7 @@ class FleetPeerService(PeerService):
             self._unstore(dev, peer, claim)
             raise
         text = render_client_config(
-            self.device_config(name).config,
+            view.config,
             peer,
             host,
             port,
@@ -133,6 +134,28 @@ class FleetPeerService(PeerService):
             include_psk=self.include_psk,
         )
         return Added(peer, text, admission.secret)
+
+    def _pool(self, name: str, addresses) -> _Pool:
+        """The device's allocator, kept in step with the fleet's peers between adds (called
+        under the device's write lock: see FleetDevice.transact)."""
+        pool = self._pools.get(name)
+        if pool is None or pool.addresses != addresses:
+            pool = self._pools[name] = _Pool(addresses)
+        return pool
+
+    def _local(self, name: str, dev: FleetDevice) -> LocalView:
+        """This host's file as the renderer last wrote it, when it still holds those bytes
+        (reading 10,000 peers' bytes costs a millisecond, parsing them half a second); else
+        the file parsed as it is now (a hand edit the renderer has not seen yet)."""
+        view = dev.local
+        if view is not None:
+            try:
+                if self._path(name).read_bytes() == view.data:
+                    return view
+            except OSError:
+                pass
+        cfg = self.device_config(name)
+        return LocalView.of(cfg.text().encode(), cfg, frozenset(managed_keys(cfg)))
 
     def _live_here(
         self, name: str, dev: FleetDevice, revision: int, public_key: bytes, apply: bool
@@ -242,6 +265,29 @@ class FleetPeerService(PeerService):
             except ApplyError as e:
                 raise Unavailable(f"the removal could not be applied: {e}") from None
         return bool(result)
+
+
+class _Pool:
+    """An allocator over the fleet's peers, updated by difference: building one for 10,000
+    peers costs more than the rest of an add, and consecutive snapshots share their entries."""
+
+    def __init__(self, addresses) -> None:
+        self.addresses = list(addresses)
+        self.alloc = Allocator(self.addresses)
+        self.seen: dict[bytes, object] = {}  # public key -> the FleetPeer entry covered
+
+    def sync(self, peers) -> Allocator:
+        seen, alloc = self.seen, self.alloc
+        for key in [k for k in seen if k not in peers]:
+            alloc.remove_peer(seen.pop(key).peer.allowed_ips)
+        for key, entry in peers.items():
+            old = seen.get(key)
+            if old is not entry:
+                if old is not None:
+                    alloc.remove_peer(old.peer.allowed_ips)
+                alloc.add_peer(entry.peer.allowed_ips)
+                seen[key] = entry
+        return alloc
 
 
 def _drop_peer(snap, layout, peer: Peer) -> list[tuple]:
