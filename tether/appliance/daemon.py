@@ -177,6 +177,8 @@ class Daemon:
                     log.info("%s: %s was removed", name, slot.path)
                     await self._down(slot, save=False)
                 return
+            if parsed is None and self.fleet_runner is not None:
+                parsed = self.fleet_runner.rendered(name)  # the watcher may see it first
             read = await self._read(slot, parsed)
             if read is None:
                 return

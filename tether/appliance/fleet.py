@@ -258,6 +258,12 @@ class FleetRunner:
 
         return apply
 
+    def rendered(self, name: str) -> tuple | None:
+        """(bytes, view) of the file as the renderer last wrote it, or None."""
+        sync = self.syncs.get(name)
+        view = sync.dev.local if sync is not None else None
+        return (view.data, view) if view is not None else None
+
     def file_changed(self, name: str, data: bytes) -> None:
         sync = self.syncs.get(name)
         if sync is not None:
