@@ -307,6 +307,7 @@ def register_up_down(sub) -> None:
     add_common_options(p)
     add_api_options(p)
     add_exit_options(p)
+    add_fleet_options(p)
     p.add_env_option(
         "--state-dir",
         metavar="DIR",
@@ -341,8 +342,11 @@ def cmd_up(args) -> int:
         name = _device_arg(args)
         api = api_settings(args)
         public = public_addresses(args)
+        shared = fleet(args)
     except ValueError as e:
         return option_error(e)
+    if api is not None and shared is not None:
+        api = dataclasses.replace(api, fleet=shared)
     directory = store.config_dir(args.config_dir)
     path = store.device_path(directory, name)
     if not path.exists():
@@ -360,6 +364,7 @@ def cmd_up(args) -> int:
             api=api,
             allow_local=allow_local(args),
             public_addresses=public,
+            fleet=shared,
         )
 
     ok, message = detach.up(
