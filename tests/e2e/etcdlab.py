@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -31,6 +32,26 @@ def require_etcd() -> None:
         pytest.skip(message)
 
 
+def make_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and one certificate it signed for 127.0.0.1 (server and client use), by openssl."""
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.pem", "k.pem", "c.csr", "c.pem")
+    )
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+
+    def ssl_cmd(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+
+    ssl_cmd("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+            "-out", str(ca), "-days", "2", "-subj", "/CN=test etcd CA")  # fmt: skip
+    ssl_cmd("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+            "-subj", "/CN=127.0.0.1")  # fmt: skip
+    ssl_cmd("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
+    return ca, cert, key
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -39,10 +60,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class EtcdCluster:
     def __init__(
-        self, tmp: Path, members: int = 1, *, host: str = "127.0.0.1", ns: str | None = None
+        self,
+        tmp: Path,
+        members: int = 1,
+        *,
+        host: str = "127.0.0.1",
+        ns: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ):
+        """`tls`: (CA, certificate, key) files; the members then serve https and require a
+        client certificate from that CA (the same certificate serves as the tests' own)."""
         require_etcd()
-        self.tmp, self.host, self.ns = tmp, host, ns
+        self.tmp, self.host, self.ns, self.tls = tmp, host, ns, tls
+        self.scheme = "https" if tls else "http"
         self.names = [f"m{i}" for i in range(members)]
         self.client_ports = {n: free_port() for n in self.names}
         self.peer_ports = {n: free_port() for n in self.names}
@@ -53,7 +83,7 @@ class EtcdCluster:
         self.wait_healthy()
 
     def url(self, name: str) -> str:
-        return f"http://{self.host}:{self.client_ports[name]}"
+        return f"{self.scheme}://{self.host}:{self.client_ports[name]}"
 
     @property
     def urls(self) -> str:
@@ -65,7 +95,7 @@ class EtcdCluster:
             "etcd",
             "--name", name,
             "--data-dir", str(self.tmp / f"etcd-{name}"),
-            "--listen-client-urls", f"http://{listen}:{self.client_ports[name]}",
+            "--listen-client-urls", f"{self.scheme}://{listen}:{self.client_ports[name]}",
             "--advertise-client-urls", self.url(name),
             "--listen-peer-urls", f"http://{listen}:{self.peer_ports[name]}",
             "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_ports[name]}",
@@ -73,6 +103,10 @@ class EtcdCluster:
             "--initial-cluster-state", "new",
             "--initial-cluster-token", f"t{os.getpid()}{id(self)}",
         ]  # fmt: skip
+        if self.tls:
+            ca, cert, key = self.tls
+            argv += ["--cert-file", str(cert), "--key-file", str(key),
+                     "--trusted-ca-file", str(ca), "--client-cert-auth"]  # fmt: skip
         if self.ns:
             argv = ["ip", "netns", "exec", self.ns, *argv]
         log = open(self.tmp / f"etcd-{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
@@ -114,7 +148,11 @@ class EtcdCluster:
         req = urllib.request.Request(
             self.url(name) + path, json.dumps(body).encode(), method="POST"
         )
-        with urllib.request.urlopen(req, timeout=2) as r:
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.tls[0]))
+            context.load_cert_chain(str(self.tls[1]), str(self.tls[2]))
+        with urllib.request.urlopen(req, timeout=2, context=context) as r:
             return json.loads(r.read())
 
     def call(self, path: str, body: dict) -> dict:

@@ -157,3 +157,26 @@ def test_user_and_password_against_etcd_with_auth(tmp_path, etcd):
     with pytest.raises(EtcdUnavailable):
         anonymous.device(NAME).load()
     ctl("--user", "root:rootpw", "auth", "disable")
+
+
+def test_tls_with_client_certificates(tmp_path):
+    from ..e2e.etcdlab import EtcdCluster, make_tls
+
+    ca, cert, key = make_tls(tmp_path)
+    etcd = EtcdCluster(tmp_path, tls=(ca, cert, key))
+    try:
+        url = etcd.url(etcd.names[0])
+        assert url.startswith("https://")
+        good = Fleet(
+            FleetOptions(EtcdOptions((url,), cacert=str(ca), cert=str(cert), key=str(key)))
+        )
+        assert good.etcd.txn([], [])[0]
+        good.device(NAME).load()
+        for options in (
+            EtcdOptions((url,), cacert=str(ca)),  # no client certificate: refused
+            EtcdOptions((url,)),  # the server's certificate is not trusted
+        ):
+            with pytest.raises(EtcdUnavailable):
+                Fleet(FleetOptions(options)).device(NAME).load()
+    finally:
+        etcd.close()

@@ -152,6 +152,9 @@ class Etcd:
                 timeout=options.timeout,
                 api_path="/v3/",
             )
+            # no HTTP proxy, CA bundle or netrc from the environment: etcd is reached directly,
+            # trusting --fleet-etcd-cacert (requests would let REQUESTS_CA_BUNDLE override it)
+            client.session.trust_env = False
             self._members.append(client)
         self._current = 0
         self._lock = threading.Lock()
