@@ -213,6 +213,13 @@ def test_two_hosts_share_peers_through_etcd(lab, tmp_path):
     fleet.wait_up(0)
     wait_for(lambda: fleet.peers(0) == fleet.peers(1), 10, "host A caught up")
     assert not set(gone) & set(fleet.peers(0)) and set(later) <= set(fleet.peers(0))
+    # the client's own peer removed through A: B's running device drops it (no more traffic)
+    status, body, _ = fleet.calls(0, ("DELETE", f"/peer/remove/{pub}"))[0]
+    assert status == 200, body
+    wait_for(lambda: pub not in fleet.peers(1), 2.0, "the removal in host B's file")
+    out = lab.ns_sh(client["ns"], "curl", "-sS", "--max-time", "3",
+                    f"http://{inet_addr(1)}:8080/whoami", check=False, timeout=20)  # fmt: skip
+    assert out.returncode != 0, out.stdout
     print(f"add on A -> in B's file: {latency * 1000:.0f} ms")
 
 

@@ -67,10 +67,12 @@ class DeviceFleetSync:
         ]
 
     def start(self) -> None:
+        """Start watching and rendering."""
         for t in self._threads:
             t.start()
 
     def close(self) -> None:
+        """Stop both threads (the open watch is cut) and wait for them."""
         self.stop.set()
         self.kick.set()
         stream = self.stream
@@ -265,10 +267,12 @@ class FleetRunner:
         return (view.data, view) if view is not None else None
 
     def file_changed(self, name: str, data: bytes) -> None:
+        """The daemon saw device `name`'s file change (see DeviceFleetSync.file_changed)."""
         sync = self.syncs.get(name)
         if sync is not None:
             sync.file_changed(data)
 
     async def close(self) -> None:
+        """Stop every device's sync."""
         for sync in self.syncs.values():
             await asyncio.to_thread(sync.close)

@@ -101,7 +101,7 @@ def fleet(args):
             raise ValueError(f"--{given[0].replace('_', '-')} needs --fleet-etcd")
         return None
     from tether.api.fleet.device import Fleet  # the etcd client: only for fleets
-    from tether.api.fleet.options import fleet_options
+    from tether.api.fleet.options import fleet_options  # (requests & co., ~0.1 s)
 
     return Fleet(
         fleet_options(

@@ -84,6 +84,7 @@ class FleetDevice:
             log.error("%s: %s", self.layout.device, problem)
 
     def mark_rendered(self, revision: int) -> None:
+        """The file and the device now have the peers of `revision` (wakes waiting writers)."""
         with self.cond:
             self.rendered = max(self.rendered, revision)
             self.cond.notify_all()
@@ -168,6 +169,7 @@ class Fleet:
         self._lock = threading.Lock()
 
     def device(self, name: str) -> FleetDevice:
+        """The fleet state of device `name` (made on first use)."""
         with self._lock:
             dev = self._devices.get(name)
             if dev is None:

@@ -49,10 +49,12 @@ class WatchCompacted(Exception):
 
 
 def b64(data: bytes) -> str:
+    """Bytes as the JSON gateway carries them."""
     return base64.b64encode(data).decode("ascii")
 
 
 def unb64(text: str | None) -> bytes:
+    """The bytes of a gateway field (absent: empty, as the gateway omits defaults)."""
     return base64.b64decode(text or "")
 
 
@@ -81,10 +83,12 @@ def modified_at(key: bytes, revision: int) -> dict:
 
 
 def put(key: bytes, value: bytes) -> dict:
+    """Operation: write `key`."""
     return {"request_put": {"key": b64(key), "value": b64(value)}}
 
 
 def delete(key: bytes) -> dict:
+    """Operation: delete `key`."""
     return {"request_delete_range": {"key": b64(key)}}
 
 
@@ -301,6 +305,7 @@ class WatchStream:
         self.response.close()
 
     def responses(self) -> Iterator[tuple[int, list[tuple[str, bytes, bytes, int]]]]:
+        """The decoded responses until the stream ends (see Etcd.watch)."""
         buffer = b""
         try:
             for chunk in self.response.iter_content(chunk_size=None):

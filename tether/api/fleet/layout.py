@@ -70,19 +70,24 @@ class Layout:
 
     @property
     def root(self) -> bytes:
+        """The prefix of every key of the device."""
         return f"{self.prefix}{self.device}/".encode("ascii")
 
     @property
     def serial(self) -> bytes:
+        """The key every write of the device changes and compares."""
         return self.root + b"serial"
 
     def key(self, kind: str, name: str) -> bytes:
+        """The key of entry `name` of `kind` (peers, addresses, owners, ...)."""
         return self.root + kind.encode("ascii") + b"/" + name.encode("ascii")
 
     def peer(self, public_key: bytes) -> bytes:
+        """The key of a peer."""
         return self.key("peers", keys.encode(public_key))
 
     def address(self, network) -> bytes:
+        """The key of an allocated address."""
         return self.key("addresses", str(network))
 
     def split(self, key: bytes) -> tuple[str, str] | None:
@@ -117,6 +122,7 @@ def peer_value(peer: Peer, comment: str = "") -> bytes:
 
 
 def address_value(public_key: bytes) -> bytes:
+    """What an address key holds: the peer it is allocated to."""
     return _dump({"peer": keys.encode(public_key)})
 
 

@@ -65,6 +65,7 @@ class Mirror:
         return self._feed(revision, events)
 
     def take_problems(self) -> list[str]:
+        """The values refused since the last call (for the log), once each."""
         problems, self.problems = self.problems, []
         return problems
 
