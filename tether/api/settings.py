@@ -67,6 +67,7 @@ class ApiSettings:
     quarantine: float = DEFAULT_QUARANTINE
     token_file: str | None = None
     public_url: str | None = None  # --api-public-url: where phones reach the API
+    fleet: object = None  # tether.api.fleet.device.Fleet under --fleet-etcd (set by `run`)
 
     @classmethod
     def from_options(
@@ -151,6 +152,7 @@ class ApiSettings:
             peer_expiry=self.peer_expiry,
             quarantine=self.quarantine,
             links=links or invites.JoinLinks(self.join_base()),
+            fleet=self.fleet,
         )
 
     def start(self, hub: DeviceHub) -> ApiHandle:

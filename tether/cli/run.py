@@ -14,11 +14,13 @@ they pull in bottle, waitress, prometheus_client and the whole protocol stack, a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 
 from tether.api.peers import public
 from tether.appliance import detach
+from tether.cli.devenv import lookup
 from tether.config import filemode, store
 from tether.device.uapi.server import DEFAULT_RUN_DIR, run_dir
 
@@ -47,6 +49,7 @@ def register(sub) -> None:
     add_common_options(p)
     add_api_options(p)
     add_exit_options(p)
+    add_fleet_options(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -59,6 +62,58 @@ def add_exit_options(p) -> None:
         choices=["yes", "no", "true", "false", "1", "0"],
         help="let peers reach this host's loopback, link-local and own addresses through the "
         "exit (refused by default)",
+    )
+
+
+def add_fleet_options(p) -> None:
+    """A fleet of exits (DESIGN.md §7): peers shared with other hosts through etcd. The TLS and
+    user options are spelled as etcdctl's; the password comes from a file or the environment
+    (TETHERCTL_FLEET_ETCD_PASSWORD), never from the command line."""
+    p.add_env_option(
+        "--fleet-etcd",
+        metavar="URL[,URL...]",
+        help="share this daemon's peers with other hosts through etcd (its members' client URLs)",
+    )
+    p.add_env_option(
+        "--fleet-prefix", metavar="PREFIX", help="where the fleet's keys live (default /tetherctl/)"
+    )
+    p.add_env_option("--fleet-etcd-cacert", metavar="FILE", help="CA bundle of etcd's TLS")
+    p.add_env_option("--fleet-etcd-cert", metavar="FILE", help="client certificate for etcd")
+    p.add_env_option("--fleet-etcd-key", metavar="FILE", help="client certificate's key")
+    p.add_env_option(
+        "--fleet-etcd-user",
+        metavar="NAME",
+        help="etcd user; the password is read from --fleet-etcd-password-file or "
+        "TETHERCTL_FLEET_ETCD_PASSWORD",
+    )
+    p.add_env_option(
+        "--fleet-etcd-password-file", metavar="FILE", help="the etcd user's password (first line)"
+    )
+
+
+def fleet(args):
+    """The fleet the options ask for (None: none); ValueError with a one-line message."""
+    urls = getattr(args, "fleet_etcd", None)
+    extras = ("fleet_prefix", "fleet_etcd_cacert", "fleet_etcd_cert", "fleet_etcd_key")
+    if not urls:
+        given = [n for n in (*extras, "fleet_etcd_user") if getattr(args, n, None)]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} needs --fleet-etcd")
+        return None
+    from tether.api.fleet.device import Fleet  # the etcd client: only for fleets
+    from tether.api.fleet.options import fleet_options  # (requests & co., ~0.1 s)
+
+    return Fleet(
+        fleet_options(
+            urls,
+            prefix=args.fleet_prefix,
+            cacert=args.fleet_etcd_cacert,
+            cert=args.fleet_etcd_cert,
+            key=args.fleet_etcd_key,
+            user=args.fleet_etcd_user,
+            password_file=args.fleet_etcd_password_file,
+            password_env=lookup("fleet-etcd-password"),
+        )
     )
 
 
@@ -219,8 +274,11 @@ def cmd_run(args) -> int:
             store.check_device_name(name)
         api = api_settings(args)
         public = public_addresses(args)
+        shared = fleet(args)
     except ValueError as e:
         return option_error(e)
+    if api is not None and shared is not None:
+        api = dataclasses.replace(api, fleet=shared)
 
     async def main() -> int:
         daemon = Daemon(
@@ -230,6 +288,7 @@ def cmd_run(args) -> int:
             api=api,
             allow_local=allow_local(args),
             public_addresses=public,
+            fleet=shared,
         )
         return await daemon.run()
 
@@ -248,6 +307,7 @@ def register_up_down(sub) -> None:
     add_common_options(p)
     add_api_options(p)
     add_exit_options(p)
+    add_fleet_options(p)
     p.add_env_option(
         "--state-dir",
         metavar="DIR",
@@ -282,8 +342,11 @@ def cmd_up(args) -> int:
         name = _device_arg(args)
         api = api_settings(args)
         public = public_addresses(args)
+        shared = fleet(args)
     except ValueError as e:
         return option_error(e)
+    if api is not None and shared is not None:
+        api = dataclasses.replace(api, fleet=shared)
     directory = store.config_dir(args.config_dir)
     path = store.device_path(directory, name)
     if not path.exists():
@@ -301,6 +364,7 @@ def cmd_up(args) -> int:
             api=api,
             allow_local=allow_local(args),
             public_addresses=public,
+            fleet=shared,
         )
 
     ok, message = detach.up(

@@ -76,7 +76,9 @@ class ConfigFile:
 
     def update_peer(self, public_key: bytes, **changes) -> m.Peer:
         """Change some of a peer's settings (endpoint, allowed_ips, persistent_keepalive,
-        preshared_key); lines of settings that did not change are left alone."""
+        preshared_key); lines of settings that did not change are left alone. The peer is
+        replaced by a new object (returned), never changed in place, so a list of peers someone
+        took from this file before (the daemon's applied configuration) stays as it was."""
         peer = self._peers.get(public_key)
         if peer is None:
             raise KeyError(keys.encode(public_key))
@@ -89,9 +91,10 @@ class ConfigFile:
             new_values = _rendered(m.peer_pairs(new), canonical)
             if old_values != new_values:
                 self.doc.set_pair_lines(section, key_lower, canonical, new_values)
-        for field in dataclasses.fields(m.Peer):
-            setattr(peer, field.name, getattr(new, field.name))
-        return peer
+        self._peers[public_key] = new
+        peers = self.config.peers
+        peers[next(i for i, p in enumerate(peers) if p is peer)] = new
+        return new
 
     # -- interface ---------------------------------------------------------------------------
 

@@ -99,15 +99,22 @@ def make_app(
     quarantine: float = DEFAULT_QUARANTINE,
     clock: Callable[[], float] = time.time,
     links: JoinLinks | None = None,
+    fleet=None,
 ) -> bottle.Bottle:
     """A WSGI app serving `hub`'s devices (options as in ApiSettings). `token=None`: every
     caller is trusted. `rate_limit=None` disables the per-client limit. `links` builds the join
-    URLs of new invites."""
+    URLs of new invites. `fleet` (a `tether.api.fleet.device.Fleet`): peers, allocations, owners
+    and invites live in etcd (DESIGN.md §7) instead of this host's files."""
     if self_service not in SELF_SERVICE_MODES:
         raise ValueError(f"self_service must be one of {', '.join(SELF_SERVICE_MODES)}")
     if trusted_proxies and not token:
         raise ValueError("a trusted proxy exposes the API: it needs a token")
-    service = PeerService(
+    kind, extra = PeerService, {}
+    if fleet is not None:
+        from tether.api.fleet.service import FleetPeerService  # the etcd client: fleets only
+
+        kind, extra = FleetPeerService, {"fleet": fleet}
+    service = kind(
         hub,
         public,
         default_device=api_device,
@@ -116,6 +123,7 @@ def make_app(
         quarantine=quarantine,
         self_service_max=self_service_max,
         self_service_expiry=peer_expiry,
+        **extra,
     )
     limiter = RateLimiter(rate_limit) if rate_limit is not None else None
     registry, collector = metrics.make_registry(hub)

@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tether import keys
 from tether.api.errors import (
@@ -132,6 +133,53 @@ _EXISTS = object()
 _OWN_KEY = object()
 _FORBIDDEN = object()
 _POOL_FULL = object()
+
+
+@dataclass
+class Admission:
+    """One add's decision, made inside the update that allocates (the file's locked edit, or
+    the fleet's etcd transaction): the invite and the self-service cap are checked, addresses
+    allocated, the invite use taken and the owner recorded, all on the same state."""
+
+    public_key: bytes
+    grant: str | None
+    claim: Claim | None
+    secret: str | None
+    self_service: bool
+    comment: str
+    cap: int
+    expiry: float
+
+    def admit(
+        self, rs: DeviceState, now: float, alloc: Allocator, hold: Callable[[set[str]], None]
+    ):
+        """The allocated networks, or a refusal (a PeerError, _POOL_FULL, Exhausted).
+        `hold(quarantined)` keeps the quarantined addresses out of `alloc`."""
+        if self.claim is not None:
+            refused = self.claim.check(rs, now)
+            if refused is not None:
+                return refused
+        if self.self_service and self.cap and rs.self_service_count(now) >= self.cap:
+            return _POOL_FULL
+        hold(rs.quarantined(now))
+        try:
+            nets = alloc.allocate()
+        except Exhausted as e:
+            return e
+        if self.claim is not None:
+            self.claim.take(rs, now)
+        if self.grant:
+            rs.set_owner(
+                keys.encode(self.public_key),
+                Owner(
+                    secret_hash(self.secret),
+                    int(now),
+                    self.self_service,
+                    int(now + self.expiry) if self.expiry > 0 else None,
+                    tuple(str(n) for n in nets),
+                ),
+            )
+        return nets
 
 
 class PeerService:
@@ -309,43 +357,8 @@ class PeerService:
             private = keys.generate_private()
             public_key = keys.public_from_private(private)
         state = self._state(name)
-        when = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
-        comment = (
-            f"added by {self.source} {when:%Y-%m-%d %H:%M} UTC"
-            + (f" for {client}" if client else "")
-            + (f" ({note})" if note else "")
-        )
-        secret = secrets.token_urlsafe(32) if grant else None
-        self_service = grant == SELF_SERVICE_GRANT
-
-        def allocate(rs: DeviceState, now: float, alloc: Allocator):
-            if claim is not None:
-                refused = claim.check(rs, now)
-                if refused is not None:
-                    return refused
-            cap = self.self_service_max
-            if self_service and cap and rs.self_service_count(now) >= cap:
-                return _POOL_FULL
-            state.hold(rs.quarantined(now))
-            try:
-                nets = alloc.allocate()
-            except Exhausted as e:
-                return e
-            if claim is not None:
-                claim.take(rs, now)
-            if grant:
-                expiry = self.self_service_expiry if self_service else 0
-                rs.set_owner(
-                    keys.encode(public_key),
-                    Owner(
-                        secret_hash(secret),
-                        int(now),
-                        self_service,
-                        int(now + expiry) if expiry > 0 else None,
-                        tuple(str(n) for n in nets),
-                    ),
-                )
-            return nets
+        admission = self._admission(public_key, client, grant, claim, note)
+        comment, secret = admission.comment, admission.secret
 
         def change(cfg: ConfigFile):
             if cfg.peer(public_key) is not None:
@@ -357,7 +370,9 @@ class PeerService:
             except Unavailable as e:
                 return e
             alloc = state.allocator(cfg)
-            nets = self._registry_step(name, state, cfg, lambda rs, now: allocate(rs, now, alloc))
+            nets = self._registry_step(
+                name, state, cfg, lambda rs, now: admission.admit(rs, now, alloc, state.hold)
+            )
             if not isinstance(nets, list):
                 return nets
             peer = Peer(public_key, allowed_ips=nets)
@@ -375,19 +390,7 @@ class PeerService:
             if made and grant:  # the state was written, the device file was not: undo
                 self._rollback(name, state, made[0], claim)
             raise
-        if result is _EXISTS:
-            raise Conflict("a peer with this public key already exists")
-        if result is _OWN_KEY:
-            raise BadRequest("this is the device's own public key")
-        if result is _POOL_FULL:
-            raise Unavailable(
-                f"device {name} holds its maximum of {self.self_service_max} self-service "
-                "peers; ask its operator"
-            )
-        if isinstance(result, Exhausted):
-            raise Unavailable(f"no free address left on device {name}: {result}")
-        if isinstance(result, PeerError):
-            raise result
+        self._refuse(name, result)
         assert isinstance(result, Added)
         log.info(
             "%s: peer %s added with %s (%s%s)",
@@ -407,6 +410,49 @@ class PeerService:
                 )
                 raise Unavailable(f"the peer could not be applied: {e}") from None
         return result
+
+    def _admission(
+        self,
+        public_key: bytes,
+        client: str | None,
+        grant: str | None,
+        claim: Claim | None,
+        note: str,
+    ) -> Admission:
+        """What an add will record (its comment, its owner secret) and check under its lock."""
+        when = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+        comment = (
+            f"added by {self.source} {when:%Y-%m-%d %H:%M} UTC"
+            + (f" for {client}" if client else "")
+            + (f" ({note})" if note else "")
+        )
+        self_service = grant == SELF_SERVICE_GRANT
+        return Admission(
+            public_key,
+            grant,
+            claim,
+            secrets.token_urlsafe(32) if grant else None,
+            self_service,
+            comment,
+            self.self_service_max,
+            self.self_service_expiry if self_service else 0.0,
+        )
+
+    def _refuse(self, name: str, result: object) -> None:
+        """Raise the error an add's refusal (`Admission.admit`, the edit) stands for."""
+        if result is _EXISTS:
+            raise Conflict("a peer with this public key already exists")
+        if result is _OWN_KEY:
+            raise BadRequest("this is the device's own public key")
+        if result is _POOL_FULL:
+            raise Unavailable(
+                f"device {name} holds its maximum of {self.self_service_max} self-service "
+                "peers; ask its operator"
+            )
+        if isinstance(result, Exhausted):
+            raise Unavailable(f"no free address left on device {name}: {result}")
+        if isinstance(result, PeerError):
+            raise result
 
     def _rollback(
         self, name: str, state: _DeviceState, peer: Peer, claim: Claim | None = None
