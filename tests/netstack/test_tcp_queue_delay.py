@@ -335,3 +335,57 @@ def test_window_rtt_times_the_data_an_update_let_in() -> None:
     w.window_sent(17000, 10.051)
     w.data_arrived(12500, 13500, 10.060)
     assert not w.take_waited() and w.excess(10.060) == 0.0
+
+
+class BackloggedExit(PeerQueue):
+    """A download whose ACKs reach the exit `backlog` seconds late, all of them: the exit's own
+    socket queue (a busy process), which the device measures and reports with each batch."""
+
+    def __init__(self, h: Harness, backlog: float, credit: bool) -> None:
+        super().__init__(h, 200e6, 1 << 30)
+        self.backlog, self.credit = backlog, credit
+
+    def _arrive(self, to: str, data: bytes) -> None:
+        if to != "exit":
+            super()._arrive(to, data)
+        elif self.backlog and not isinstance(data, _Late):  # into the exit's socket queue
+            self.h.link.send(self.h.now, "exit", _Late(data), extra=self.backlog - LATENCY)
+        else:
+            queued = self.backlog if self.credit and isinstance(data, _Late) else 0.0
+            seg = parse_segment(PEER_ADDR, EXIT_ADDR, data)
+            self.h.conn.receive_segment(seg, self.h.now, queued)
+
+
+class _Late(bytes):
+    """A datagram that has waited in the exit's socket queue."""
+
+
+LATENCY = 0.0003
+
+
+def test_the_exits_own_backlog_is_not_taken_for_a_queue_toward_the_peer() -> None:
+    """A busy exit: every RTT sample grows by the time ACKs wait in the exit's own socket, which
+    no window toward the peer causes or cures. Left out (as the device reports it with each
+    batch), that wait costs the sender no window; counted, it costs window and throughput."""
+
+    def run(backlog: float, credit: bool) -> tuple[int, int]:
+        h = Harness(
+            config=TcpConfig(queue_delay_target=TARGET),
+            peer_kw={"rcv_buf": 4 << 20},
+            isns=(11000, 0x6FFFF000),
+        )
+        h.link.latency = LATENCY
+        h.advance(0.1)
+        q = BackloggedExit(h, 0.0, credit)
+        q.run(0.1, bytes(256 * 1024))  # the base RTT, learnt while the exit is idle
+        before, got = h.conn.tx.queue_reductions, len(h.peer.received)
+        q.backlog = backlog
+        q.run(0.3, bytes(256 * 1024))
+        return h.conn.tx.queue_reductions - before, len(h.peer.received) - got
+
+    idle = run(0.0, False)
+    counted = run(0.004, False)
+    credited = run(0.004, True)
+    assert counted[0] > 2 * max(idle[0], 1)  # the test can fail
+    assert credited[0] <= idle[0]
+    assert credited[1] > 1.3 * counted[1]

@@ -17,8 +17,9 @@ batches of up to `BATCH` until the socket would block, so the per-datagram cost 
 work plus one `recvfrom_into`. The batch is bounded because every packet in it waits for the
 whole batch before its answer leaves (a ping beside an upload waits for up to two batches): 64
 measured as fast as 256 on an upload (544-606 vs 520 Mbit/s) with ping p50/p90 under the upload
-at 2.8-3.9/4.0-5.2 ms instead of 4.7/7.5; 32 cost a tenth of the throughput. Host-side input (an exit socket became readable) reaches the device through the
-inside's `wake()`, which schedules one collection per loop iteration however often it is called.
+at 2.8-3.9/4.0-5.2 ms instead of 4.7/7.5; 32 cost a tenth of the throughput. Host-side
+input (an exit socket became readable) reaches the device through the inside's `wake()`, which
+schedules one collection per loop iteration however often it is called.
 """
 
 from __future__ import annotations

@@ -88,6 +88,7 @@ class TcpTable:
         self._isn = isn or random.SystemRandom().getrandbits
         self.limits = exit_.limits
         self.queue_delay: float | None = None  # of the batch being received (Exit sets it)
+        self.batch_queued = 0.0  # how long this batch's first datagram waited (Exit sets it)
 
     # -- from the peer -----------------------------------------------------------------------
 
@@ -100,7 +101,7 @@ class TcpTable:
             conn = flow.conn
             flow.last = now
             if conn.state is not _CLOSED:
-                conn.receive_segment(seg, now)
+                conn.receive_segment(seg, now, self.batch_queued)
                 if not flow.dirty:
                     flow.dirty = True
                     self._dirty.append(flow)
@@ -299,6 +300,7 @@ class TcpTable:
                     self._service(flow, now)
             dirty = self._dirty
         self.queue_delay = None  # the next batch brings its own
+        self.batch_queued = 0.0
 
     def _service(self, flow: TcpFlow, now: float) -> None:
         conn = flow.conn

@@ -298,8 +298,10 @@ class TcpConnection:
 
     # -- the peer side -------------------------------------------------------------------------
 
-    def receive_segment(self, seg: Segment, now: float) -> None:
-        """Process one segment from the peer (RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323)."""
+    def receive_segment(self, seg: Segment, now: float, queued: float = 0.0) -> None:
+        """Process one segment from the peer (RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323).
+        `queued`: how long it waited in the device's socket queue before `now`, if known; the
+        sender's standing-queue test leaves it out of RTT samples (`SendSide.ack_queued`)."""
         state = self.state
         flags = seg.flags
         if state is CLOSED:
@@ -379,6 +381,7 @@ class TcpConnection:
                 )
                 for left, right in seg.sack_blocks
             ]
+        tx.ack_queued = queued
         tx.on_ack(ack, seq, seg.window, blocks, ts_rtt, now, seg_len == 0)
         self._last_rcv = now
         self._ka_probes = 0

@@ -52,6 +52,7 @@ class SendSide:
         "rtt",
         "cc",
         "queue",
+        "ack_queued",
         "initial_window",
         "scoreboard",
         "dupacks",
@@ -82,6 +83,7 @@ class SendSide:
         "emit",
         "timeouts",
         "recoveries",
+        "queue_reductions",
         "retransmitted",
     )
 
@@ -116,6 +118,9 @@ class SendSide:
         self.initial_window = min(iw * mss, max(2 * mss, iw * 1460))
         self.cc = make_congestion_control(config.congestion, mss, self.initial_window)
         self.queue = StandingQueue(config.queue_delay_target)
+        # How long the ACK being processed waited in the exit's own socket queue: the standing
+        # queue is judged on the path's delay, not on the exit's backlog (the connection sets it).
+        self.ack_queued = 0.0
         self.scoreboard = SackScoreboard(config.max_sack_ranges)
         self.dupacks = 0
         self.in_recovery = False
@@ -146,6 +151,7 @@ class SendSide:
         # Counters for metrics and tests: RTO expiries, loss-recovery episodes, segments resent.
         self.timeouts = 0
         self.recoveries = 0
+        self.queue_reductions = 0  # windows given up for a standing queue (StandingQueue)
         self.retransmitted = 0
         self.spurious_timeouts = 0
 
@@ -250,9 +256,12 @@ class SendSide:
             # Data only: the SYN-ACK is answered at once, data may wait for a delayed ACK.
             if (
                 self.rtt_seq > self.syn_end
-                and self.queue.sample(now - self.rtt_time, now, rtt.srtt, rtt.rttvar)
+                and self.queue.sample(
+                    now - self.rtt_time - self.ack_queued, now, rtt.srtt, rtt.rttvar
+                )
                 and not self.in_recovery
             ):
+                self.queue_reductions += 1
                 self.cc.on_queue(now)
             self.rtt_seq = None
         self.snd_una = ack
