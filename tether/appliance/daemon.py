@@ -64,6 +64,7 @@ class Slot:
     uapi: UapiServer | None = None
     applied: DeviceConfig | None = None  # the last configuration that is live
     applied_bytes: bytes | None = None
+    generation: int | None = None  # the device's generation right after `applied` went live
     error: str | None = None  # the problem reported last, so it is logged once
     mode_checked: bool = False  # the file's permissions were looked at (warned once per start)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -199,7 +200,7 @@ class Daemon:
 
     def _apply(self, slot: Slot, data: bytes, cfg: ConfigFile) -> DeviceChange:
         try:
-            change = reconcile(slot.device, slot.applied, cfg.config)
+            change = reconcile(slot.device, slot.applied, cfg.config, since=slot.generation)
         except (BindError, OSError, ValueError) as e:
             self._report(
                 slot,
@@ -207,6 +208,7 @@ class Daemon:
             )
             return DeviceChange()
         slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
+        slot.generation = slot.device.generation
         if change:
             log.info("%s: applied %s", slot.name, ", ".join(describe(change)))
         return change
@@ -255,6 +257,7 @@ class Daemon:
                 raise
             slot.device, slot.uapi = device, uapi
             slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
+            slot.generation = device.generation
             try:
                 await self._hooks(slot, "PostUp", iface.post_up)
             except hooks.HookError:
@@ -337,9 +340,10 @@ class Daemon:
 
     # -- what the API calls ----------------------------------------------------------------------
 
-    async def apply_now(self, name: str) -> None:
-        """Apply the file as it is now (after an edit by the API), before answering the user."""
-        await self.sync(name)
+    async def apply_now(self, name: str, parsed=None) -> None:
+        """Apply the file as it is now (after an edit by the API), before answering the user.
+        `parsed`: see `_read`."""
+        await self.sync(name, parsed)
         slot = self.slots.get(name)
         if slot is None or not slot.up:
             raise RuntimeError(slot.error if slot and slot.error else f"{name} is not running")
