@@ -111,6 +111,9 @@ class Daemon:
         self.inside_factory = inside_factory
         self.slots: dict[str, Slot] = {}
         self._registries: dict = {}  # device name -> tether.api.registry.FileRegistry
+        # device name -> (bytes, parse) the API wrote last (`offer`): what `_read` uses instead
+        # of parsing the file again when the watcher sees the API's write before `apply_now`
+        self.offered: dict[str, tuple] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -138,7 +141,8 @@ class Daemon:
     async def _read(self, slot: Slot, parsed=None) -> tuple[bytes, ConfigFile] | None:
         """Parse the file off the loop; None (after one log line) if it is missing or bad.
         `parsed`: (bytes, an object with `.config`) its writer already has: used when the file
-        still holds those bytes (the fleet's renderer; a 10,000-peer parse costs ~0.5 s)."""
+        still holds those bytes (the fleet's renderer, the API; a 10,000-peer parse costs
+        ~0.5 s); so is the API's last `offer`."""
         try:
             data, mode = await asyncio.to_thread(_read_file, slot.path)
         except FileNotFoundError:
@@ -151,8 +155,9 @@ class Daemon:
             warning = filemode.exposure_warning(slot.path, mode)
             if warning:
                 log.warning("%s", warning)
-        if parsed is not None and parsed[0] == data:
-            return data, parsed[1]
+        for known in (parsed, self.offered.get(slot.name)):
+            if known is not None and known[0] == data:
+                return data, known[1]
         try:
             cfg = await asyncio.to_thread(ConfigFile.parse_bytes, data, slot.path.name)
         except ConfigError as e:
@@ -339,6 +344,11 @@ class Daemon:
             log.error("%s: SaveConfig could not write %s: %s", slot.name, slot.path, e)
 
     # -- what the API calls ----------------------------------------------------------------------
+
+    def offer(self, name: str, parsed: tuple) -> None:
+        """(bytes, parse) of device `name`'s file as the API just wrote it (any thread: one
+        dict store); see `_read`."""
+        self.offered[name] = parsed
 
     async def apply_now(self, name: str, parsed=None) -> None:
         """Apply the file as it is now (after an edit by the API), before answering the user.

@@ -49,7 +49,10 @@ class DaemonHub:
     def apply_now(self, name: str, changed: Collection[bytes] = (), written=None) -> None:
         """See DeviceHub: the daemon's own `sync` of that file, awaited (with `written`, a
         10,000-peer file the API just wrote is not parsed again)."""
-        parsed = (written.data, written) if written is not None else None
+        parsed = None
+        if written is not None:
+            parsed = (written.data, written)
+            self.daemon.offer(name, parsed)  # in case the watcher gets there first
         future = asyncio.run_coroutine_threadsafe(self.daemon.apply_now(name, parsed), self.loop)
         try:
             future.result(CALL_TIMEOUT)
