@@ -131,7 +131,7 @@ class FakeHub:
     def device_names(self) -> list[str]:
         return self.names if self.names is not None else store.list_devices(self.config_dir)
 
-    def apply_now(self, name, changed=()):
+    def apply_now(self, name, changed=(), written=None):
         if self.fail_apply:
             raise ApplyError(self.fail_apply)
         self.applied.append((name, tuple(changed)))

@@ -73,7 +73,7 @@ class FileOnlyHub:
     def _snapshot(self, name: str) -> DeviceSnapshot | None:
         return None if self.run_dir is None else live_snapshot(self.run_dir, name)
 
-    def apply_now(self, name: str, changed: Collection[bytes] = ()) -> None:
+    def apply_now(self, name: str, changed: Collection[bytes] = (), written=None) -> None:
         if not changed or self._live(name) is None:
             return  # no running device: the file is all there is
         deadline = time.monotonic() + self.live_timeout

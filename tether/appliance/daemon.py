@@ -64,6 +64,7 @@ class Slot:
     uapi: UapiServer | None = None
     applied: DeviceConfig | None = None  # the last configuration that is live
     applied_bytes: bytes | None = None
+    generation: int | None = None  # the device's generation right after `applied` went live
     error: str | None = None  # the problem reported last, so it is logged once
     mode_checked: bool = False  # the file's permissions were looked at (warned once per start)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -110,6 +111,9 @@ class Daemon:
         self.inside_factory = inside_factory
         self.slots: dict[str, Slot] = {}
         self._registries: dict = {}  # device name -> tether.api.registry.FileRegistry
+        # device name -> (bytes, parse) the API wrote last (`offer`): what `_read` uses instead
+        # of parsing the file again when the watcher sees the API's write before `apply_now`
+        self.offered: dict[str, tuple] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -137,7 +141,8 @@ class Daemon:
     async def _read(self, slot: Slot, parsed=None) -> tuple[bytes, ConfigFile] | None:
         """Parse the file off the loop; None (after one log line) if it is missing or bad.
         `parsed`: (bytes, an object with `.config`) its writer already has: used when the file
-        still holds those bytes (the fleet's renderer; a 10,000-peer parse costs ~0.5 s)."""
+        still holds those bytes (the fleet's renderer, the API; a 10,000-peer parse costs
+        ~0.5 s); so is the API's last `offer`."""
         try:
             data, mode = await asyncio.to_thread(_read_file, slot.path)
         except FileNotFoundError:
@@ -150,8 +155,9 @@ class Daemon:
             warning = filemode.exposure_warning(slot.path, mode)
             if warning:
                 log.warning("%s", warning)
-        if parsed is not None and parsed[0] == data:
-            return data, parsed[1]
+        for known in (parsed, self.offered.get(slot.name)):
+            if known is not None and known[0] == data:
+                return data, known[1]
         try:
             cfg = await asyncio.to_thread(ConfigFile.parse_bytes, data, slot.path.name)
         except ConfigError as e:
@@ -199,7 +205,7 @@ class Daemon:
 
     def _apply(self, slot: Slot, data: bytes, cfg: ConfigFile) -> DeviceChange:
         try:
-            change = reconcile(slot.device, slot.applied, cfg.config)
+            change = reconcile(slot.device, slot.applied, cfg.config, since=slot.generation)
         except (BindError, OSError, ValueError) as e:
             self._report(
                 slot,
@@ -207,6 +213,7 @@ class Daemon:
             )
             return DeviceChange()
         slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
+        slot.generation = slot.device.generation
         if change:
             log.info("%s: applied %s", slot.name, ", ".join(describe(change)))
         return change
@@ -255,6 +262,7 @@ class Daemon:
                 raise
             slot.device, slot.uapi = device, uapi
             slot.applied, slot.applied_bytes, slot.error = cfg.config, data, None
+            slot.generation = device.generation
             try:
                 await self._hooks(slot, "PostUp", iface.post_up)
             except hooks.HookError:
@@ -337,9 +345,15 @@ class Daemon:
 
     # -- what the API calls ----------------------------------------------------------------------
 
-    async def apply_now(self, name: str) -> None:
-        """Apply the file as it is now (after an edit by the API), before answering the user."""
-        await self.sync(name)
+    def offer(self, name: str, parsed: tuple) -> None:
+        """(bytes, parse) of device `name`'s file as the API just wrote it (any thread: one
+        dict store); see `_read`."""
+        self.offered[name] = parsed
+
+    async def apply_now(self, name: str, parsed=None) -> None:
+        """Apply the file as it is now (after an edit by the API), before answering the user.
+        `parsed`: see `_read`."""
+        await self.sync(name, parsed)
         slot = self.slots.get(name)
         if slot is None or not slot.up:
             raise RuntimeError(slot.error if slot and slot.error else f"{name} is not running")

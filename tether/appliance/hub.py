@@ -46,9 +46,14 @@ class DaemonHub:
         """See DeviceHub: the devices that are up."""
         return self._call(lambda: sorted(n for n, s in self.daemon.slots.items() if s.up))
 
-    def apply_now(self, name: str, changed: Collection[bytes] = ()) -> None:
-        """See DeviceHub: the daemon's own `sync` of that file, awaited."""
-        future = asyncio.run_coroutine_threadsafe(self.daemon.apply_now(name), self.loop)
+    def apply_now(self, name: str, changed: Collection[bytes] = (), written=None) -> None:
+        """See DeviceHub: the daemon's own `sync` of that file, awaited (with `written`, a
+        10,000-peer file the API just wrote is not parsed again)."""
+        parsed = None
+        if written is not None:
+            parsed = (written.data, written)
+            self.daemon.offer(name, parsed)  # in case the watcher gets there first
+        future = asyncio.run_coroutine_threadsafe(self.daemon.apply_now(name, parsed), self.loop)
         try:
             future.result(CALL_TIMEOUT)
         except RuntimeError as e:

@@ -10,6 +10,15 @@ address it has left every time someone edits another peer.
 Peers whose settings did not change are not named in the change at all, which is what keeps
 their sessions (and the TCP connections inside them) alive across edits. The plan is one
 `DeviceChange` (the value `wg set` requests become too), applied by `Device.apply`.
+
+Planning costs what the edit touched, not what the file holds (a fleet host has 10,000 peers
+and renders one more): when nothing but the reconciler applied anything to the device since it
+applied `last` (the device's `generation` is the one it noted then), the device runs `last`
+exactly (endpoints aside, which are compared with `last` anyway), so only the peers whose
+objects differ between `last` and `new` can need a change, and the device is asked for those
+alone (`snapshot(peers=...)`). The file's editor never changes a peer in place (it replaces the
+object), so object identity is a safe "unchanged". After a `wg set` the generation differs and
+the whole file is compared with the whole device, as before.
 """
 
 from __future__ import annotations
@@ -23,23 +32,33 @@ from tether.config.values import Endpoint
 from tether.device.change import ZERO_KEY, DeviceChange, PeerChange
 from tether.device.state import PeerState, RunningState
 
-__all__ = ["DeviceOps", "allowed_ips_changed", "describe", "plan", "reconcile"]
+__all__ = ["DeviceOps", "allowed_ips_changed", "describe", "plan", "reconcile", "touched_peers"]
 
 
 class DeviceOps(Protocol):
     """What the reconciler needs of a running device: its one snapshot and its one entry point
     (`tether.device.device.Device` offers both)."""
 
-    def snapshot(self) -> RunningState:
-        """The device as it runs (what the plan compares the file with)."""
+    @property
+    def generation(self) -> int:
+        """Counts `apply` calls (whoever made them)."""
+
+    def snapshot(self, peers=None) -> RunningState:
+        """The device as it runs (what the plan compares the file with); `peers`: only those."""
 
     def apply(self, change: DeviceChange) -> None:
         """Make the planned change live."""
 
 
-def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) -> DeviceChange:
+def plan(
+    running: RunningState,
+    last: DeviceConfig | None,
+    new: DeviceConfig,
+    touched: set[bytes] | None = None,
+) -> DeviceChange:
     """The change that makes a device running as `running` match `new`, given that `last` was
-    the file applied before (None: nothing was)."""
+    the file applied before (None: nothing was). `touched` (see `touched_peers`): only these
+    peers can differ from the device, and `running` may hold only them."""
     iface = new.interface
     listen_port = None
     if iface.listen_port is not None and iface.listen_port != running.listen_port:
@@ -59,11 +78,25 @@ def plan(running: RunningState, last: DeviceConfig | None, new: DeviceConfig) ->
     exit_settings = new.exit if new.exit != running.exit else None
 
     own = iface.public_key  # an X25519 computation: once, not per peer
-    wanted = {p.public_key: p for p in new.peers if p.public_key != own}
-    before = {p.public_key: p for p in last.peers} if last is not None else {}
-    peer_egress = {key: p.egress for key, p in wanted.items() if p.egress is not None}
-    if peer_egress == dict(running.peer_egress):
-        peer_egress = None
+    if touched is None:
+        wanted = {p.public_key: p for p in new.peers if p.public_key != own}
+        before = {p.public_key: p for p in last.peers} if last is not None else {}
+        egress_may_differ = True
+    else:
+        wanted = {p.public_key: p for p in new.peers if p.public_key in touched}
+        before = {p.public_key: p for p in last.peers if p.public_key in touched}
+        wanted.pop(own, None)
+        egress_may_differ = any(
+            getattr(wanted.get(k), "egress", None) != getattr(before.get(k), "egress", None)
+            for k in touched
+        )
+    peer_egress = None
+    if egress_may_differ:
+        every = new.peers if touched is not None else wanted.values()
+        peer_egress = {p.public_key: p.egress for p in every if p.egress is not None}
+        peer_egress.pop(own, None)
+        if peer_egress == dict(running.peer_egress):
+            peer_egress = None
     peers = [PeerChange(key, remove=True) for key in running.peers if key not in wanted]
     for key, peer in wanted.items():
         change = _peer_change(running.peers.get(key), before.get(key), peer)
@@ -119,9 +152,36 @@ def _peer_change(
     )
 
 
-def reconcile(device: DeviceOps, last: DeviceConfig | None, new: DeviceConfig) -> DeviceChange:
-    """Apply the plan; returns the change made (for logs and tests)."""
-    change = plan(device.snapshot(), last, new)
+def touched_peers(last: DeviceConfig, new: DeviceConfig) -> set[bytes]:
+    """The public keys of the peers whose objects are not the same in `last` and `new` (added,
+    removed or replaced: the editor replaces a peer it changes): one pass of identity checks."""
+    kept = {id(p) for p in last.peers}
+    fresh = {p.public_key for p in new.peers if id(p) not in kept}
+    kept = {id(p) for p in new.peers}
+    return fresh | {p.public_key for p in last.peers if id(p) not in kept}
+
+
+def reconcile(
+    device: DeviceOps,
+    last: DeviceConfig | None,
+    new: DeviceConfig,
+    *,
+    since: int | None = None,
+) -> DeviceChange:
+    """Apply the plan; returns the change made (for logs and tests). `since`: the device's
+    `generation` right after `last` was reconciled; while it is still that, only the peers the
+    edit touched are planned (module docstring)."""
+    if (
+        last is not None
+        and since is not None
+        and since == device.generation
+        # a new private key may turn a peer skipped as the device's own into a real one
+        and last.interface.private_key == new.interface.private_key
+    ):
+        touched = touched_peers(last, new)
+        change = plan(device.snapshot(peers=touched), last, new, touched)
+    else:
+        change = plan(device.snapshot(), last, new)
     if change:
         device.apply(change)
     return change

@@ -117,6 +117,12 @@ class DeviceConfig:
                 return peer
         return None
 
+    def frozen(self) -> DeviceConfig:
+        """A copy with its own list of peers: the editor adds and removes peers in the list of
+        the configuration it edits but never changes a Peer or the Interface in place, so this
+        copy stays what the file said when it was taken (the daemon keeps it as "applied")."""
+        return DeviceConfig(self.interface, list(self.peers), self.exit)
+
 
 def own_addresses(addresses: list[v.IPInterface]) -> list:
     return [a.ip for a in addresses if not _is_network_address(a)]

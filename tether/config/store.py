@@ -20,10 +20,12 @@ import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tether.config.editor import ConfigFile
 from tether.config.errors import ConfigError
+from tether.config.model import DeviceConfig
 
 DEFAULT_CONFIG_DIR = "/etc/tetherctl"
 DEVICE_NAME = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
@@ -138,6 +140,16 @@ def _read(path: str | os.PathLike, name: str) -> bytes:
         raise ConfigError(name, None, f"cannot read: {e.strerror or e}") from None
 
 
+@dataclass(frozen=True)
+class Written:
+    """A file's bytes and its configuration as of those bytes (`DeviceConfig.frozen`): what a
+    writer hands the daemon so that it need not parse the file it just wrote again
+    (`Daemon.sync`'s `parsed`, used only while the file still holds exactly `data`)."""
+
+    data: bytes
+    config: DeviceConfig
+
+
 class ParseCache:
     """The last parse of one file, reused while the file's bytes are unchanged.
 
@@ -161,6 +173,12 @@ class ParseCache:
 
     def drop(self) -> None:
         self.data = self.cfg = None
+
+    def written(self) -> Written | None:
+        """The cached bytes with a frozen copy of their configuration (None: nothing cached)."""
+        if self.cfg is None or self.data is None:
+            return None
+        return Written(self.data, self.cfg.config.frozen())
 
 
 def edit(

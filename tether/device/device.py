@@ -28,6 +28,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Collection
 from types import MappingProxyType
 
 from tether import keys
@@ -103,6 +104,7 @@ class Device:
         self._resolver = Resolver(resolver)
         self._resolve_timeout = resolve_timeout
         self._resolving: dict[bytes, Request] = {}  # peer key -> the name being resolved for it
+        self._generation = 0  # `apply` calls so far (see `generation`)
 
     @property
     def listen_port(self) -> int:
@@ -113,6 +115,14 @@ class Device:
     def public_key(self) -> bytes | None:
         """The device's public key (None without a private key)."""
         return self._core.public_key
+
+    @property
+    def generation(self) -> int:
+        """How many times `apply` was called: configuration changes only through `apply`, so a
+        reader that saw the device at one generation knows nothing changed while it is the same
+        (the reconciler plans only the peers a file edit touched when no one else, `wg set`,
+        applied anything since its own apply)."""
+        return self._generation
 
     @property
     def inside(self) -> Inside | None:
@@ -180,6 +190,7 @@ class Device:
         peer the core refuses (too many peers) raises ValueError after the parts before it were
         applied. A peer with the device's own public key is ignored, as wg ignores it."""
         core = self._core
+        self._generation += 1  # first: a change that fails half-way still counts
         port = change.listen_port
         if port is not None and (port != self._listen_port or port == 0):
             self._bind(port)
@@ -289,10 +300,14 @@ class Device:
         )
         self._resolving[public_key] = request
 
-    def snapshot(self) -> RunningState:
-        """The device as it runs now, as an immutable value (see state.py)."""
+    def snapshot(self, peers: Collection[bytes] | None = None) -> RunningState:
+        """The device as it runs now, as an immutable value (see state.py). `peers`: only
+        these peers (those present) in `.peers` and `.refusals`: a reader that needs a few of
+        10,000 peers (the reconciler's plan for one edit) pays for those alone; everything
+        else in the value is the same as in the full one."""
         core = self._core
-        peers = {
+        stats = core.peer_stats() if peers is None else core.peer_stats(peers)
+        snap = {
             s.public_key: PeerState(
                 s.preshared_key,
                 s.persistent_keepalive,
@@ -302,22 +317,25 @@ class Device:
                 s.tx_bytes,
                 s.last_handshake,
             )
-            for s in core.peer_stats()
+            for s in stats
         }
         counters = core.counters()
         if self._send_drops:
             counters["drop_send_buffer_full"] += self._send_drops
         inside = self._inside
+        refusals = inside.refusals() if inside is not None else {}
+        if peers is not None:
+            refusals = {k: n for k, n in refusals.items() if k in snap}
         return RunningState(
             private_key=core.private_key,
             listen_port=self._listen_port,
             mtu=core.mtu,
             addresses=self._addresses,
-            peers=MappingProxyType(peers),
+            peers=MappingProxyType(snap),
             exit=self._exit_settings,
             counters=MappingProxyType(counters),
             inside=MappingProxyType(dict(inside.counters())) if inside is not None else {},
-            refusals=MappingProxyType(inside.refusals()) if inside is not None else {},
+            refusals=MappingProxyType(refusals),
             peer_egress=MappingProxyType(dict(self._peer_egress)),
             egress_up=MappingProxyType(dict(inside.egress_status())) if inside is not None else {},
         )

@@ -65,8 +65,10 @@ class DeviceHub(Protocol):
     def device_names(self) -> list[str]:
         """The devices the API may address, sorted (the daemon: those it serves)."""
 
-    def apply_now(self, name: str, changed: Collection[bytes] = ()) -> None:
+    def apply_now(self, name: str, changed: Collection[bytes] = (), written=None) -> None:
         """Make the running device match its file as it is now, and return once it does.
+        `written` (tether.config.store.Written): the file as the caller's edit left it, which
+        a hub that parses the file may use instead while the file still holds those bytes.
 
         Called WITHOUT the directory lock held (the daemon may need it, e.g. for SaveConfig).
         `changed` names the peers (public keys) this request added or removed; a hub that applies

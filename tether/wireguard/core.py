@@ -335,9 +335,13 @@ class WireGuardCore(HandshakeLayer):
         peer = self._lookup(address)
         return None if peer is None else peer.public_key
 
-    def peer_stats(self) -> tuple[PeerStatus, ...]:
-        """Every peer's reported fields, in the order the peers were added."""
-        return tuple(peer.status() for peer in self._peers.values())
+    def peer_stats(self, only: Iterable[bytes] | None = None) -> tuple[PeerStatus, ...]:
+        """Every peer's reported fields, in the order the peers were added; with `only`, those
+        of the peers named there that exist, in `only`'s order."""
+        if only is None:
+            return tuple(peer.status() for peer in self._peers.values())
+        peers = self._peers
+        return tuple(peers[key].status() for key in only if key in peers)
 
     def counters(self) -> Counter:
         """The device's counters, a copy: handshake messages by kind (`initiations_sent`,

@@ -133,8 +133,7 @@ class LocalView:
     @classmethod
     def of(cls, data: bytes, cfg: ConfigFile, managed: frozenset[bytes]) -> LocalView:
         """The view of `cfg`, whose text is `data`, with `managed` its fleet blocks."""
-        c = cfg.config
-        return cls(data, DeviceConfig(c.interface, list(c.peers), c.exit), managed)
+        return cls(data, cfg.config.frozen(), managed)
 
     def hand_written(self) -> list[Peer]:
         """The peers written by hand into this host's file."""

@@ -82,7 +82,10 @@ class SubnetPool:
                 self._ranges[(lo, hi)] = count
                 return
             self._ranges.pop((lo, hi), None)
-        self._dirty = True  # merged intervals are rebuilt lazily; rare compared with adds
+        if lo == hi and not self._ranges and not self._dirty:
+            self._split(lo)  # only host routes are covered: cut the one address out
+        else:
+            self._dirty = True  # merged intervals are rebuilt lazily, on the next look
         if hi - lo < 4096:
             for addr in range(lo, hi + 1):
                 heapq.heappush(self._freed, addr)
@@ -109,6 +112,18 @@ class SubnetPool:
             j += 1
         self._starts[i:j] = [lo]
         self._ends[i:j] = [hi]
+
+    def _split(self, addr: int) -> None:
+        """Take `addr` out of the merged interval holding it: O(log n) plus a list splice,
+        where a rebuild sorts every covered address (an etcd-backed add uncovers its address
+        and covers it again when etcd confirms it: a rebuild per add at 10,000 peers)."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i < 0 or self._ends[i] < addr:
+            return
+        lo, hi = self._starts[i], self._ends[i]
+        spans = [(a, b) for a, b in ((lo, addr - 1), (addr + 1, hi)) if a <= b]
+        self._starts[i : i + 1] = [a for a, _ in spans]
+        self._ends[i : i + 1] = [b for _, b in spans]
 
     def _rebuild(self) -> None:
         spans = sorted([(a, a) for a in self._hosts] + list(self._ranges))

@@ -100,6 +100,7 @@ class _DeviceState:
         "registry",
         "checked_for",
         "held",
+        "written",
     )
 
     def __init__(self, registry: Registry) -> None:
@@ -111,6 +112,7 @@ class _DeviceState:
         self.registry = registry
         self.checked_for: ConfigFile | None = None  # the parse owners were last checked against
         self.held: dict[str, object] = {}  # the quarantined networks the allocator holds
+        self.written: store.Written | None = None  # the file as our last edit left it
 
     def allocator(self, cfg: ConfigFile) -> Allocator:
         if self.alloc is None or self.alloc_for is not cfg:
@@ -402,7 +404,7 @@ class PeerService:
         )
         if apply:
             try:
-                self.hub.apply_now(name, (public_key,))
+                self.hub.apply_now(name, (public_key,), written=state.written)
             except ApplyError as e:
                 self._rollback(name, state, result.peer, claim)
                 log.error(
@@ -528,7 +530,7 @@ class PeerService:
             log.info("%s: peer %s removed (%s)", name, key, client or self.source)
         if apply:
             try:
-                self.hub.apply_now(name, (public_key,))
+                self.hub.apply_now(name, (public_key,), written=state.written)
             except ApplyError as e:
                 raise Unavailable(f"the removal could not be applied: {e}") from None
         return removed
@@ -595,7 +597,9 @@ class PeerService:
     def _edit(self, name: str, state: _DeviceState, change: Callable[[ConfigFile], object]):
         with state.lock:
             try:
-                return store.edit(self._path(name), change, cache=state.cache)
+                result = store.edit(self._path(name), change, cache=state.cache)
+                state.written = state.cache.written()
+                return result
             except ConfigError as e:
                 raise self._file_problem(name, e) from None
             except StateError as e:
