@@ -37,13 +37,6 @@ class AuthHost(Host):
             Fleet.__init__ = real
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after an etcd restart (simple tokens live in its memory) no host can log in again: "
-    "_authenticate posts /auth/authenticate with the dead token still in the session's "
-    "Authorization header, which etcd refuses; the watch never even tries: every write 503s "
-    "and no change is rendered until tetherctl itself restarts",
-)
 def test_watch_logs_in_again_after_etcd_restart(tmp_path, etcd):
     url = etcd.url(etcd.names[0])
 

@@ -40,6 +40,10 @@ class EtcdUnavailable(Exception):
     """No etcd member answered (or every one refused); the message is one line without secrets."""
 
 
+class EtcdUnauthenticated(EtcdUnavailable):
+    """etcd cancelled a watch because it no longer accepts the token: log in again."""
+
+
 class WatchCompacted(Exception):
     """The revision a watch was to start from has been compacted away: resynchronize."""
 
@@ -183,12 +187,23 @@ class Etcd:
             return
         body = {"name": self.options.user, "password": self.options.password or ""}
         try:
-            answer = client.post(client.get_url("/auth/authenticate"), json=body)
+            # without the old token: etcd refuses to authenticate a request whose token it no
+            # longer knows (simple tokens live in its memory and die with a restart)
+            answer = client.post(
+                client.get_url("/auth/authenticate"), json=body, headers={"Authorization": None}
+            )
         except gw_errors.Etcd3Exception as e:
             raise EtcdUnavailable(f"etcd refused user {self.options.user}: {_brief(e)}") from None
         self._token = answer.get("token")
         for member in self._members:
             member.session.headers["Authorization"] = self._token or ""
+
+    def _forget_token(self) -> None:
+        """etcd no longer accepts our token (it restarted, or the token expired): the next
+        request logs in again."""
+        self._token = None
+        for member in self._members:
+            member.session.headers.pop("Authorization", None)
 
     def call(self, path: str, body: dict) -> dict:
         """POST `body` to `/v3/<path>` on the first member that answers; EtcdUnavailable."""
@@ -271,6 +286,8 @@ class Etcd:
                 continue
             if response.status_code != 200:
                 problems.append(f"{self.options.urls[i]}: HTTP {response.status_code}")
+                if response.status_code == 401:
+                    self._forget_token()
                 response.close()
                 response = None
                 continue
@@ -282,7 +299,11 @@ class Etcd:
             self._current = member
         stream = WatchStream(response)
         started(stream)
-        yield from stream.responses()
+        try:
+            yield from stream.responses()
+        except EtcdUnauthenticated:
+            self._forget_token()
+            raise
 
 
 class WatchStream:
@@ -324,13 +345,19 @@ class WatchStream:
     def _decode(line: bytes) -> tuple[int, list[tuple[str, bytes, bytes, int]]]:
         doc = json.loads(line)
         if "error" in doc:
-            raise EtcdUnavailable(f"etcd watch failed: {_brief(doc['error'])}")
+            error = doc["error"]
+            code = error.get("http_code") if isinstance(error, dict) else None
+            lost = EtcdUnauthenticated if code == 401 else EtcdUnavailable
+            raise lost(f"etcd watch failed: {_brief(error)}")
         result = doc.get("result", {})
         compact = int(result.get("compact_revision") or 0)
         if compact:
             raise WatchCompacted(compact)
         if result.get("canceled"):
-            raise EtcdUnavailable(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
+            reason = str(result.get("cancel_reason", ""))
+            lost = "unauthenticated" in reason.lower() or "auth token" in reason.lower()
+            error = EtcdUnauthenticated if lost else EtcdUnavailable
+            raise error(f"etcd cancelled the watch: {_brief(reason)}")
         revision = int(result.get("header", {}).get("revision") or 0)
         events = []
         for ev in result.get("events", []):
