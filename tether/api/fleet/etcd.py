@@ -258,7 +258,8 @@ class Etcd:
         self, prefix: bytes, start_revision: int, started: Callable[[WatchStream], None]
     ) -> Iterator[tuple[int, list[tuple[str, bytes, bytes, int]]]]:
         """Watch every key under `prefix` from `start_revision`: yields (header revision,
-        [(PUT|DELETE, key, value, mod_revision)]) per response. Raises WatchCompacted,
+        [(PUT|DELETE, key, value, mod_revision)]) per response (0 for the one that confirms the
+        watch was created). Raises WatchCompacted,
         EtcdUnavailable (no member), or ends when the stream ends or is stopped (`started`
         gets the stream first, so another thread can `stop()` it)."""
         body = {
@@ -358,7 +359,10 @@ class WatchStream:
             lost = "unauthenticated" in reason.lower() or "auth token" in reason.lower()
             error = EtcdUnauthenticated if lost else EtcdUnavailable
             raise error(f"etcd cancelled the watch: {_brief(reason)}")
-        revision = int(result.get("header", {}).get("revision") or 0)
+        # the response that confirms the watch carries the current revision, not a promise
+        # that everything before it was sent: it reports none (see Mirror.apply)
+        created = result.get("created")
+        revision = 0 if created else int(result.get("header", {}).get("revision") or 0)
         events = []
         for ev in result.get("events", []):
             kv = ev.get("kv", {})
