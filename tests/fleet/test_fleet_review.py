@@ -95,12 +95,6 @@ def test_removal_survives_a_cut_during_catch_up(tmp_path, etcd):
         b.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`tetherctl invite create|list|revoke` edit <device>.state.json, which a fleet host "
-    "ignores (its invites are in etcd): the printed link is dead on every host, and an invite "
-    "made through POST /invites can be neither listed nor revoked from the shell",
-)
 def test_cli_invite_on_a_fleet_host_is_the_fleets(tmp_path, etcd, cli_env):
     a = Host(tmp_path, "a", etcd.urls)
     try:
@@ -113,6 +107,25 @@ def test_cli_invite_on_a_fleet_host_is_the_fleets(tmp_path, etcd, cli_env):
         code = made.stdout.decode().strip().rsplit("/", 1)[1]
         joined = call(a.app, "POST", f"/join/{code}/{new_key()}")
         assert joined.status == 200, joined.body
+        # an invite made elsewhere (the registry every host's API uses) is listed and revoked
+        other = run("invite", "create", NAME, "--api-public-url", "http://x.example:1", env=env)
+        other_code = other.stdout.decode().strip().rsplit("/", 1)[1]
+        listed = run("invite", "list", NAME, env=env)
+        assert listed.returncode == 0, listed.stderr
+        rows = listed.stdout.decode().splitlines()[1:]
+        assert len(rows) == 2 and any(" 1/1 " in r for r in rows), rows
+        revoked = run("invite", "revoke", NAME, other_code, env=env)
+        assert revoked.returncode == 0, revoked.stderr
+        wait_for(lambda: all(i.revoked for i in a.dev.snapshot().state.invites.values()
+                             if not i.used), 3, "a sees the revocation")  # fmt: skip
+        assert call(a.app, "POST", f"/join/{other_code}/{new_key()}").status != 200
+        assert not (a.dir / f"{NAME}.state.json").exists()
+        # a fleet peer is removed in etcd, not from one host's file (the renderer restores it)
+        fleet_peer = next(iter(a.peers()))
+        removed = run("peer", "remove", NAME, fleet_peer, env=env)
+        assert removed.returncode != 0
+        assert b"DELETE /peer/remove/" in removed.stderr and len(removed.stderr.splitlines()) == 1
+        assert fleet_peer in a.peers()
     finally:
         a.close()
 
