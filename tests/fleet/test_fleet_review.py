@@ -1,12 +1,10 @@
 """Review of the fleet as an attacker/operator (issue 15): reproductions of what is still wrong,
-marked xfail(strict=True) so that they pass now and flip when the product is fixed."""
+now fixed, so these tests guard against the problems coming back."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-
-import pytest
 
 from tether import keys
 from tether.api.fleet import etcd as e
@@ -130,15 +128,8 @@ def test_cli_invite_on_a_fleet_host_is_the_fleets(tmp_path, etcd, cli_env):
         a.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each host's janitor sees only its own device's handshakes: host a removes from the "
-    "whole fleet a self-service peer whose client handshook with host b (b's janitor, or b's "
-    "write of the cleared expiry, had not happened yet: up to a sweep interval, or as long as "
-    "b cannot reach etcd)",
-)
 def test_janitor_keeps_a_peer_used_through_another_host(tmp_path, etcd):
-    from tether.api.peers.janitor import Janitor
+    from tether.api.peers.janitor import Janitor, interval_for
 
     t0 = 1_700_000_000.0
     now = [t0]
@@ -151,8 +142,16 @@ def test_janitor_keeps_a_peer_used_through_another_host(tmp_path, etcd):
         pk = keys.decode(k)
         a.hub.stats = {NAME: {pk: (0, 0, None)}}  # live on a, its client never came here
         b.hub.stats = {NAME: {pk: (0, 0, t0 + 3590)}}  # it handshook with b, in time
+        idle = new_key()  # used nowhere: still removed, two sweep intervals late
+        assert call(a.app, "POST", f"/peer/add/any/{idle}").status == 200
+        a.hub.stats[NAME][keys.decode(idle)] = (0, 0, None)
         now[0] = t0 + 3601
         assert Janitor(a.service).sweep(now[0]) == []
+        Janitor(b.service).sweep(now[0])  # b's next sweep records the handshake in etcd
+        wait_for(lambda: a.dev.snapshot().state.owners[k].expires is None, 3, "a sees it")
+        now[0] = t0 + 3600 + 2 * interval_for(3600.0) + 1
+        assert Janitor(a.service).sweep(now[0]) == [(NAME, idle)]
+        assert k in a.peers()
     finally:
         a.close()
         b.close()
