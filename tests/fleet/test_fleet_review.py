@@ -1,4 +1,4 @@
-"""Review of the fleet as an attacker/operator (issue 15): reproductions of what is still wrong,
+"""Review of the fleet as an attacker/operator (issue 15): reproductions of what was wrong,
 now fixed, so these tests guard against the problems coming back."""
 
 from __future__ import annotations
