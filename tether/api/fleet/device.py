@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tether.api.errors import Unavailable
 from tether.api.fleet import etcd as e
-from tether.api.fleet.layout import Layout, check_prefix
+from tether.api.fleet.layout import MAX_VALUE, Layout, check_prefix
 from tether.api.fleet.mirror import Mirror, Snapshot
 
 log = logging.getLogger("tether.fleet")
@@ -64,7 +64,7 @@ class FleetDevice:
     def load(self) -> set[bytes]:
         """Read everything of the device (startup, after compaction): the changed peer keys.
         EtcdUnavailable when no member answers."""
-        revision, kvs = self.etcd.range_prefix(self.layout.root)
+        revision, kvs = self.etcd.range_prefix(self.layout.root, MAX_VALUE)
         with self.cond:
             self.loads += 1
             changed = self.mirror.reset(revision, kvs)
