@@ -76,3 +76,35 @@ def test_a_watch_response_over_the_limit_means_a_bounded_resync(tmp_path, etcd):
     finally:
         a.close()
         b.close()
+
+
+def test_junk_on_the_watch_is_an_error_the_watcher_handles():
+    for line in (b"5", b"[]", b'{"result": 5}', b'{"result": {"events": [5]}}', b"\xff"):
+        try:
+            e.WatchStream._decode(line)
+        except e.EtcdUnavailable as err:
+            assert "\n" not in str(err)
+        else:
+            raise AssertionError(f"{line!r} decoded")
+
+
+def test_the_watcher_survives_a_failure_it_did_not_expect(tmp_path, etcd, monkeypatch):
+    a, b = Host(tmp_path, "a", etcd.urls), Host(tmp_path, "b", etcd.urls)
+    try:
+        real, failed = b.dev.feed, []
+
+        def feed_once_broken(revision, events):
+            if not failed:
+                failed.append(revision)
+                raise TypeError("a bug")
+            return real(revision, events)
+
+        monkeypatch.setattr(b.dev, "feed", feed_once_broken)
+        first = new_key()
+        assert call(a.app, "POST", f"/peer/add/any/{first}").status == 200
+        wait_for(lambda: failed, 3, "the watcher failed once")
+        wait_for(lambda: first in b.peers(), 5, "b reconnected and has the peer")
+        assert b.sync._threads[0].is_alive()
+    finally:
+        a.close()
+        b.close()

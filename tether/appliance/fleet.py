@@ -143,6 +143,9 @@ class DeviceFleetSync:
                         "%s: %s; the device keeps running on its file, retrying", self.name, e
                     )
                     down = True
+            except Exception as e:  # a bug must not end the watch (writes would 503 for good)
+                log.error("%s: the fleet watch failed: %s; retrying", self.name, e, exc_info=e)
+                down = True
             self.stream = None
             if self.stop.wait(pause):
                 return

@@ -403,7 +403,17 @@ class WatchStream:
 
     @staticmethod
     def _decode(line: bytes) -> tuple[int, list[tuple[str, bytes, bytes, int]]]:
-        doc = json.loads(line)
+        """One response; WatchCompacted, or EtcdUnavailable for a cancel, an error or anything
+        that is not a watch response (the watcher reconnects: it must not die of a bad line)."""
+        try:
+            return WatchStream._parse(json.loads(line))
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            raise EtcdUnavailable(
+                f"etcd watch: a response that does not parse ({_brief(e)})"
+            ) from None
+
+    @staticmethod
+    def _parse(doc) -> tuple[int, list[tuple[str, bytes, bytes, int]]]:
         if "error" in doc:
             error = doc["error"]
             code = error.get("http_code") if isinstance(error, dict) else None
