@@ -108,3 +108,20 @@ def test_the_watcher_survives_a_failure_it_did_not_expect(tmp_path, etcd, monkey
     finally:
         a.close()
         b.close()
+
+
+def test_a_quiet_watch_reconnects_without_a_log_line(tmp_path, etcd, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(e, "WATCH_IDLE", 0.5)
+    caplog.set_level(logging.DEBUG, "tether.fleet")
+    a, b = Host(tmp_path, "a", etcd.urls), Host(tmp_path, "b", etcd.urls)
+    try:
+        wait_for(lambda: sum("idle" in r.message for r in caplog.records) >= 4, 10, "idle cuts")
+        assert not [r for r in caplog.records if r.levelno >= logging.INFO and "watch" in r.message]
+        late = new_key()
+        assert call(a.app, "POST", f"/peer/add/any/{late}").status == 200
+        wait_for(lambda: late in b.peers(), 3, "b still watches")
+    finally:
+        a.close()
+        b.close()

@@ -396,7 +396,14 @@ class WatchStream:
                 if len(buffer) > WATCH_LINE:
                     raise WatchTooLarge()
         except (requests.RequestException, OSError, AttributeError, ValueError) as e:
-            if not self.stopped:
+            if self.stopped:
+                pass
+            elif "timed out" in str(e):
+                # a quiet prefix: nothing came for WATCH_IDLE (etcd's progress notices are ten
+                # minutes apart); the watch is made again from the same revision, nothing lost,
+                # and a dead member behind a silent connection is noticed within WATCH_IDLE
+                log.debug("etcd watch idle for %s s: watching again", WATCH_IDLE)
+            else:
                 log.info("etcd watch interrupted: %s", _brief(e))
         finally:
             self.response.close()
