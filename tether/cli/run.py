@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import sys
 
 from tether.api.peers import public
 from tether.appliance import detach
-from tether.cli.devenv import env_name, lookup
+from tether.cli.devenv import take
 from tether.config import filemode, store
 from tether.device.uapi.server import DEFAULT_RUN_DIR, run_dir
 
@@ -95,8 +94,7 @@ def add_fleet_options(p) -> None:
 def fleet(args):
     """The fleet the options ask for (None: none); ValueError with a one-line message. The
     password variable leaves the environment once read: PreUp/PostUp/... hooks inherit it."""
-    password = lookup("fleet-etcd-password")
-    os.environ.pop(env_name("fleet-etcd-password"), None)
+    password = take("fleet-etcd-password")
     urls = getattr(args, "fleet_etcd", None)
     extras = ("fleet_prefix", "fleet_etcd_cacert", "fleet_etcd_cert", "fleet_etcd_key")
     if not urls:
