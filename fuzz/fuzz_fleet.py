@@ -5,7 +5,8 @@ Any key and value must either be used or skipped (a FleetValueError, one line, n
 the mirror never raises; what it keeps are peers with single addresses; the rendered file
 parses, keeps the hand-written peer's block byte for byte, carries only single addresses inside
 the device's subnet and each at most once, and rendering the same state again changes nothing.
-The `--fleet-etcd` and `--fleet-prefix` texts are fed to their parsers on the side.
+The `--fleet-etcd` and `--fleet-prefix` texts are fed to their parsers on the side, and the
+bytes to the watch's response decoder (which must answer EtcdUnavailable for junk).
 Run: `make fuzz TARGET=fleet SECONDS=300` (see fuzz/README.md).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from tether.api.fleet.etcd import EtcdOptions
+from tether.api.fleet.etcd import EtcdOptions, EtcdUnavailable, WatchCompacted, WatchStream
 from tether.api.fleet.layout import KINDS, FleetValueError, Layout, check_prefix, parse_value
 from tether.api.fleet.mirror import Mirror
 from tether.api.fleet.render import render
@@ -58,6 +59,11 @@ def TestOneInput(data: bytes) -> None:
         except ValueError as e:
             if "\n" in str(e):
                 raise AssertionError(f"multi-line error: {e!r}") from None
+    try:  # a watch response line: decoded, or one of the errors the watcher handles
+        WatchStream._decode(data)
+    except (EtcdUnavailable, WatchCompacted) as e:
+        if "\n" in str(e):
+            raise AssertionError(f"multi-line error: {e!r}") from None
     head, _, rest = data.partition(b"\x01")
     for kind in KINDS:
         try:

@@ -102,6 +102,10 @@ def test_values_that_parse_but_would_hijack_addresses_are_not_rendered(tmp_path,
         (("--fleet-prefix", "/x/"), "needs --fleet-etcd"),
         (("--fleet-etcd", "http://127.0.0.1:1", "--fleet-etcd-user", "root"), "needs a password"),
         (
+            ("--fleet-etcd", "http://[::1]:1,http://etcd.example:2379", "--fleet-etcd-user", "r"),
+            "http://etcd.example:2379 is plain http to another machine",
+        ),
+        (
             ("--fleet-etcd", "http://127.0.0.1:1", "--fleet-etcd-cacert", "/nonexistent"),
             "cannot read",
         ),
@@ -180,3 +184,17 @@ def test_tls_with_client_certificates(tmp_path):
                 Fleet(FleetOptions(options)).device(NAME).load()
     finally:
         etcd.close()
+
+
+def test_the_password_leaves_the_environment_hooks_inherit(monkeypatch):
+    import argparse
+
+    from tether.cli.run import fleet
+
+    monkeypatch.setenv("TETHERCTL_FLEET_ETCD_PASSWORD", "s3cret")
+    options = dict(fleet_prefix=None, fleet_etcd_cacert=None, fleet_etcd_cert=None)
+    options.update(fleet_etcd_key=None, fleet_etcd_password_file=None)
+    args = argparse.Namespace(fleet_etcd="http://localhost:1", fleet_etcd_user="root", **options)
+    shared = fleet(args)
+    assert shared.etcd.options.password == "s3cret"
+    assert "TETHERCTL_FLEET_ETCD_PASSWORD" not in os.environ

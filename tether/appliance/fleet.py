@@ -4,9 +4,10 @@ For each device of `tetherctl run --fleet-etcd`, two threads (the etcd client bl
 
 - the watcher reads everything of the device once (startup; and once more whenever etcd says
   the revision to resume from was compacted: one full resync, not a storm), then watches the
-  device's keys from the mirror's revision + 1. When etcd becomes unreachable it retries with a
-  growing pause (to 2 s) and resumes from the last revision it saw, so a host that was cut off
-  gets exactly the changes it missed, removals included;
+  device's keys from the mirror's revision + 1 (a watch response too large to hold means a
+  full read too: by range pages, which are bounded). When etcd becomes unreachable it retries
+  with a growing pause (to 2 s) and resumes from the last revision it saw, so a host that was
+  cut off gets exactly the changes it missed, removals included;
 - the renderer wakes when the watch changed a peer (or the daemon saw the file change under it),
   renders the mirror's peers into the file through the lossless editor (one locked atomic write
   for however many events arrived meanwhile), asks the daemon to apply the file now, and then
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from tether import keys
 from tether.api.fleet.device import Fleet, FleetDevice
-from tether.api.fleet.etcd import EtcdUnavailable, WatchCompacted
+from tether.api.fleet.etcd import EtcdUnavailable, WatchCompacted, WatchTooLarge
 from tether.api.fleet.render import LocalView, render
 from tether.config import store
 from tether.config.editor import ConfigFile
@@ -132,7 +133,7 @@ class DeviceFleetSync:
                         self._want(changed)
                     if self.stop.is_set():
                         return
-            except WatchCompacted as e:
+            except (WatchCompacted, WatchTooLarge) as e:
                 log.warning("%s: %s; reading the fleet state once more", self.name, e)
                 resync = True
                 continue
@@ -142,6 +143,9 @@ class DeviceFleetSync:
                         "%s: %s; the device keeps running on its file, retrying", self.name, e
                     )
                     down = True
+            except Exception as e:  # a bug must not end the watch (writes would 503 for good)
+                log.error("%s: the fleet watch failed: %s; retrying", self.name, e, exc_info=e)
+                down = True
             self.stream = None
             if self.stop.wait(pause):
                 return

@@ -45,6 +45,12 @@ def lookup(
     return os.environ.get(name) or (device_env or {}).get(name) or None
 
 
+def take(option: str) -> str | None:
+    """A secret option's value from the process environment, removed from it: hooks and
+    other children this process starts inherit the environment (empty counts as none)."""
+    return os.environ.pop(env_name(option), None) or None
+
+
 def path(config_dir: str | os.PathLike, name: str) -> Path:
     """The device's variables file (`<config dir>/<name>.env`); ValueError on a bad name."""
     return Path(config_dir) / f"{store.check_device_name(name)}.env"

@@ -3,6 +3,9 @@
 Invites live in the device's state file (`<config-dir>/<device>.state.json`), which is the
 truth with or without a running daemon: these commands change it under the same lock, through
 the same atomic writer, as the daemon's API, and the API sees the change on its next request.
+On a fleet host (TETHERCTL_FLEET_ETCD in the environment or `<device>.env`) they live in etcd,
+and the commands use it as every host's API does (`fleetenv.py`), so a link made here joins
+through any host and an invite made through the API can be listed and revoked here.
 
 `create` prints the join URL on stdout (one line, for scripts; `--qr` adds a QR code of it for a
 phone's camera) and what the invite allows on stderr. The URL is built from `--api-public-url`,
@@ -24,7 +27,7 @@ from tether.api.join.invites import Invite, InviteError, JoinLinks
 from tether.api.join.onboarding import Onboarding
 from tether.api.peers.clientconf import ENDPOINT_TYPES, qr_terminal
 from tether.api.units import parse_duration
-from tether.cli import devenv
+from tether.cli import devenv, fleetenv
 from tether.cli.parser import add_family, fail
 from tether.cli.peer import add_dir_options, add_public_options, make_service, resolve_device
 from tether.config import store
@@ -88,8 +91,10 @@ def _onboarding(args, *, need_public: bool) -> tuple[Onboarding, str]:
         else {}
     )
     config_dir = store.config_dir(args.config_dir)
+    fleet = fleetenv.device_fleet(config_dir, args.device)
+    registry = fleetenv.registry(fleet) if fleet is not None else None
     _, service = make_service(
-        config_dir, args.run_dir, args.device, need_public=need_public, **public
+        config_dir, args.run_dir, args.device, need_public=need_public, registry=registry, **public
     )
     return Onboarding(service), resolve_device(service, args.device)
 

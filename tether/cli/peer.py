@@ -98,6 +98,7 @@ def make_service(
     domain: str | None = None,
     need_public: bool = True,
     source: str = "tetherctl",
+    registry=None,
 ) -> tuple[FileOnlyHub, PeerService]:
     """A file-editing PeerService for one command, the API's operations without the API (so
     a shell edit and an HTTP add allocate and render alike); ValueError for bad options. The
@@ -112,7 +113,8 @@ def make_service(
             warn=False,
         )
     hub = FileOnlyHub(config_dir, default_run_dir(run_dir))
-    return hub, PeerService(hub, endpoints, include_psk=True, source=source)
+    service = PeerService(hub, endpoints, include_psk=True, source=source, registry=registry)
+    return hub, service
 
 
 def resolve_device(service: PeerService, name: str) -> str:
@@ -139,6 +141,14 @@ def remove_peer(service: PeerService, device: str, pubkey: str) -> tuple[bool, s
     """Remove and wait for the daemon; returns (whether it was there, warning or None)."""
     name = resolve_device(service, device)
     key = parse_public_key(pubkey)
+    from tether.api.fleet.render import managed_keys  # (no etcd client: just the marker)
+
+    if key in managed_keys(service.device_config(name)):
+        # the fleet's renderer would put it back: it is removed in etcd, through any host's API
+        raise PeerError(
+            f"peer {keys.encode(key)} is the fleet's (rendered from etcd): remove it through "
+            f"the API of any host, DELETE /peer/remove/{keys.encode(key)}"
+        )
     removed = service.remove(name, key, apply=False)
     return removed, _wait_applied(service, name, key)
 

@@ -20,7 +20,7 @@ import sys
 
 from tether.api.peers import public
 from tether.appliance import detach
-from tether.cli.devenv import lookup
+from tether.cli.devenv import take
 from tether.config import filemode, store
 from tether.device.uapi.server import DEFAULT_RUN_DIR, run_dir
 
@@ -92,7 +92,9 @@ def add_fleet_options(p) -> None:
 
 
 def fleet(args):
-    """The fleet the options ask for (None: none); ValueError with a one-line message."""
+    """The fleet the options ask for (None: none); ValueError with a one-line message. The
+    password variable leaves the environment once read: PreUp/PostUp/... hooks inherit it."""
+    password = take("fleet-etcd-password")
     urls = getattr(args, "fleet_etcd", None)
     extras = ("fleet_prefix", "fleet_etcd_cacert", "fleet_etcd_cert", "fleet_etcd_key")
     if not urls:
@@ -112,7 +114,7 @@ def fleet(args):
             key=args.fleet_etcd_key,
             user=args.fleet_etcd_user,
             password_file=args.fleet_etcd_password_file,
-            password_env=lookup("fleet-etcd-password"),
+            password_env=password,
         )
     )
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tether.api.errors import Unavailable
 from tether.api.fleet import etcd as e
-from tether.api.fleet.layout import Layout, check_prefix
+from tether.api.fleet.layout import MAX_VALUE, Layout, check_prefix
 from tether.api.fleet.mirror import Mirror, Snapshot
 
 log = logging.getLogger("tether.fleet")
@@ -45,8 +45,11 @@ class FleetOptions:
 class FleetDevice:
     """See the module docstring. Thread-safe: the watcher feeds it, API threads read and write."""
 
-    def __init__(self, client: e.Etcd, layout: Layout) -> None:
+    def __init__(self, client: e.Etcd, layout: Layout, *, watched: bool = True) -> None:
+        """`watched`: a watcher feeds the mirror (the daemon); else (a shell command) every
+        commit and every lost race reads the device's keys again."""
         self.etcd = client
+        self.watched = watched
         self.layout = layout
         self.mirror = Mirror(layout)
         self.cond = threading.Condition()
@@ -61,7 +64,7 @@ class FleetDevice:
     def load(self) -> set[bytes]:
         """Read everything of the device (startup, after compaction): the changed peer keys.
         EtcdUnavailable when no member answers."""
-        revision, kvs = self.etcd.range_prefix(self.layout.root)
+        revision, kvs = self.etcd.range_prefix(self.layout.root, MAX_VALUE)
         with self.cond:
             self.loads += 1
             changed = self.mirror.reset(revision, kvs)
@@ -143,16 +146,27 @@ class FleetDevice:
             if ok:
                 with self.cond:
                     self.last_commit = max(self.last_commit, revision)
-                if not self.wait_for(revision):
+                if not self.watched:
+                    self._reload()
+                elif not self.wait_for(revision):
                     log.warning(
                         "%s: the watch has not shown revision %d yet", self.layout.device, revision
                     )
                 return result, revision
             # another host wrote first: wait until the mirror has its write, then build again
+            if not self.watched:
+                self._reload()
+                continue
             self._wait(lambda s=snap: self.mirror.snapshot.serial != s.serial, CATCH_UP)
         raise Unavailable(
             f"device {self.layout.device}: too many concurrent changes in the fleet; try again"
         )
+
+    def _reload(self) -> None:
+        try:
+            self.load()
+        except e.EtcdUnavailable as err:
+            raise Unavailable(f"{err}; try again later") from None
 
 
 def _op(op: tuple) -> dict:
@@ -162,8 +176,12 @@ def _op(op: tuple) -> dict:
 class Fleet:
     """The fleet of one daemon: one etcd client, one FleetDevice per device name."""
 
-    def __init__(self, options: FleetOptions, client: e.Etcd | None = None) -> None:
+    def __init__(
+        self, options: FleetOptions, client: e.Etcd | None = None, *, watched: bool = True
+    ) -> None:
+        """`watched`: see FleetDevice (False for a shell command, which runs no watcher)."""
         self.options = options
+        self.watched = watched
         self.etcd = client or e.Etcd(options.etcd)
         self._devices: dict[str, FleetDevice] = {}
         self._lock = threading.Lock()
@@ -174,7 +192,7 @@ class Fleet:
             dev = self._devices.get(name)
             if dev is None:
                 dev = self._devices[name] = FleetDevice(
-                    self.etcd, Layout(self.options.prefix, name)
+                    self.etcd, Layout(self.options.prefix, name), watched=self.watched
                 )
             return dev
 

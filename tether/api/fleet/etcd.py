@@ -33,11 +33,31 @@ log = logging.getLogger("tether.fleet")
 DEFAULT_TIMEOUT = 2.0  # seconds per member for one request
 WATCH_IDLE = 30.0  # seconds without a byte after which a watch is re-established
 PAGE = 1000  # keys per range request (a 10,000-peer device takes a few pages)
+# Whatever is under the prefix is read, so its size is bounded here, not by trust in the
+# writers: etcd allows values of 1.5 MiB (more if configured), 1000 of which would be GBs.
+RANGE_BYTES = 8 << 20  # bytes of one range response at most: a page is made smaller to fit
+WATCH_LINE = 8 << 20  # bytes of one watch response at most: beyond, resynchronize by ranges
 MAX_URLS = 16
 
 
 class EtcdUnavailable(Exception):
     """No etcd member answered (or every one refused); the message is one line without secrets."""
+
+
+class EtcdUnauthenticated(EtcdUnavailable):
+    """etcd cancelled a watch because it no longer accepts the token: log in again."""
+
+
+class ResponseTooLarge(Exception):
+    """A response went over the byte limit its request was made with (nothing was kept)."""
+
+
+class WatchTooLarge(Exception):
+    """A watch response went over WATCH_LINE (a catch-up over large values): resynchronize by
+    ranges, whose pages are bounded, and watch again from there."""
+
+    def __init__(self) -> None:
+        super().__init__(f"a watch response over {WATCH_LINE} bytes")
 
 
 class WatchCompacted(Exception):
@@ -183,27 +203,39 @@ class Etcd:
             return
         body = {"name": self.options.user, "password": self.options.password or ""}
         try:
-            answer = client.post(client.get_url("/auth/authenticate"), json=body)
+            # without the old token: etcd refuses to authenticate a request whose token it no
+            # longer knows (simple tokens live in its memory and die with a restart)
+            answer = client.post(
+                client.get_url("/auth/authenticate"), json=body, headers={"Authorization": None}
+            )
         except gw_errors.Etcd3Exception as e:
             raise EtcdUnavailable(f"etcd refused user {self.options.user}: {_brief(e)}") from None
         self._token = answer.get("token")
         for member in self._members:
             member.session.headers["Authorization"] = self._token or ""
 
-    def call(self, path: str, body: dict) -> dict:
-        """POST `body` to `/v3/<path>` on the first member that answers; EtcdUnavailable."""
+    def _forget_token(self) -> None:
+        """etcd no longer accepts our token (it restarted, or the token expired): the next
+        request logs in again."""
+        self._token = None
+        for member in self._members:
+            member.session.headers.pop("Authorization", None)
+
+    def call(self, path: str, body: dict, max_bytes: int | None = None) -> dict:
+        """POST `body` to `/v3/<path>` on the first member that answers; EtcdUnavailable, or
+        ResponseTooLarge when the answer is over `max_bytes`."""
         problems = []
         for i in self._order():
             client = self._members[i]
             try:
                 self._login(client)
                 try:
-                    answer = client.post(client.get_url(path), json=body)
+                    answer = self._post(client, path, body, max_bytes)
                 except gw_errors.Etcd3Exception as e:
                     if self.options.user is None or "token" not in str(e.detail_text).lower():
                         raise
                     self._authenticate(client)  # the token expired: once more with a new one
-                    answer = client.post(client.get_url(path), json=body)
+                    answer = self._post(client, path, body, max_bytes)
             except (gw_errors.ConnectionFailedError, gw_errors.ConnectionTimeoutError) as e:
                 problems.append(f"{self.options.urls[i]}: {_brief(e)}")
                 continue
@@ -215,20 +247,59 @@ class Etcd:
             return answer
         raise EtcdUnavailable("etcd unreachable (" + "; ".join(problems) + ")")
 
-    def range_prefix(self, prefix: bytes) -> tuple[int, list[tuple[bytes, bytes, int]]]:
+    def _post(self, client: Etcd3Client, path: str, body: dict, max_bytes: int | None) -> dict:
+        if max_bytes is None:
+            return client.post(client.get_url(path), json=body)
+        try:
+            response = client.session.post(
+                client.get_url(path), json=body, timeout=self.options.timeout, stream=True
+            )
+            with response:
+                if response.status_code != 200:
+                    raise gw_errors.Etcd3Exception(response.text[:1000], response.reason)
+                parts, size = [], 0
+                for chunk in response.iter_content(1 << 16):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ResponseTooLarge(f"{path}: over {max_bytes} bytes")
+                    parts.append(chunk)
+        except requests.exceptions.Timeout as e:
+            raise gw_errors.ConnectionTimeoutError(str(e)) from None
+        except requests.RequestException as e:
+            raise gw_errors.ConnectionFailedError(str(e)) from None
+        return json.loads(b"".join(parts))
+
+    def range_prefix(
+        self, prefix: bytes, max_value: int = 1 << 20
+    ) -> tuple[int, list[tuple[bytes, bytes, int]]]:
         """Every key under `prefix` at one revision, in pages: (revision, [(key, value,
-        mod_revision)])."""
+        mod_revision)]). A value over `max_value` bytes is cut to `max_value + 1` (enough for
+        the reader to refuse it), and a page over RANGE_BYTES is asked again smaller, down to
+        one key, whose value is then left out (keys only: `max_value + 1` spaces stand for it),
+        so memory stays bounded whatever was written under the prefix."""
         end = prefix_end(prefix)
-        start, revision, out = prefix, 0, []
+        start, revision, out, limit = prefix, 0, [], PAGE
         while True:
-            body = {"key": b64(start), "range_end": b64(end), "limit": str(PAGE)}
+            body = {"key": b64(start), "range_end": b64(end), "limit": str(limit)}
             if revision:
                 body["revision"] = str(revision)
-            answer = self.call("/kv/range", body)
+            try:
+                answer = self.call("/kv/range", body, RANGE_BYTES)
+                limit = min(PAGE, limit * 2)
+            except ResponseTooLarge:
+                if limit > 1:
+                    limit = max(1, limit // 8)
+                    continue
+                answer = self.call("/kv/range", {**body, "keys_only": True})
+                for kv in answer.get("kvs", []):
+                    kv["value"] = b64(b" " * (max_value + 1))
             revision = revision or int(answer["header"]["revision"])
             kvs = answer.get("kvs", [])
             for kv in kvs:
-                out.append((unb64(kv["key"]), unb64(kv.get("value")), int(kv["mod_revision"])))
+                value = unb64(kv.get("value"))
+                if len(value) > max_value:
+                    value = value[: max_value + 1]
+                out.append((unb64(kv["key"]), value, int(kv["mod_revision"])))
             if not answer.get("more") or not kvs:
                 return revision, out
             start = out[-1][0] + b"\0"
@@ -243,7 +314,8 @@ class Etcd:
         self, prefix: bytes, start_revision: int, started: Callable[[WatchStream], None]
     ) -> Iterator[tuple[int, list[tuple[str, bytes, bytes, int]]]]:
         """Watch every key under `prefix` from `start_revision`: yields (header revision,
-        [(PUT|DELETE, key, value, mod_revision)]) per response. Raises WatchCompacted,
+        [(PUT|DELETE, key, value, mod_revision)]) per response (0 for the one that confirms the
+        watch was created). Raises WatchCompacted,
         EtcdUnavailable (no member), or ends when the stream ends or is stopped (`started`
         gets the stream first, so another thread can `stop()` it)."""
         body = {
@@ -271,6 +343,8 @@ class Etcd:
                 continue
             if response.status_code != 200:
                 problems.append(f"{self.options.urls[i]}: HTTP {response.status_code}")
+                if response.status_code == 401:
+                    self._forget_token()
                 response.close()
                 response = None
                 continue
@@ -282,7 +356,11 @@ class Etcd:
             self._current = member
         stream = WatchStream(response)
         started(stream)
-        yield from stream.responses()
+        try:
+            yield from stream.responses()
+        except EtcdUnauthenticated:
+            self._forget_token()
+            raise
 
 
 class WatchStream:
@@ -306,32 +384,61 @@ class WatchStream:
 
     def responses(self) -> Iterator[tuple[int, list[tuple[str, bytes, bytes, int]]]]:
         """The decoded responses until the stream ends (see Etcd.watch)."""
-        buffer = b""
+        buffer = bytearray()
         try:
-            for chunk in self.response.iter_content(chunk_size=None):
+            for chunk in self.response.iter_content(chunk_size=1 << 16):
                 buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
+                while (end := buffer.find(b"\n")) >= 0:
+                    line = bytes(buffer[:end])
+                    del buffer[: end + 1]
                     if line.strip():
                         yield self._decode(line)
+                if len(buffer) > WATCH_LINE:
+                    raise WatchTooLarge()
         except (requests.RequestException, OSError, AttributeError, ValueError) as e:
-            if not self.stopped:
+            if self.stopped:
+                pass
+            elif "timed out" in str(e):
+                # a quiet prefix: nothing came for WATCH_IDLE (etcd's progress notices are ten
+                # minutes apart); the watch is made again from the same revision, nothing lost,
+                # and a dead member behind a silent connection is noticed within WATCH_IDLE
+                log.debug("etcd watch idle for %s s: watching again", WATCH_IDLE)
+            else:
                 log.info("etcd watch interrupted: %s", _brief(e))
         finally:
             self.response.close()
 
     @staticmethod
     def _decode(line: bytes) -> tuple[int, list[tuple[str, bytes, bytes, int]]]:
-        doc = json.loads(line)
+        """One response; WatchCompacted, or EtcdUnavailable for a cancel, an error or anything
+        that is not a watch response (the watcher reconnects: it must not die of a bad line)."""
+        try:
+            return WatchStream._parse(json.loads(line))
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            raise EtcdUnavailable(
+                f"etcd watch: a response that does not parse ({_brief(e)})"
+            ) from None
+
+    @staticmethod
+    def _parse(doc) -> tuple[int, list[tuple[str, bytes, bytes, int]]]:
         if "error" in doc:
-            raise EtcdUnavailable(f"etcd watch failed: {_brief(doc['error'])}")
+            error = doc["error"]
+            code = error.get("http_code") if isinstance(error, dict) else None
+            lost = EtcdUnauthenticated if code == 401 else EtcdUnavailable
+            raise lost(f"etcd watch failed: {_brief(error)}")
         result = doc.get("result", {})
         compact = int(result.get("compact_revision") or 0)
         if compact:
             raise WatchCompacted(compact)
         if result.get("canceled"):
-            raise EtcdUnavailable(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
-        revision = int(result.get("header", {}).get("revision") or 0)
+            reason = str(result.get("cancel_reason", ""))
+            lost = "unauthenticated" in reason.lower() or "auth token" in reason.lower()
+            error = EtcdUnauthenticated if lost else EtcdUnavailable
+            raise error(f"etcd cancelled the watch: {_brief(reason)}")
+        # the response that confirms the watch carries the current revision, not a promise
+        # that everything before it was sent: it reports none (see Mirror.apply)
+        created = result.get("created")
+        revision = 0 if created else int(result.get("header", {}).get("revision") or 0)
         events = []
         for ev in result.get("events", []):
             kv = ev.get("kv", {})

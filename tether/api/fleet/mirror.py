@@ -59,8 +59,16 @@ class Mirror:
 
     def apply(self, revision: int, events: list[tuple[str, bytes, bytes, int]]) -> set[bytes]:
         """One watch response; returns the peer keys (public keys) whose entry or address
-        allocations changed (what may change the rendered file)."""
-        if revision and revision <= self.snapshot.revision and not events:
+        allocations changed (what may change the rendered file).
+
+        The mirror's revision (where a watch resumes) becomes the last event's mod revision,
+        not the header's: a catching-up watch gets at most 1000 revisions per response with
+        the store's *current* revision in the header, and resuming from that after a cut would
+        skip the rest, removals included. Only a response without events (a progress notice,
+        which etcd sends to a watch that has caught up) moves it to the header's revision."""
+        if events:
+            revision = max(ev[3] for ev in events)
+        if revision <= self.snapshot.revision and not events:
             return set()
         return self._feed(revision, events)
 

@@ -3,8 +3,10 @@ typo or an unreadable file is a one-line error then, not a failure later."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
+import urllib.parse
 
 from tether.api.fleet.device import FleetOptions
 from tether.api.fleet.etcd import EtcdOptions
@@ -41,6 +43,12 @@ def fleet_options(
     if user is not None:
         if not user or len(user) > 128 or not user.isprintable() or ":" in user:
             raise ValueError("--fleet-etcd-user: expected a user name (no ':')")
+        clear = [u for u in members if u.startswith("http://") and not _loopback(u)]
+        if clear:
+            raise ValueError(
+                f"--fleet-etcd-user: {clear[0]} is plain http to another machine: the password "
+                "and token would cross the network in clear (use https://)"
+            )
         password = _password(password_file) if password_file else password_env
         if not password:
             raise ValueError(
@@ -52,6 +60,17 @@ def fleet_options(
     return FleetOptions(
         EtcdOptions(members, cacert, cert, key, user, password), check_prefix(prefix)
     )
+
+
+def _loopback(url: str) -> bool:
+    """Whether the member is this machine (plain http to it never leaves the host)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _password(path: str) -> str:

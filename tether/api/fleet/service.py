@@ -46,6 +46,8 @@ _FORBIDDEN = object()
 class FleetPeerService(PeerService):
     """See the module docstring; the other arguments are PeerService's."""
 
+    shared = True
+
     def __init__(self, hub, public, *, fleet: Fleet, **kwargs) -> None:
         kwargs["registry"] = lambda name: EtcdRegistry(fleet.device(name))
         super().__init__(hub, public, **kwargs)

@@ -9,6 +9,11 @@ that are never used. A self-service peer gets an expiry time when it is added
 - removes, through the same locked file edit as `DELETE /peer/remove`, every one whose expiry
   has passed, that is live on a running device and has never completed a handshake.
 
+In a fleet each host sees only its own device's handshakes, and the state is shared: the host a
+peer's client uses clears its expiry in etcd at its next sweep, so the others wait two sweep
+intervals past the expiry before they remove a peer (a host cut off from etcd for longer cannot
+save a peer used only through it: the removal reaches it when etcd does).
+
 Peers written by hand or added with the admin token have no expiry and are never touched, nor
 is a peer whose file entry no longer has the addresses its owner entry names (someone replaced
 it). `sweep(now)` is one pass, driven by a fake clock in tests; `JanitorThread` repeats it.
@@ -38,6 +43,10 @@ class Janitor:
     def __init__(self, service: PeerService) -> None:
         self.service = service
         self._reported: dict[str, str] = {}  # device -> last problem logged (once each)
+        # in a fleet, a peer may be used through another host, which clears the expiry in the
+        # shared state at its next sweep: wait two of its sweeps past the expiry before removing
+        expiry = service.self_service_expiry
+        self.grace = 2 * interval_for(expiry) if service.shared and expiry > 0 else 0.0
 
     def sweep(self, now: float) -> list[tuple[str, str]]:
         """One pass over every device; returns the (device, base64 key) pairs removed."""
@@ -68,7 +77,7 @@ class Janitor:
             registry.update(keep)
         removed = []
         for key, owner in expiring.items():
-            if key in used or key not in live or owner.expires > now:
+            if key in used or key not in live or owner.expires + self.grace > now:
                 continue
 
             def still_expired(peer, current, owner=owner) -> bool:

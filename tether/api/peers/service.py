@@ -189,6 +189,8 @@ class PeerService:
     device". `include_psk` controls whether client configs carry a peer's PresharedKey (the CLI,
     run by the operator: yes; the API: no)."""
 
+    shared = False  # whether other hosts share the peers and the state (a fleet)
+
     def __init__(
         self,
         hub: DeviceHub,
