@@ -131,6 +131,7 @@ def test_metrics(app, hub):
         exit_flows={"tcp": 4, "udp": 1},
         exit_refused={keys.decode(PEER1): 9},
         egress_up={"socks5://alice@192.0.2.9:1080": False, "socks5://10.1.1.1:1080": True},
+        queue_delay=(0.25, 100),
     )
     call(app, "GET", "/healthz")
     r = call(app, "GET", "/metrics")
@@ -154,6 +155,9 @@ def test_metrics(app, hub):
     assert samples[("tetherctl_peers", (("device", "bywg0"),))] == 1
     for egress, up in (("socks5://alice@192.0.2.9:1080", 0), ("socks5://10.1.1.1:1080", 1)):
         assert samples[("tetherctl_egress_up", (("device", "bywg0"), ("egress", egress)))] == up
+    device = (("device", "bywg0"),)
+    assert samples[("tetherctl_device_queue_delay_seconds_sum", device)] == 0.25
+    assert samples[("tetherctl_device_queue_delay_seconds_count", device)] == 100
     assert samples[("tetherctl_api_requests_total", (("method", "GET"), ("status", "200")))] >= 1
     assert SERVER_PRIVATE not in r.text
 

@@ -75,11 +75,15 @@ def test_counters_and_peer_stats_come_from_the_snapshot(tmp_path):
         while not hub.counters("d0").drops:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert hub.counters("d0") == DeviceCounters(
+        counters = hub.counters("d0")
+        waited, reads = counters.queue_delay  # the junk datagram's read was timed
+        assert reads == 1 and 0.0 <= waited < 5.0
+        assert counters == DeviceCounters(
             handshakes=0,
             drops={"malformed": 1},
             exit_flows={"udp": 2, "tcp": 1},
             exit_refused={K1: 3},
+            queue_delay=(waited, 1),
         )
         assert hub.counters("nope") == DeviceCounters() and hub.peer_stats("nope") == []
     finally:

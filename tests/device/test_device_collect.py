@@ -146,5 +146,7 @@ def test_the_inside_learns_how_long_a_batch_waited_in_the_socket_queue():
             client.send_packet(ip4(CLIENT_IP, DEVICE_IP, b"three"), time.monotonic(), WALL)
             await exchange(client, client_sock, device_addr)
             assert inside.delays[-1] is not None and inside.delays[-1] < 0.07
+            waited, reads = device.snapshot().queue_delay  # what /metrics reports
+            assert reads >= 3 and 0.07 <= waited < 3.0
 
     asyncio.run(asyncio.wait_for(main(), 30))

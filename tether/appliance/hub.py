@@ -112,4 +112,5 @@ class DaemonHub:
             exit_flows=flows,
             exit_refused=refused,
             egress_up=dict(state.egress_up),
+            queue_delay=state.queue_delay,
         )

@@ -100,6 +100,8 @@ class Device:
         self._inside: Inside | None = None
         self._send_drops = 0  # datagrams dropped because the socket buffer was full
         self._queue_delay: float | None = None  # how long this read's first datagram waited
+        self._queue_delay_sum = 0.0  # of every read's first datagram, for metrics
+        self._queue_delay_reads = 0
         self.closed = False
         self._resolver = Resolver(resolver)
         self._resolve_timeout = resolve_timeout
@@ -338,6 +340,7 @@ class Device:
             refusals=MappingProxyType(refusals),
             peer_egress=MappingProxyType(dict(self._peer_egress)),
             egress_up=MappingProxyType(dict(inside.egress_status())) if inside is not None else {},
+            queue_delay=(self._queue_delay_sum, self._queue_delay_reads),
         )
 
     # -- data path ---------------------------------------------------------------------------
@@ -357,7 +360,9 @@ class Device:
                     stamped = False
                     n, address, queued = udp.receive_stamped(sock, buf)
                     if queued is not None:
-                        self._queue_delay = max(0.0, wall - queued)
+                        delay = self._queue_delay = max(0.0, wall - queued)
+                        self._queue_delay_sum += delay
+                        self._queue_delay_reads += 1
                 else:
                     n, address = sock.recvfrom_into(buf)
             except (BlockingIOError, InterruptedError):

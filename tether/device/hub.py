@@ -52,6 +52,9 @@ class DeviceCounters:
     # per upstream proxy in use (its label: `socks5://user@host:port`, never a password),
     # whether it works (gauge); proxies not tried yet are left out
     egress_up: Mapping[str, bool] = field(default_factory=dict)
+    # (seconds, reads): how long the first datagram of each socket read had waited in the
+    # device's socket queue, summed, and how many reads were measured (a Prometheus summary)
+    queue_delay: tuple[float, int] = (0.0, 0)
 
 
 @runtime_checkable

@@ -48,3 +48,6 @@ class RunningState:
     peer_egress: Mapping[bytes, Egress] = field(default_factory=dict)  # the peers' own Egress
     # whether each upstream proxy in use works, by its label (no password); untried ones absent
     egress_up: Mapping[str, bool] = field(default_factory=dict)
+    # (seconds, reads): the summed wait of each socket read's first datagram in the socket
+    # queue, and the reads measured; a rate of the first over the second is the mean wait
+    queue_delay: tuple[float, int] = (0.0, 0)

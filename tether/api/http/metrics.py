@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 from tether import keys
 from tether.device.hub import DeviceHub
@@ -80,6 +80,12 @@ class HubCollector:
         peers = GaugeMetricFamily(
             "tetherctl_peers", "Peers on the running device", labels=["device"]
         )
+        queue = SummaryMetricFamily(
+            "tetherctl_device_queue_delay_seconds",
+            "How long the first datagram of each socket read waited in the device's socket queue "
+            "(the exit sizes upload windows to keep it near 1 ms)",
+            labels=["device"],
+        )
         for name in self.hub.device_names():
             try:
                 stats = self.hub.peer_stats(name)
@@ -102,13 +108,15 @@ class HubCollector:
                 refused.add_metric([name, keys.encode(key)], count)
             for label, up in sorted(counters.egress_up.items()):
                 egress.add_metric([name, label], 1 if up else 0)
+            waited, reads = counters.queue_delay
+            queue.add_metric([name], count_value=reads, sum_value=waited)
         requests = CounterMetricFamily(
             "tetherctl_api_requests", "API requests answered", labels=["method", "status"]
         )
         with self._lock:
             for (method, status), count in sorted(self.requests.items()):
                 requests.add_metric([method, status], count)
-        return [rx, tx, hs, handshakes, drops, flows, refused, egress, peers, requests]
+        return [rx, tx, hs, handshakes, drops, flows, refused, egress, peers, queue, requests]
 
 
 def make_registry(hub: DeviceHub) -> tuple[CollectorRegistry, HubCollector]:
