@@ -10,6 +10,9 @@ The input is a list of records, each starting with an opcode byte:
   0 raw packet: 2-byte length, then that many bytes, delivered as they are;
   1 structured packet: version/protocol/destination selectors, then a payload, wrapped in an IP
     header with a valid checksum so the fuzzer gets past `parse_ip` into the flow tables;
+    for 0 and 1, opcode bits 2-6, when not zero, are first a socket-queue delay in 0.5 ms steps
+    (`Exit.receive_queue_delay`, as the device reports with each read), which the TCP windows
+    follow;
   2 host event: an event kind and a flow index among the flows the exit has opened;
   3 time: advance the clock by a byte's worth of steps and run the timers; with the opcode's
     bits 2-6 all set instead, the peer is forgotten (removed: all of it; with the top bit, it
@@ -154,6 +157,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
         pos += 1
         peer = _PEERS[op >> 7]
         kind = op & 3
+        if kind < 2 and op >> 2 & 31:
+            _EXIT.receive_queue_delay((op >> 2 & 31) * 0.0005, _CLOCK[0])
         if kind == 0:
             if pos + 2 > n:
                 break
