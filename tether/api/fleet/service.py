@@ -31,7 +31,7 @@ from tether.api.fleet.render import LocalView, managed_keys
 from tether.api.peers.allocator import Allocator
 from tether.api.peers.clientconf import render_client_config
 from tether.api.peers.ownership import Added, Claim
-from tether.api.peers.service import _EXISTS, PeerService
+from tether.api.peers.service import _EXISTS, PeerService, key_pair
 from tether.api.state import DeviceState
 from tether.config import store
 from tether.config.editor import ConfigFile
@@ -69,10 +69,7 @@ class FleetPeerService(PeerService):
         """As PeerService.add, in etcd (see the module docstring)."""
         host = self._host(endpoint_type)
         live_port = self.hub.listen_port(name)
-        private = None
-        if public_key is None:
-            private = keys.generate_private()
-            public_key = keys.public_from_private(private)
+        public_key, private = key_pair(public_key)
         dev = self.fleet.device(name)
         view = self._local(name, dev)
         iface = view.config.interface

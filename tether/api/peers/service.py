@@ -184,6 +184,15 @@ class Admission:
         return nets
 
 
+def key_pair(public_key: bytes | None) -> tuple[bytes, bytes | None]:
+    """(public key, private key or None): the caller's key, or a pair made here when it gave
+    none (the private key then goes into the returned config only, never stored or logged)."""
+    if public_key is not None:
+        return public_key, None
+    private = keys.generate_private()
+    return keys.public_from_private(private), private
+
+
 class PeerService:
     """`default_device` is the device of the bare routes (`--api-device`); None means "the only
     device". `include_psk` controls whether client configs carry a peer's PresharedKey (the CLI,
@@ -356,10 +365,7 @@ class PeerService:
         allocates, and given back if the add is undone. `note` ends the peer's comment."""
         host = self._host(endpoint_type)
         live_port = self.hub.listen_port(name)  # asked before the lock: it may be a round trip
-        private = None
-        if public_key is None:
-            private = keys.generate_private()
-            public_key = keys.public_from_private(private)
+        public_key, private = key_pair(public_key)
         state = self._state(name)
         admission = self._admission(public_key, client, grant, claim, note)
         comment, secret = admission.comment, admission.secret
