@@ -31,6 +31,13 @@ def device_fleet(config_dir: Path, name: str | None):
     urls = get("fleet_etcd")
     if not urls:
         return None
+    return make_fleet(urls, get, get("fleet_etcd_password"), watched=False)
+
+
+def make_fleet(urls: str, get: Callable[[str], str | None], password: str | None, **kwargs):
+    """A `Fleet` from `--fleet-etcd` URLs and the other fleet options as `get(dest)` gives them
+    (the daemon: its parsed arguments; a shell command: `devenv.lookup`); `kwargs` go to Fleet.
+    ValueError with a one-line message for a bad option."""
     from tether.api.fleet.device import Fleet  # the etcd client: only for fleets
     from tether.api.fleet.options import fleet_options  # (requests & co., ~0.1 s)
 
@@ -42,9 +49,9 @@ def device_fleet(config_dir: Path, name: str | None):
         key=get("fleet_etcd_key"),
         user=get("fleet_etcd_user"),
         password_file=get("fleet_etcd_password_file"),
-        password_env=get("fleet_etcd_password"),
+        password_env=password,
     )
-    return Fleet(options, watched=False)
+    return Fleet(options, **kwargs)
 
 
 def registry(fleet) -> Callable:

@@ -20,6 +20,7 @@ import sys
 
 from tether.api.peers import public
 from tether.appliance import detach
+from tether.cli import fleetenv
 from tether.cli.devenv import take
 from tether.config import filemode, store
 from tether.device.uapi.server import DEFAULT_RUN_DIR, run_dir
@@ -102,21 +103,7 @@ def fleet(args):
         if given:
             raise ValueError(f"--{given[0].replace('_', '-')} needs --fleet-etcd")
         return None
-    from tether.api.fleet.device import Fleet  # the etcd client: only for fleets
-    from tether.api.fleet.options import fleet_options  # (requests & co., ~0.1 s)
-
-    return Fleet(
-        fleet_options(
-            urls,
-            prefix=args.fleet_prefix,
-            cacert=args.fleet_etcd_cacert,
-            cert=args.fleet_etcd_cert,
-            key=args.fleet_etcd_key,
-            user=args.fleet_etcd_user,
-            password_file=args.fleet_etcd_password_file,
-            password_env=password,
-        )
-    )
+    return fleetenv.make_fleet(urls, lambda dest: getattr(args, dest, None), password)
 
 
 def allow_local(args) -> bool:
