@@ -538,8 +538,7 @@ class Exit:
         shrinking windows for that would cost throughput and cure nothing."""
         self._now = now
         self._queue_delays.add(delay, now)
-        self.tcp.queue_delay = self._queue_delays.least(now)
-        self.tcp.batch_queued = delay  # the ACKs in it were that late through no fault of the path
+        self.tcp.receive_queue_delay(self._queue_delays.least(now), delay)
 
     def take_actions(self) -> list:
         """Host-socket actions, in the order they must be executed (after the TCP batch step:

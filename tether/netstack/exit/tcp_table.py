@@ -87,10 +87,18 @@ class TcpTable:
         # random one per connection does (the peer picks the 4-tuples).
         self._isn = isn or random.SystemRandom().getrandbits
         self.limits = exit_.limits
-        self.queue_delay: float | None = None  # of the batch being received (Exit sets it)
-        self.batch_queued = 0.0  # how long this batch's first datagram waited (Exit sets it)
+        self.queue_delay: float | None = None  # the socket queue, as judged for this batch
+        self.batch_queued = 0.0  # how long this batch's first datagram waited
 
     # -- from the peer -----------------------------------------------------------------------
+
+    def receive_queue_delay(self, judged: float, waited: float) -> None:
+        """The batch about to be received: the socket queue's delay as the Exit judges it (its
+        windowed minimum, which receive windows follow) and how long the batch's first datagram
+        waited (the ACKs in it were that late through no fault of the path); both last until
+        the next `flush`."""
+        self.queue_delay = judged
+        self.batch_queued = waited
 
     def receive_segment(self, peer_key: bytes, ip: IPPacket, now: float) -> None:
         seg = parse_segment(ip.src, ip.dst, ip.payload, verify_checksum=False)

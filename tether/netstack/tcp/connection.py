@@ -483,14 +483,14 @@ class TcpConnection:
         if self._ts_ok and not (self._sack_ok and rx.ooo):
             rcv_nxt = rx.rcv_nxt
             win = rx.window_field()
-            tsval = (int(now * 1000) + self._ts_offset) & _M32
+            tsval = self._tsval(now)
             rx.acked(now)
             if self._in_output:
                 self._round = (rcv_nxt, win, tsval)
             return self._timestamped(seq, rcv_nxt, flags, win, payload, tsval, self._ts_recent)
         rcv_nxt = rx.rcv_nxt
         win = rx.window_field()
-        ts = ((int(now * 1000) + self._ts_offset) & _M32, self._ts_recent) if self._ts_ok else None
+        ts = (self._tsval(now), self._ts_recent) if self._ts_ok else None
         blocks = ()
         if self._sack_ok and rx.ooo:
             blocks = rx.ooo.sack_blocks(3 if ts else 4)
