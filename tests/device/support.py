@@ -76,6 +76,9 @@ class QuietInside:
     def receive_packets(self, packets, now, queue_delay=None):
         pass
 
+    def poll(self):
+        return False
+
     def take_packets(self):
         return []
 

@@ -54,15 +54,16 @@ class Reflector(QuietInside):
 
 
 @contextlib.asynccontextmanager
-async def reflecting_device():
-    """A device with a Reflector inside on loopback, and a WireGuard client core with its own
-    socket: yields (device, client core, client socket, the device's address)."""
+async def reflecting_device(inside_factory=None):
+    """A device with a Reflector inside (or `inside_factory`'s) on loopback, and a WireGuard
+    client core with its own socket: yields (device, client core, client socket, the device's
+    address)."""
     host = loopback()
     device = Device(
         "tcollect",
         private_key=keys.generate_private(),
         addresses=[ipaddress.ip_interface("10.0.0.1/24")],
-        inside_factory=Reflector,
+        inside_factory=inside_factory or Reflector,
         bind_host4="127.0.0.1",
         bind_host6="::1",
     )

@@ -15,11 +15,14 @@ its packets to the inside, which runs the host actions they cause at once → th
 back to the core → the core's datagrams flushed → the timer rearmed. Datagrams are read in
 batches of up to `BATCH` until the socket would block, so the per-datagram cost is the core's
 work plus one `recvfrom_into`. The batch is bounded because every packet in it waits for the
-whole batch before its answer leaves (a ping beside an upload waits for up to two batches): 64
-measured as fast as 256 on an upload (544-606 vs 520 Mbit/s) with ping p50/p90 under the upload
-at 2.8-3.9/4.0-5.2 ms instead of 4.7/7.5; 32 cost a tenth of the throughput. Host-side
-input (an exit socket became readable) reaches the device through the inside's `wake()`, which
-schedules one collection per loop iteration however often it is called.
+whole batch before its answer leaves: 64 measured as fast as 256 on an upload (544-606 vs 520
+Mbit/s) with ping p50/p90 under the upload at 2.8-3.9/4.0-5.2 ms instead of 4.7/7.5; 32 cost a
+tenth of the throughput. Host-side input (an exit socket became readable) reaches the device
+through the inside's `wake()`, which schedules one collection per loop iteration however often
+it is called. The answers to small packets (echo replies, UDP flows) do not wait for that turn:
+before each batch the device asks the inside to `poll()` them and collects at once if there were
+any, since a tunnel socket kept readable by an upload would otherwise be served first and the
+reply would wait for a whole batch.
 """
 
 from __future__ import annotations
@@ -346,6 +349,9 @@ class Device:
     # -- data path ---------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        inside = self._inside
+        if inside is not None and inside.poll():
+            self._collect()  # answers that came in meanwhile leave before the next batch
         sock = self._sock
         buf = self._buffer
         view = memoryview(buf)

@@ -43,6 +43,13 @@ class Inside(Protocol):
         waited in the device's socket queue (seconds; None when unknown): the standing queue
         in front of the device, which the exit keeps short by the windows it offers."""
 
+    def poll(self) -> bool:
+        """Read, now, the host input that small latency-sensitive packets answer (the exit:
+        echo replies and UDP flows, exit/datagrams.py) and run what it caused, without
+        `wake()`; True if there was any. The device calls it before each read of its socket
+        and collects at once when it returns True, so an answer never waits behind a batch
+        of bulk traffic from the tunnel."""
+
     def take_packets(self) -> list[bytes]:
         """IP packets toward peers (the device routes them by destination); cleared."""
 

@@ -110,8 +110,10 @@ class Egresses:
         live: set,
         host_input: Callable[[], None],
         tcp_ready: Callable,
+        datagrams,
     ) -> None:
         self.loop = shell.loop
+        self.datagrams = datagrams  # the shell's DatagramSockets: relays' UDP sockets go there
         self.exit = shell.exit
         self.name = name
         self.resolver = resolver
@@ -300,7 +302,7 @@ class Egresses:
             self.host_input()
             return
         relay.ready = True
-        self.loop.add_reader(relay.udp.fileno(), self._udp_readable, flow)
+        self.datagrams.add(relay.udp.fileno(), self._udp_readable, flow)
         # the control connection carries nothing more: data or its end ends the association
         self.loop.add_reader(relay.control.fileno(), self._control_readable, flow)
         queue, relay.queue = relay.queue, []
@@ -380,10 +382,12 @@ class Egresses:
         flow.egress.forget(flow)
         if relay.setup is not None:
             relay.setup.cancel()
-        for sock in (relay.udp, relay.control):
-            if sock is not None:
-                try:
-                    self.loop.remove_reader(sock.fileno())
-                except (ValueError, RuntimeError):
-                    pass
-                sock.close()
+        if relay.udp is not None:
+            self.datagrams.remove(relay.udp.fileno())
+            relay.udp.close()
+        if relay.control is not None:
+            try:
+                self.loop.remove_reader(relay.control.fileno())
+            except (ValueError, RuntimeError):
+                pass
+            relay.control.close()

@@ -103,16 +103,17 @@ class Pinger:
     """One ping socket for one address family, shared by every peer.
 
     Replies go to `on_reply` one by one, and `on_batch` runs after each readable callback's
-    batch (the shell then runs the exit's actions and wakes the device)."""
+    batch (the shell then runs the exit's actions and wakes the device). `readers` watches the
+    socket (the shell's `DatagramSockets`: add(fd, callback), remove(fd))."""
 
     def __init__(
         self,
-        loop,
+        readers,
         version: int,
         on_reply: EchoReply,
         on_batch: Callable[[], None],
     ) -> None:
-        self.loop = loop
+        self.readers = readers
         self.version = version
         self._on_reply = on_reply
         self._on_batch = on_batch
@@ -138,7 +139,7 @@ class Pinger:
         # A ping socket sets the identifier itself; a raw one sends ours and sees every echo
         # reply on the host, so ours is random and replies are filtered by it.
         self.ident = random.getrandbits(16)
-        loop.add_reader(sock.fileno(), self._readable)
+        readers.add(sock.fileno(), self._readable)
         log.info("exit: IPv%d ping via %s socket", version, "raw" if self.raw else "ping")
 
     def send(self, host: str, seq: int, payload) -> int | None:
@@ -178,8 +179,5 @@ class Pinger:
 
     def close(self) -> None:
         """Stop reading and close the socket (the shell is closing)."""
-        try:
-            self.loop.remove_reader(self.sock.fileno())
-        except (ValueError, RuntimeError):
-            pass
+        self.readers.remove(self.sock.fileno())
         self.sock.close()

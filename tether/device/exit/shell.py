@@ -44,6 +44,7 @@ import time
 from dataclasses import replace
 
 from tether import keys
+from tether.device.exit.datagrams import DatagramSockets
 from tether.device.exit.egress import Egresses
 from tether.device.exit.host import (
     Pinger,
@@ -119,7 +120,9 @@ class ExitShell:
         self._pingers: dict[int, Pinger | None] = {}
         self._live: set = set()  # flows holding a host socket
         self._in_actions = False
+        self._polled = False  # inside `poll`: the device collects itself, no wake needed
         self.closed = False
+        self._datagrams = DatagramSockets(self.loop, self._datagrams_ready)
         self._settings = settings
         self._egress = Egresses(
             self,
@@ -128,6 +131,7 @@ class ExitShell:
             live=self._live,
             host_input=self._host_input,
             tcp_ready=self._tcp_through_proxy,
+            datagrams=self._datagrams,
         )
         self._handlers = {
             UdpOpen: self._udp_open,
@@ -159,6 +163,15 @@ class ExitShell:
         for peer_key, packet in packets:
             deliver(peer_key, packet, now)
         self._run_actions()
+
+    def poll(self) -> bool:
+        """Inside: read the ping sockets and UDP flows that are ready (datagrams.py), before
+        the device reads its next batch; whether any was (the device then collects at once)."""
+        self._polled = True
+        try:
+            return self._datagrams.run_ready() > 0
+        finally:
+            self._polled = False
 
     def take_packets(self) -> list[bytes]:
         """Inside: the exit's packets toward peers (no host socket is touched here)."""
@@ -250,6 +263,7 @@ class ExitShell:
             if p is not None:
                 p.close()
         self._pingers.clear()
+        self._datagrams.close()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -281,8 +295,12 @@ class ExitShell:
         """A host socket fed the exit: run what it caused, and have the device collect the
         exit's packets and timer (once per loop iteration, however many sockets report)."""
         self._run_actions()
-        if not self.closed:
+        if not self.closed and not self._polled:
             self.context.wake()
+
+    def _datagrams_ready(self) -> None:
+        """The loop found a datagram socket ready while the device's socket was quiet."""
+        self._datagrams.run_ready()
 
     # -- UDP ---------------------------------------------------------------------------------
 
@@ -304,7 +322,7 @@ class ExitShell:
             return
         flow.handle = sock
         self._live.add(flow)
-        self.loop.add_reader(sock.fileno(), self._udp_readable, flow)
+        self._datagrams.add(sock.fileno(), self._udp_readable, flow)
 
     def _udp_send(self, a: UdpSend) -> None:
         if a.flow.egress is not None:
@@ -359,10 +377,7 @@ class ExitShell:
         if sock is None:
             return
         flow.handle = None
-        try:
-            self.loop.remove_reader(sock.fileno())
-        except (ValueError, RuntimeError):
-            pass
+        self._datagrams.remove(sock.fileno())
         sock.close()
 
     # -- TCP ---------------------------------------------------------------------------------
@@ -580,7 +595,7 @@ class ExitShell:
         pinger = self._pingers.get(a.version, False)
         if pinger is False:
             try:
-                pinger = Pinger(self.loop, a.version, self._echo_reply, self._host_input)
+                pinger = Pinger(self._datagrams, a.version, self._echo_reply, self._host_input)
             except OSError as e:
                 pinger = None
                 log.warning(

@@ -1,0 +1,168 @@
+"""Answers to small packets leave before the next batch from the tunnel (exit/datagrams.py).
+
+The exit's ping sockets and UDP flow sockets sit in an epoll set of their own, which the device
+drains (`Inside.poll`) before each read of its tunnel socket: an echo reply or a game's UDP
+answer that came in while a batch of an upload was being handled is sent before the next
+batch, not after it (the loop would otherwise serve the always-readable tunnel socket first)."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import time
+
+from tether.device.exit.datagrams import DatagramSockets
+from tether.netstack.wire import build_udp_packet, parse_ip, parse_udp
+
+from .support import PEER_KEY, FakeDevice, QuietInside, run
+from .test_device_collect import CLIENT_IP, DEVICE_IP, WALL, ip4, reflecting_device
+
+PEER4 = bytes([10, 7, 0, 2])
+LO4 = bytes([127, 0, 0, 1])
+
+
+def wait_readable(sock: socket.socket, timeout: float = 5.0) -> None:
+    assert select.select([sock], [], [], timeout)[0], "nothing arrived"
+
+
+def test_only_ready_sockets_are_served_and_a_socket_removed_meanwhile_is_not():
+    loop = asyncio.new_event_loop()
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(3)]
+    served: list[int] = []
+    try:
+        watched = DatagramSockets(loop, lambda: None)
+        assert watched.run_ready() == 0  # nothing watched: not even a system call
+
+        def readable(i: int) -> None:
+            pairs[i][0].recv(100)
+            served.append(i)
+            if i == 0:
+                watched.remove(pairs[2][0].fileno())  # e.g. a flow closed by what 0 read
+
+        for i, (a, _b) in enumerate(pairs):
+            watched.add(a.fileno(), readable, i)
+        assert watched.run_ready() == 0 and served == []
+        pairs[1][1].send(b"x")
+        assert watched.run_ready() == 1 and served == [1]
+        assert watched.run_ready() == 0  # read: no longer ready
+
+        pairs[0][1].send(b"x")
+        pairs[2][1].send(b"x")
+        watched.run_ready()
+        assert 2 not in served and 0 in served  # 2 may have been ready, but it was removed
+        watched.remove(12345)  # never watched: harmless
+        watched.close()
+        assert watched.run_ready() == 0
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        loop.close()
+
+
+def test_poll_reads_a_udp_answer_without_waking_the_device():
+    """The device asks; the shell reads what is ready and does not also schedule a wake-up."""
+
+    async def main():
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        dev = FakeDevice(asyncio.get_running_loop())
+        shell = dev.start(allow_local=True)
+        try:
+            assert shell.poll() is False
+            shell.receive_packets(
+                [(PEER_KEY, build_udp_packet(PEER4, LO4, 40010, port, b"hi"))], time.monotonic()
+            )
+            assert shell.take_packets() == []
+            wait_readable(server)
+            data, source = server.recvfrom(100)
+            server.sendto(data.upper(), source)
+            (flow,) = shell._live
+            wait_readable(flow.handle)  # the answer waits in the flow's socket
+            wakes = dev.wakes
+            assert shell.poll() is True
+            assert dev.wakes == wakes  # the caller collects itself
+            (reply,) = shell.take_packets()
+            assert bytes(parse_udp(parse_ip(reply)).payload) == b"HI"
+            assert shell.poll() is False
+
+            # Left alone, the loop still notices the socket when the tunnel is quiet.
+            server.sendto(b"again", source)
+            (reply,) = await dev.next_packets()
+            assert bytes(parse_udp(parse_ip(reply)).payload) == b"again"
+            assert dev.wakes > wakes
+        finally:
+            dev.close()
+            server.close()
+
+    run(main())
+
+
+class PollingInside(QuietInside):
+    """An inside whose host sockets hold `waiting` answers, found by the next `poll`; records
+    the order in which the device polls, takes and hands over packets."""
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        self.events: list[str] = []
+        self.waiting: list[bytes] = []
+        self.out: list[bytes] = []
+
+    def poll(self):
+        self.events.append("poll")
+        if self.waiting:
+            self.out, self.waiting = self.waiting, []
+            return True
+        return False
+
+    def receive_packets(self, packets, now, queue_delay=None):
+        self.events.append(f"receive {len(packets)}")
+
+    def take_packets(self):
+        out, self.out = self.out, []
+        if out:
+            self.events.append(f"take {len(out)}")
+        return out
+
+
+def test_the_device_sends_what_poll_found_before_it_reads_the_next_batch():
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with reflecting_device(PollingInside) as (device, client, client_sock, device_addr):
+            inside = device.inside
+
+            async def pump(until) -> list:
+                """Carry datagrams both ways until `until(got)`; the client's packets."""
+                got = []
+                deadline = time.monotonic() + 10
+                while not until(got):
+                    for datagram, _ in client.take_datagrams():
+                        client_sock.sendto(datagram, device_addr)
+                    left = deadline - time.monotonic()
+                    assert left > 0, "the device did not answer"
+                    try:
+                        data, source = await asyncio.wait_for(
+                            loop.sock_recvfrom(client_sock, 65535), min(left, 0.05)
+                        )
+                    except TimeoutError:
+                        continue
+                    client.receive_datagram(data, source[:2], time.monotonic(), WALL)
+                    got += client.take_packets()
+                return got
+
+            # A session first: the handshake, then one packet the inside takes silently.
+            client.send_packet(ip4(CLIENT_IP, DEVICE_IP, b"one"), time.monotonic(), WALL)
+            await pump(lambda got: "receive 1" in inside.events)
+            # Now an answer waits in the inside's host sockets when the next packet comes.
+            inside.waiting = [ip4(DEVICE_IP, CLIENT_IP, b"answer")]
+            inside.events.clear()
+            client.send_packet(ip4(CLIENT_IP, DEVICE_IP, b"two"), time.monotonic(), WALL)
+            answers = await pump(lambda got: got)
+            assert answers == [(device.public_key, ip4(DEVICE_IP, CLIENT_IP, b"answer"))]
+            # Found by the poll that opened the read, taken and sent before the packet that
+            # read brought was handed over.
+            assert inside.events[:3] == ["poll", "take 1", "receive 1"], inside.events
+
+    run(main())
