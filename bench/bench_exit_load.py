@@ -24,10 +24,13 @@ command (this bench's namespaces), kernel threads, other people's processes, sof
 count: one device served by that many worker processes on one steered SO_REUSEPORT port
 (bench/proto_workers.py), with its own N clients; `:key` or `:order` gives a peer's sessions
 to the owner by key hash or by position in the file, initiations forwarded between workers
-(default `tuple`: whoever receives the initiation). --no-latency skips part 1.
+(default `tuple`: whoever receives the initiation). --no-latency skips part 1. --split (needs
+tcpdump) adds to part 1 how much of each ping's round trip was spent in the exit, from the
+datagram bringing the request in to the one taking the reply out (bench/ping_split.py); the
+rest is the client's side.
 
     python bench/bench_exit_load.py [--runs 3] [--seconds 8] [--clients 1,4,12]
-                                    [--workers 2] [--no-latency] [--profile DIR]
+                                    [--workers 2] [--no-latency] [--split] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import ping_split  # noqa: E402
 from bench_exit_iperf import (  # noqa: E402
     INET,
     cannot_run,
@@ -173,8 +177,8 @@ def iperf_result(proc: subprocess.Popen, seconds: int) -> float:
     return iperf_rate(out)
 
 
-def ping(ns: str, count: int, interval: float = 0.05) -> tuple[list[float], int]:
-    """RTTs (ms) of the replies and the number of pings sent."""
+def ping(ns: str, count: int, interval: float = 0.05, size: int = 56) -> tuple[list[float], int]:
+    """RTTs (ms) of the replies and the number of pings sent (`size`: ping -s)."""
     out = subprocess.run(
         [
             "ip",
@@ -187,6 +191,8 @@ def ping(ns: str, count: int, interval: float = 0.05) -> tuple[list[float], int]
             str(count),
             "-i",
             str(interval),
+            "-s",
+            str(size),
             "-W",
             "1",
             INET,
@@ -206,18 +212,29 @@ def quantile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def under_load(ns: str, port: int, seconds: int, reverse: bool) -> dict[str, float]:
+def under_load(
+    ns: str, port: int, seconds: int, reverse: bool, split: tuple[str, Path] | None = None
+) -> dict[str, float]:
+    """`split` (the exit's namespace, a capture file): also the exit's share of each ping
+    (ping_split.py), as "exit p50"/"exit p90"."""
+    capture = ping_split.Capture(*split) if split else None
     proc = iperf_start(ns, port, seconds, *(["-R"] if reverse else []))
-    time.sleep(1.0)  # past slow start: the queue is what is measured
-    rtts, sent = ping(ns, max(10, int((seconds - 2) / 0.05)))
+    time.sleep(1.0)  # past slow start: the queue is what is measured (and tcpdump is up)
+    size = ping_split.PING_SIZE if split else 56
+    rtts, sent = ping(ns, max(10, int((seconds - 2) / 0.05)), size=size)
     rate = iperf_result(proc, seconds)
-    return {
+    row = {
         "Mbit/s": rate,
         "p50": quantile(rtts, 0.5),
         "p90": quantile(rtts, 0.9),
         "max": max(rtts, default=float("nan")),
         "lost": sent - len(rtts),
     }
+    if capture is not None:
+        exit_share = capture.stop()
+        row["exit p50"] = quantile(exit_share, 0.5)
+        row["exit p90"] = quantile(exit_share, 0.9)
+    return row
 
 
 def cpu_census(namespaces: list[str]) -> Counter:
@@ -312,6 +329,11 @@ def main() -> int:
     )
     parser.add_argument("--no-latency", action="store_true", help="skip part 1")
     parser.add_argument(
+        "--split",
+        action="store_true",
+        help="part 1 also gives the exit's share of each ping (tcpdump; ping_split.py)",
+    )
+    parser.add_argument(
         "--profile", metavar="DIR", help="profile one extra round of part 2 into DIR"
     )
     args = parser.parse_args()
@@ -330,6 +352,8 @@ def main() -> int:
         parser.error("--workers: at most two prototype paths")
     if cannot_run("bench_exit_load", ("wireguard-go", "wg", "iperf3", "iptables", "ip", "ping")):
         return 0
+    if args.split and not ping_split.available():
+        parser.error("--split needs tcpdump (apt install tcpdump)")
     paths = ["tetherctl", REFERENCE] + [
         f"tetherctl x{w}" + (f" {rule}" if rule != "tuple" else "") for w, rule in workers
     ]
@@ -361,8 +385,10 @@ def main() -> int:
                     )
                 for direction, reverse in (("download", True), ("upload", False)):
                     for path in order if not args.no_latency else ():
+                        pcap = Path(tmp) / f"split-{run}-{direction}-{paths.index(path)}.pcap"
+                        split = (lab.name("x"), pcap) if args.split else None
                         load[direction][path].append(
-                            under_load(clients[path][0], ports[path], args.seconds, reverse)
+                            under_load(clients[path][0], ports[path], args.seconds, reverse, split)
                         )
                         time.sleep(0.5)
                 for n in counts:
@@ -414,9 +440,13 @@ def report(args, paths: list[str], load: dict, multi: dict, counts: list[int]) -
 
     for direction in ("idle", "download", "upload") if not args.no_latency else ():
         keys_ = ("p50", "p90", "max", "lost") + (("Mbit/s",) if direction != "idle" else ())
+        if args.split and direction != "idle":
+            keys_ += ("exit p50", "exit p90")
         for key in keys_:
             unit = "" if key in ("lost", "Mbit/s") else " ms"
             label = f"ping {key}{unit}" if key != "Mbit/s" else "iperf3 Mbit/s"
+            if key.startswith("exit "):
+                label = f"ping {key[5:]} in the exit ms"
             line(f"{direction}: {label}", load[direction], key)
     for n in counts:
         for key in ("Mbit/s", "jain"):
