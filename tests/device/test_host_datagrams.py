@@ -8,14 +8,22 @@ batch, not after it (the loop would otherwise serve the always-readable tunnel s
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import select
 import socket
+import subprocess
+import sys
 import time
 
+from tether import keys
+from tether.device.device import Device
+from tether.device.exit import ExitShell
 from tether.device.exit.datagrams import DatagramSockets
 from tether.netstack.wire import build_udp_packet, parse_ip, parse_udp
+from tether.wireguard.core import WireGuardCore
 
-from .support import PEER_KEY, FakeDevice, QuietInside, run
+from .support import PEER_KEY, FakeDevice, QuietInside, loopback, run, set_peer
 from .test_device_collect import CLIENT_IP, DEVICE_IP, WALL, ip4, reflecting_device
 
 PEER4 = bytes([10, 7, 0, 2])
@@ -54,6 +62,8 @@ def test_only_ready_sockets_are_served_and_a_socket_removed_meanwhile_is_not():
         watched.remove(12345)  # never watched: harmless
         watched.close()
         assert watched.run_ready() == 0
+        watched.add(pairs[1][0].fileno(), readable, 1)  # after close: ignored, not the loop's
+        assert loop.remove_reader(pairs[1][0].fileno()) is False  # it was never the loop's
     finally:
         for a, b in pairs:
             a.close()
@@ -164,5 +174,123 @@ def test_the_device_sends_what_poll_found_before_it_reads_the_next_batch():
             # Found by the poll that opened the read, taken and sent before the packet that
             # read brought was handed over.
             assert inside.events[:3] == ["poll", "take 1", "receive 1"], inside.events
+
+    run(main())
+
+
+FLOOD = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+s.settimeout(10)
+flows = set()
+while len(flows) < int(sys.argv[1]):
+    flows.add(s.recvfrom(100)[1])
+s.setblocking(False)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    for flow in flows:
+        try:
+            s.sendto(b"x" * 1000, flow)
+        except BlockingIOError:
+            pass
+"""
+
+
+def test_a_host_side_flood_on_one_peers_udp_flows_does_not_starve_another_peers_traffic():
+    """Abuse: peer A opens UDP flows to a server of its own that answers with a flood (3 s,
+    as fast as a process can send). The drain before each batch serves at most POLL_SOCKETS
+    sockets of a bounded batch each, so the tunnel is still read: peer B's UDP exchanges with
+    another server all come back, promptly."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        flood = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, "8", "3"], stdout=subprocess.PIPE, text=True
+        )
+        echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        echo.bind(("127.0.0.1", 0))
+        echo.setblocking(False)
+        loop.add_reader(echo.fileno(), lambda: echo.sendto(*echo.recvfrom(100)))
+        host = loopback()
+        device = Device(
+            "tflood",
+            private_key=keys.generate_private(),
+            addresses=[ipaddress.ip_interface("10.0.0.1/24")],
+            inside_factory=functools.partial(ExitShell, allow_local=True),
+            bind_host4="127.0.0.1",
+            bind_host6="::1",
+        )
+        device.start(loop, 0)
+        device_addr = (host, device.listen_port)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        peers = []
+        for last in (2, 3):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            sock.setblocking(False)
+            core = WireGuardCore(keys.generate_private())
+            core.add_or_update_peer(
+                device.public_key, now=0.0, endpoint=device_addr, allowed_ips=["0.0.0.0/0"]
+            )
+            set_peer(
+                device, core.public_key, allowed_ips=[ipaddress.ip_network(f"10.0.0.{last}/32")]
+            )
+            peers.append((core, sock, bytes([10, 0, 0, last])))
+        (a, a_sock, a_ip), (b, b_sock, b_ip) = peers
+        echo_port = echo.getsockname()[1]
+        answered: list[float] = []
+        sent = 0
+
+        def b_readable() -> None:
+            data, source = b_sock.recvfrom(65535)
+            b.receive_datagram(data, source[:2], time.monotonic(), WALL)
+            for _key, packet in b.take_packets():
+                sent = float(bytes(parse_udp(parse_ip(packet)).payload))
+                answered.append(time.monotonic() - sent)
+
+        loop.add_reader(b_sock.fileno(), b_readable)
+        try:
+            flood_port = int(await loop.run_in_executor(None, flood.stdout.readline))
+            now = time.monotonic()
+            for k in range(8):  # A's 8 flows; the flood begins when all 8 have reached it
+                a.send_packet(build_udp_packet(a_ip, LO4, 41000 + k, flood_port, b"go"), now, WALL)
+            deadline = time.monotonic() + 10
+            while flood.poll() is None and time.monotonic() < deadline:
+                # A's handshake and flows (A never reads the flood: its socket overflows)
+                for datagram, _ in a.take_datagrams():
+                    a_sock.sendto(datagram, device_addr)
+                try:
+                    data, source = a_sock.recvfrom(65535)
+                    a.receive_datagram(data, source[:2], time.monotonic(), WALL)
+                    a.take_packets()
+                except BlockingIOError:
+                    pass
+                # B: one exchange every 50 ms, timestamped in its payload
+                now = time.monotonic()
+                payload = repr(now).encode()
+                b.send_packet(build_udp_packet(b_ip, LO4, 42000, echo_port, payload), now, WALL)
+                sent += 1
+                for datagram, _ in b.take_datagrams():
+                    b_sock.sendto(datagram, device_addr)
+                await asyncio.sleep(0.05)
+            assert flood.wait(10) == 0
+            await asyncio.sleep(0.5)
+            flooded = device.snapshot().peers[a.public_key].tx_bytes
+            assert flooded > 5_000_000, f"the flood reached A with only {flooded} bytes"
+            # B's first exchanges may be lost to its handshake; after that, every one comes back
+            assert sent >= 20 and len(answered) >= sent - 3, f"{len(answered)} of {sent} came back"
+            late = sorted(answered)[int(0.9 * len(answered))]
+            assert late < 0.5, f"B's p90 round trip {late * 1e3:.0f} ms during the flood"
+        finally:
+            flood.kill()
+            flood.wait()
+            loop.remove_reader(b_sock.fileno())
+            loop.remove_reader(echo.fileno())
+            device.close()
+            for _, sock, _ in peers:
+                sock.close()
+            echo.close()
 
     run(main())

@@ -31,6 +31,7 @@ class DatagramSockets:
 
     def __init__(self, loop, on_ready: Callable[[], None]) -> None:
         self.loop = loop
+        self.closed = False
         self._callbacks: dict[int, tuple[Callable, tuple]] = {}
         try:
             self._epoll = select.epoll()
@@ -40,6 +41,9 @@ class DatagramSockets:
             loop.add_reader(self._epoll.fileno(), on_ready)
 
     def add(self, fd: int, callback: Callable, *args) -> None:
+        """Watch `fd` (no-op once closed: the shell is going away and closes its sockets)."""
+        if self.closed:
+            return
         if self._epoll is None:  # pragma: no cover - not Linux
             self.loop.add_reader(fd, callback, *args)
             return
@@ -51,6 +55,8 @@ class DatagramSockets:
 
     def remove(self, fd: int) -> None:
         """Stop watching `fd` (before the socket is closed)."""
+        if self.closed:
+            return
         if self._epoll is None:  # pragma: no cover - not Linux
             self.loop.remove_reader(fd)
             return
@@ -62,7 +68,7 @@ class DatagramSockets:
 
     def run_ready(self) -> int:
         """Run the callbacks of the sockets that are readable now (never blocks); how many."""
-        if not self._callbacks or self._epoll is None:
+        if not self._callbacks or self._epoll is None:  # also once closed
             return 0
         events = self._epoll.poll(0, POLL_SOCKETS)
         callbacks = self._callbacks
@@ -73,6 +79,7 @@ class DatagramSockets:
         return len(events)
 
     def close(self) -> None:
+        self.closed = True
         self._callbacks.clear()
         if self._epoll is not None:
             try:
