@@ -24,7 +24,15 @@ from tether.netstack.wire import build_udp_packet, parse_ip, parse_udp
 from tether.wireguard.core import WireGuardCore
 
 from .support import PEER_KEY, FakeDevice, QuietInside, loopback, run, set_peer
-from .test_device_collect import CLIENT_IP, DEVICE_IP, WALL, ip4, reflecting_device
+from .test_device_collect import (
+    CLIENT_IP,
+    DEVICE_IP,
+    WALL,
+    Reflector,
+    exchange,
+    ip4,
+    reflecting_device,
+)
 
 PEER4 = bytes([10, 7, 0, 2])
 LO4 = bytes([127, 0, 0, 1])
@@ -292,5 +300,73 @@ def test_a_host_side_flood_on_one_peers_udp_flows_does_not_starve_another_peers_
             for _, sock, _ in peers:
                 sock.close()
             echo.close()
+
+    run(main())
+
+
+def test_a_callback_that_raises_is_logged_and_dropped_and_the_others_are_still_served(caplog):
+    """A bug in one flow's handling must not reach the device (which would then never read its
+    tunnel socket) nor spin the loop: the socket it failed to drain stays readable."""
+    loop = asyncio.new_event_loop()
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    calls: list[int] = []
+    try:
+        watched = DatagramSockets(loop, lambda: None)
+
+        def broken(i: int) -> None:
+            calls.append(i)
+            raise RuntimeError("bug")
+
+        def readable(i: int) -> None:
+            pairs[i][0].recv(100)
+            calls.append(i)
+
+        watched.add(pairs[0][0].fileno(), broken, 0)
+        watched.add(pairs[1][0].fileno(), readable, 1)
+        for _a, b in pairs:
+            b.send(b"x")
+        with caplog.at_level("ERROR"):
+            assert watched.run_ready() == 2
+        assert sorted(calls) == [0, 1]
+        assert "bug" in caplog.text
+        pairs[1][1].send(b"x")
+        assert watched.run_ready() == 1 and calls.count(0) == 1  # 0 no longer watched
+        watched.remove(pairs[0][0].fileno())  # the flow's own close later: harmless
+        watched.close()
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        loop.close()
+
+
+class BrokenDatagramInside(Reflector):
+    """A Reflector whose one datagram socket is readable and whose callback always raises."""
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        self.pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.watched = DatagramSockets(asyncio.get_running_loop(), lambda: None)
+        self.watched.add(self.pair[0].fileno(), self._broken)
+        self.pair[1].send(b"x")
+
+    def _broken(self) -> None:
+        raise RuntimeError("a bug in one flow's handling")
+
+    def poll(self):
+        return self.watched.run_ready() > 0
+
+    def close(self):
+        self.watched.close()
+        for s in self.pair:
+            s.close()
+
+
+def test_a_datagram_callback_that_raises_does_not_keep_the_device_from_its_tunnel():
+    async def main():
+        async with reflecting_device(BrokenDatagramInside) as (device, client, sock, addr):
+            client.send_packet(ip4(CLIENT_IP, DEVICE_IP, b"ping"), time.monotonic(), WALL)
+            answers = await asyncio.wait_for(exchange(client, sock, addr), 5)
+            assert answers == [(device.public_key, ip4(DEVICE_IP, CLIENT_IP, b"ping"))]
 
     run(main())

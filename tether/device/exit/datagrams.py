@@ -17,8 +17,11 @@ what the small packets are let past.
 
 from __future__ import annotations
 
+import logging
 import select
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DatagramSockets", "POLL_SOCKETS"]
 
@@ -67,15 +70,28 @@ class DatagramSockets:
                 pass
 
     def run_ready(self) -> int:
-        """Run the callbacks of the sockets that are readable now (never blocks); how many."""
+        """Run the callbacks of the sockets that are readable now (never blocks); how many.
+
+        Never raises. With `add_reader` the loop logged a callback's exception and served the
+        other sockets; here the caller is the device's own readable callback, so an exception
+        would skip its tunnel read, and since the socket it failed to drain stays readable
+        (level-triggered), every read after it too: one flow's bug would stop the device. The
+        callback is logged and its socket no longer watched (it would spin the loop); the
+        flow's own close later removes nothing."""
         if not self._callbacks or self._epoll is None:  # also once closed
             return 0
         events = self._epoll.poll(0, POLL_SOCKETS)
         callbacks = self._callbacks
         for fd, _mask in events:
             entry = callbacks.get(fd)  # an earlier callback of this drain may have closed it
-            if entry is not None:
+            if entry is None:
+                continue
+            try:
                 entry[0](*entry[1])
+            except Exception:
+                log.exception("exit: datagram socket %d: its reader failed; no longer read", fd)
+                if self._callbacks.get(fd) is entry:  # not already removed or replaced
+                    self.remove(fd)
         return len(events)
 
     def close(self) -> None:
