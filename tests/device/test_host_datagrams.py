@@ -312,9 +312,10 @@ def test_a_host_side_flood_on_one_peers_udp_flows_does_not_starve_another_peers_
     run(main())
 
 
-def test_a_callback_that_raises_is_logged_and_dropped_and_the_others_are_still_served(caplog):
-    """A bug in one flow's handling must not reach the device (which would then never read its
-    tunnel socket) nor spin the loop: the socket it failed to drain stays readable."""
+def test_a_callback_that_raises_is_logged_and_the_others_are_still_served(caplog):
+    """A bug in one flow's handling must not reach the device, which would then never read its
+    tunnel socket (the socket the callback failed to drain stays readable); as with the loop's
+    add_reader, it is logged and the socket stays watched."""
     loop = asyncio.new_event_loop()
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
     calls: list[int] = []
@@ -338,8 +339,7 @@ def test_a_callback_that_raises_is_logged_and_dropped_and_the_others_are_still_s
         assert sorted(calls) == [0, 1]
         assert "bug" in caplog.text
         pairs[1][1].send(b"x")
-        assert watched.run_ready() == 1 and calls.count(0) == 1  # 0 no longer watched
-        watched.remove(pairs[0][0].fileno())  # the flow's own close later: harmless
+        assert watched.run_ready() == 2 and calls.count(0) == 2  # still watched, still ready
         watched.close()
     finally:
         for a, b in pairs:

@@ -73,11 +73,11 @@ class DatagramSockets:
         """Run the callbacks of the sockets that are readable now (never blocks); how many.
 
         Never raises. With `add_reader` the loop logged a callback's exception and served the
-        other sockets; here the caller is the device's own readable callback, so an exception
-        would skip its tunnel read, and since the socket it failed to drain stays readable
-        (level-triggered), every read after it too: one flow's bug would stop the device. The
-        callback is logged and its socket no longer watched (it would spin the loop); the
-        flow's own close later removes nothing."""
+        other sockets; here the caller is the device's own readable callback, where an
+        exception would skip its tunnel read, and, the socket it failed to drain staying
+        readable, every read after it too: one flow's bug would stop the device. So it is
+        logged as the loop would, and the socket stays watched as it did there (a ping socket
+        is every peer's: dropping it for one bad reply would end ping for all)."""
         if not self._callbacks or self._epoll is None:  # also once closed
             return 0
         events = self._epoll.poll(0, POLL_SOCKETS)
@@ -89,9 +89,7 @@ class DatagramSockets:
             try:
                 entry[0](*entry[1])
             except Exception:
-                log.exception("exit: datagram socket %d: its reader failed; no longer read", fd)
-                if self._callbacks.get(fd) is entry:  # not already removed or replaced
-                    self.remove(fd)
+                log.exception("exit: datagram socket %d: reader failed", fd)
         return len(events)
 
     def close(self) -> None:
