@@ -93,6 +93,10 @@ class DatagramSockets:
         return len(events)
 
     def close(self) -> None:
+        """Forget every callback and close the epoll set; the sockets are their owners' to
+        close (the shell closes its flows and pingers first). Later adds and removes are
+        no-ops: whatever a closed shell's callbacks still do must touch neither a closed epoll
+        nor the loop."""
         self.closed = True
         self._callbacks.clear()
         if self._epoll is not None:
