@@ -8,6 +8,7 @@ batch, not after it (the loop would otherwise serve the always-readable tunnel s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import select
@@ -24,10 +25,33 @@ from tether.netstack.wire import build_udp_packet, parse_ip, parse_udp
 from tether.wireguard.core import WireGuardCore
 
 from .support import PEER_KEY, FakeDevice, QuietInside, loopback, run, set_peer
-from .test_device_collect import CLIENT_IP, DEVICE_IP, WALL, ip4, reflecting_device
+from .test_device_collect import (
+    CLIENT_IP,
+    DEVICE_IP,
+    WALL,
+    Reflector,
+    exchange,
+    ip4,
+    reflecting_device,
+)
 
 PEER4 = bytes([10, 7, 0, 2])
 LO4 = bytes([127, 0, 0, 1])
+
+
+@contextlib.asynccontextmanager
+async def exit_and_udp_server():
+    """An exit shell on a FakeDevice and a UDP server on loopback for its flows to reach:
+    yields (device, shell, server socket, server port)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    dev = FakeDevice(asyncio.get_running_loop())
+    shell = dev.start(allow_local=True)
+    try:
+        yield dev, shell, server, server.getsockname()[1]
+    finally:
+        dev.close()
+        server.close()
 
 
 def wait_readable(sock: socket.socket, timeout: float = 5.0) -> None:
@@ -75,12 +99,7 @@ def test_poll_reads_a_udp_answer_without_waking_the_device():
     """The device asks; the shell reads what is ready and does not also schedule a wake-up."""
 
     async def main():
-        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        server.bind(("127.0.0.1", 0))
-        port = server.getsockname()[1]
-        dev = FakeDevice(asyncio.get_running_loop())
-        shell = dev.start(allow_local=True)
-        try:
+        async with exit_and_udp_server() as (dev, shell, server, port):
             assert shell.poll() is False
             shell.receive_packets(
                 [(PEER_KEY, build_udp_packet(PEER4, LO4, 40010, port, b"hi"))], time.monotonic()
@@ -103,9 +122,6 @@ def test_poll_reads_a_udp_answer_without_waking_the_device():
             (reply,) = await dev.next_packets()
             assert bytes(parse_udp(parse_ip(reply)).payload) == b"again"
             assert dev.wakes > wakes
-        finally:
-            dev.close()
-            server.close()
 
     run(main())
 
@@ -294,3 +310,131 @@ def test_a_host_side_flood_on_one_peers_udp_flows_does_not_starve_another_peers_
             echo.close()
 
     run(main())
+
+
+def test_a_callback_that_raises_is_logged_and_the_others_are_still_served(caplog):
+    """A bug in one flow's handling must not reach the device, which would then never read its
+    tunnel socket (the socket the callback failed to drain stays readable); as with the loop's
+    add_reader, it is logged and the socket stays watched."""
+    loop = asyncio.new_event_loop()
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    calls: list[int] = []
+    try:
+        watched = DatagramSockets(loop, lambda: None)
+
+        def broken(i: int) -> None:
+            calls.append(i)
+            raise RuntimeError("bug")
+
+        def readable(i: int) -> None:
+            pairs[i][0].recv(100)
+            calls.append(i)
+
+        watched.add(pairs[0][0].fileno(), broken, 0)
+        watched.add(pairs[1][0].fileno(), readable, 1)
+        for _a, b in pairs:
+            b.send(b"x")
+        with caplog.at_level("ERROR"):
+            assert watched.run_ready() == 2
+        assert sorted(calls) == [0, 1]
+        assert "bug" in caplog.text
+        pairs[1][1].send(b"x")
+        assert watched.run_ready() == 2 and calls.count(0) == 2  # still watched, still ready
+        watched.close()
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        loop.close()
+
+
+class BrokenDatagramInside(Reflector):
+    """A Reflector whose one datagram socket is readable and whose callback always raises."""
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        self.pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.watched = DatagramSockets(asyncio.get_running_loop(), lambda: None)
+        self.watched.add(self.pair[0].fileno(), self._broken)
+        self.pair[1].send(b"x")
+
+    def _broken(self) -> None:
+        raise RuntimeError("a bug in one flow's handling")
+
+    def poll(self):
+        return self.watched.run_ready() > 0
+
+    def close(self):
+        self.watched.close()
+        for s in self.pair:
+            s.close()
+
+
+def test_a_datagram_callback_that_raises_does_not_keep_the_device_from_its_tunnel():
+    async def main():
+        async with reflecting_device(BrokenDatagramInside) as (device, client, sock, addr):
+            client.send_packet(ip4(CLIENT_IP, DEVICE_IP, b"ping"), time.monotonic(), WALL)
+            answers = await asyncio.wait_for(exchange(client, sock, addr), 5)
+            assert answers == [(device.public_key, ip4(DEVICE_IP, CLIENT_IP, b"ping"))]
+
+    run(main())
+
+
+def test_the_loop_does_not_drain_the_set_again_in_an_iteration_where_the_device_polled():
+    """While the tunnel is busy the device drains the set before each batch; the loop's own
+    reader of the set (`_datagrams_ready`, ready in the same iteration) must not drain it a
+    second time, or a host-side flood would get two turns per batch of the tunnel where
+    add_reader gave it one. Once the device has gone quiet, the loop's reader serves the set."""
+
+    async def main():
+        async with exit_and_udp_server() as (dev, shell, server, port):
+            shell.receive_packets(
+                [(PEER_KEY, build_udp_packet(PEER4, LO4, 40011, port, b"a"))], time.monotonic()
+            )
+            wait_readable(server)
+            _data, source = server.recvfrom(100)
+            (flow,) = shell._live
+            server.sendto(b"one", source)
+            wait_readable(flow.handle)
+            assert shell.poll() is True  # the device, before its batch
+            assert len(shell.take_packets()) == 1
+            server.sendto(b"two", source)
+            wait_readable(flow.handle)
+            wakes = dev.wakes
+            shell._datagrams_ready()  # the loop's reader, in the same iteration: its turn is had
+            assert shell.take_packets() == [] and dev.wakes == wakes
+            shell._datagrams_ready()  # a later iteration in which the device did not poll
+            (reply,) = shell.take_packets()
+            assert bytes(parse_udp(parse_ip(reply)).payload) == b"two"
+            assert dev.wakes == wakes + 1
+
+    run(main())
+
+
+def test_a_socket_closed_without_remove_leaves_its_fd_number_free_for_the_next_one():
+    """The kernel drops a closed socket from the epoll set, not from our callbacks: the stale
+    entry must neither run for a socket that merely reuses the number on the loop nor keep
+    the next datagram socket with that number from being watched with its own callback."""
+    loop = asyncio.new_event_loop()
+    got: list[str] = []
+    try:
+        watched = DatagramSockets(loop, lambda: None)
+        old, _old_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        fd = old.fileno()
+        watched.add(fd, got.append, "old")
+        old.close()  # a path that forgot `remove`
+        _old_peer.close()
+        new, new_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            assert new.fileno() == fd  # the lowest free number: the same one
+            new_peer.send(b"x")
+            assert watched.run_ready() == 0 and got == []  # not watched: nothing runs
+            watched.add(fd, lambda: got.append(new.recv(10).decode()))
+            assert watched.run_ready() == 1 and got == ["x"]
+            watched.remove(fd)
+        finally:
+            new.close()
+            new_peer.close()
+        watched.close()
+    finally:
+        loop.close()

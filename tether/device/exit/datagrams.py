@@ -17,8 +17,11 @@ what the small packets are let past.
 
 from __future__ import annotations
 
+import logging
 import select
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DatagramSockets", "POLL_SOCKETS"]
 
@@ -67,18 +70,33 @@ class DatagramSockets:
                 pass
 
     def run_ready(self) -> int:
-        """Run the callbacks of the sockets that are readable now (never blocks); how many."""
+        """Run the callbacks of the sockets that are readable now (never blocks); how many.
+
+        Never raises. With `add_reader` the loop logged a callback's exception and served the
+        other sockets; here the caller is the device's own readable callback, where an
+        exception would skip its tunnel read, and, the socket it failed to drain staying
+        readable, every read after it too: one flow's bug would stop the device. So it is
+        logged as the loop would, and the socket stays watched as it did there (a ping socket
+        is every peer's: dropping it for one bad reply would end ping for all)."""
         if not self._callbacks or self._epoll is None:  # also once closed
             return 0
         events = self._epoll.poll(0, POLL_SOCKETS)
         callbacks = self._callbacks
         for fd, _mask in events:
             entry = callbacks.get(fd)  # an earlier callback of this drain may have closed it
-            if entry is not None:
+            if entry is None:
+                continue
+            try:
                 entry[0](*entry[1])
+            except Exception:
+                log.exception("exit: datagram socket %d: reader failed", fd)
         return len(events)
 
     def close(self) -> None:
+        """Forget every callback and close the epoll set; the sockets are their owners' to
+        close (the shell closes its flows and pingers first). Later adds and removes are
+        no-ops: whatever a closed shell's callbacks still do must touch neither a closed epoll
+        nor the loop."""
         self.closed = True
         self._callbacks.clear()
         if self._epoll is not None:

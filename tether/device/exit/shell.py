@@ -121,6 +121,7 @@ class ExitShell:
         self._live: set = set()  # flows holding a host socket
         self._in_actions = False
         self._polled = False  # inside `poll`: the device collects itself, no wake needed
+        self._polled_since_ready = False  # the device drained the set since the loop's reader
         self.closed = False
         self._datagrams = DatagramSockets(self.loop, self._datagrams_ready)
         self._settings = settings
@@ -167,7 +168,7 @@ class ExitShell:
     def poll(self) -> bool:
         """Inside: read the ping sockets and UDP flows that are ready (datagrams.py), before
         the device reads its next batch; whether any was (the device then collects at once)."""
-        self._polled = True
+        self._polled = self._polled_since_ready = True
         try:
             return self._datagrams.run_ready() > 0
         finally:
@@ -299,7 +300,16 @@ class ExitShell:
             self.context.wake()
 
     def _datagrams_ready(self) -> None:
-        """The loop found a datagram socket ready while the device's socket was quiet."""
+        """The loop's reader of the datagram set, for when the device's socket is quiet.
+
+        When the device polled since this last ran, its socket is busy and it drains the set
+        before each batch: draining here too would give host datagrams two turns per batch of
+        the tunnel (add_reader gave each socket one per loop iteration). That turn is skipped
+        once; if the device has gone quiet, the set is still readable and the loop's next
+        iteration serves it here."""
+        if self._polled_since_ready:
+            self._polled_since_ready = False
+            return
         self._datagrams.run_ready()
 
     # -- UDP ---------------------------------------------------------------------------------
