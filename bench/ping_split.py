@@ -10,7 +10,9 @@ The pings are sent with a payload no other packet of the bench has (PING_SIZE), 
 filter picks their datagrams by length alone: an ICMP echo of 200 bytes is a 228-byte IPv4
 packet, padded to 240 by WireGuard, a 272-byte message, a UDP length of 280. Pings go every
 50 ms and take a few, so each request's datagram is followed by its reply's before the next
-request's; a lost one leaves a request without a reply, which is skipped.
+request's; a lost one leaves a request without a reply, which is skipped. A TCP segment of
+225-240 bytes would pad to the same length and pass the filter: bulk iperf3 traffic has none
+(full segments and ACKs), but a stray one could shorten one ping's share.
 """
 
 from __future__ import annotations
