@@ -58,10 +58,13 @@ class TcpConfig:
     challenge_ack_interval: float = 0.1  # RFC 5961 §7 rate limit, per connection
     # Queueing delay in front of the exit that a peer's upload may cause (the receive window
     # clamp, `ReceiveSide.receive_queue_delay`) and a download may keep toward the peer (the
-    # sender's `StandingQueue`): short enough for a call beside a transfer. On the bench
-    # (bench_exit_load, 8 paired runs) 0.5 ms kept 1 ms's upload rate (522 vs 525 Mbit/s) with
-    # ping p50/p90 2.03/3.18 ms instead of 2.29/3.60; 0.3 ms cost a sixth of the rate.
-    queue_delay_target: float = 0.0005
+    # sender's `StandingQueue`): short enough for a call beside a transfer, long enough for a
+    # host that is not always scheduled. On a quiet bench machine 0.5 ms kept 1 ms's upload
+    # rate (522 vs 525 Mbit/s, 8 paired runs) with ping p50/p90 2.03/3.18 ms instead of
+    # 2.29/3.60; on the same machine under other tenants' load (steal) it lost a third (median
+    # 222 vs 330 Mbit/s, one run at 100): the clamp read the host's stalls as a queue. An exit
+    # on a shared VPS lives with steal, so 1 ms. (0.3 ms cost a sixth of the rate even quiet.)
+    queue_delay_target: float = 0.001
 
     def __post_init__(self) -> None:
         # Checked once here so that a bad setting fails at configuration time, not on a SYN.
