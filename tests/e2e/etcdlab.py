@@ -134,6 +134,18 @@ class EtcdCluster:
                 self.start(n)
         self.wait_healthy()
 
+    def ctl(self, *argv: str) -> subprocess.CompletedProcess:
+        """etcdctl against the first member (plain http on loopback: the auth tests' cluster)."""
+        return subprocess.run(
+            ["etcdctl", "--endpoints", self.url(self.names[0]), *argv],
+            capture_output=True, text=True, timeout=20, env=dict(os.environ, ETCDCTL_API="3"),
+        )  # fmt: skip
+
+    def enable_auth(self, user: str, password: str) -> None:
+        """Add `user` (etcd's first user must be root) and turn authentication on."""
+        assert self.ctl("user", "add", f"{user}:{password}").returncode == 0
+        assert self.ctl("auth", "enable").returncode == 0
+
     def _post(self, name: str, path: str, body: dict) -> dict:
         if self.ns:  # the members listen inside a test's namespace: ask from there
             done = subprocess.run(

@@ -14,7 +14,8 @@ from tether.api.peers.clientconf import PublicEndpoints
 from tether.appliance.fleet import DeviceFleetSync
 from tether.config import store
 
-from ..api.support import FakeHub, write_device
+from ..api.support import FakeHub, call, new_key, write_device
+from ..e2e.netlab import wait_for
 
 PUBLIC = PublicEndpoints(ipv4="203.0.113.7")
 NAME = "fl0"
@@ -56,3 +57,12 @@ class Host:
 
     def close(self) -> None:
         self.sync.close()
+
+
+def add_seen(a: Host, b: Host, within: float = 3.0) -> str:
+    """A new peer added through `a`'s API (anyone may: self-service), returned once `b`'s file
+    has it (the fleet carried it over within `within` seconds)."""
+    key = new_key()
+    assert call(a.app, "POST", f"/peer/add/any/{key}").status == 200
+    wait_for(lambda: key in b.peers(), within, "the peer added on a reaches b")
+    return key

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 
 import pytest
 
@@ -140,15 +139,7 @@ def test_password_file_readable_by_others_is_refused_and_never_echoed(cli_env, t
 
 def test_user_and_password_against_etcd_with_auth(tmp_path, etcd):
     url = etcd.url(etcd.names[0])
-
-    def ctl(*argv):
-        return subprocess.run(
-            ["etcdctl", "--endpoints", url, *argv], capture_output=True, text=True, timeout=20,
-            env=dict(os.environ, ETCDCTL_API="3"),
-        )  # fmt: skip
-
-    assert ctl("user", "add", "root:rootpw").returncode == 0
-    assert ctl("auth", "enable").returncode == 0
+    etcd.enable_auth("root", "rootpw")
     good = Fleet(FleetOptions(EtcdOptions((url,), user="root", password="rootpw")))
     assert good.etcd.txn([], [])[0]
     dev = good.device(NAME)
@@ -160,7 +151,7 @@ def test_user_and_password_against_etcd_with_auth(tmp_path, etcd):
     anonymous = Fleet(FleetOptions(EtcdOptions((url,))))
     with pytest.raises(EtcdUnavailable):
         anonymous.device(NAME).load()
-    ctl("--user", "root:rootpw", "auth", "disable")
+    etcd.ctl("--user", "root:rootpw", "auth", "disable")
 
 
 def test_tls_with_client_certificates(tmp_path):

@@ -11,7 +11,7 @@ from tether.api.fleet.layout import MAX_VALUE
 
 from ..api.support import call, new_key
 from ..e2e.netlab import wait_for
-from .hosts import Host
+from .hosts import Host, add_seen
 from .test_fleet_watch import reconnect
 
 BIG = 1 << 20  # etcd's default request limit is 1.5 MiB: one such value per transaction
@@ -58,9 +58,7 @@ def test_a_full_read_keeps_no_large_value(tmp_path, etcd):
 def test_a_watch_response_over_the_limit_means_a_bounded_resync(tmp_path, etcd):
     a, b = Host(tmp_path, "a", etcd.urls), Host(tmp_path, "b", etcd.urls)
     try:
-        victim = new_key()
-        assert call(a.app, "POST", f"/peer/add/any/{victim}").status == 200
-        wait_for(lambda: victim in b.peers(), 3, "b has the peer")
+        victim = add_seen(a, b)
         b.sync.close()  # b is cut off: its catch-up will be one response of 24+ MiB
         _write_big(a, b"y")
         assert call(a.app, "DELETE", f"/peer/remove/{victim}").status == 200
@@ -119,9 +117,7 @@ def test_a_quiet_watch_reconnects_without_a_log_line(tmp_path, etcd, monkeypatch
     try:
         wait_for(lambda: sum("idle" in r.message for r in caplog.records) >= 4, 10, "idle cuts")
         assert not [r for r in caplog.records if r.levelno >= logging.INFO and "watch" in r.message]
-        late = new_key()
-        assert call(a.app, "POST", f"/peer/add/any/{late}").status == 200
-        wait_for(lambda: late in b.peers(), 3, "b still watches")
+        add_seen(a, b)  # b still watches
     finally:
         a.close()
         b.close()

@@ -3,9 +3,6 @@ now fixed, so these tests guard against the problems coming back."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 from tether import keys
 from tether.api.fleet import etcd as e
 from tether.api.fleet.device import Fleet, FleetOptions
@@ -14,7 +11,7 @@ from tether.api.fleet.etcd import EtcdOptions
 from ..api.support import call, new_key
 from ..e2e.netlab import wait_for
 from ..test_cli import run
-from .hosts import NAME, Host
+from .hosts import NAME, Host, add_seen
 from .test_fleet_watch import reconnect
 
 
@@ -36,26 +33,15 @@ class AuthHost(Host):
 
 
 def test_watch_logs_in_again_after_etcd_restart(tmp_path, etcd):
-    url = etcd.url(etcd.names[0])
-
-    def ctl(*argv):
-        return subprocess.run(
-            ["etcdctl", "--endpoints", url, *argv], capture_output=True, text=True, timeout=20,
-            env=dict(os.environ, ETCDCTL_API="3"),
-        )  # fmt: skip
-
-    assert ctl("user", "add", "root:rootpw").returncode == 0
-    assert ctl("auth", "enable").returncode == 0
+    etcd.enable_auth("root", "rootpw")
     a = AuthHost(tmp_path, "a", etcd.urls, "root", "rootpw")
     b = AuthHost(tmp_path, "b", etcd.urls, "root", "rootpw")
     try:
-        first = new_key()
-        assert call(a.app, "POST", f"/peer/add/any/{first}").status == 200
-        wait_for(lambda: first in b.peers(), 3, "b has the first peer")
+        add_seen(a, b)  # b has a first peer
         etcd.stop()
         etcd.start(etcd.names[0])  # (restart() checks health without a user: not with auth)
-        wait_for(lambda: ctl("--user", "root:rootpw", "endpoint", "health").returncode == 0, 20,
-                 "etcd is back")  # fmt: skip
+        healthy = ("--user", "root:rootpw", "endpoint", "health")
+        wait_for(lambda: etcd.ctl(*healthy).returncode == 0, 20, "etcd is back")
         later = new_key()
         # today every try answers 503 "etcd refused user root: ... invalid auth token"
         wait_for(lambda: call(a.app, "POST", f"/peer/add/any/{later}").status == 200, 20, "a adds")
@@ -68,9 +54,7 @@ def test_watch_logs_in_again_after_etcd_restart(tmp_path, etcd):
 def test_removal_survives_a_cut_during_catch_up(tmp_path, etcd):
     a, b = Host(tmp_path, "a", etcd.urls), Host(tmp_path, "b", etcd.urls)
     try:
-        victim = new_key()
-        assert call(a.app, "POST", f"/peer/add/any/{victim}").status == 200
-        wait_for(lambda: victim in b.peers(), 3, "b has the peer")
+        victim = add_seen(a, b)
         b.sync.close()  # b is cut off
         root = b.dev.layout.root
         for i in range(1100):  # ordinary traffic under the device's prefix, one revision each
@@ -136,9 +120,7 @@ def test_janitor_keeps_a_peer_used_through_another_host(tmp_path, etcd):
     kw = {"peer_expiry": 3600.0, "clock": lambda: now[0], "token": "admin-token-0123456789abcdef"}
     a, b = Host(tmp_path, "a", etcd.urls, **kw), Host(tmp_path, "b", etcd.urls, **kw)
     try:
-        k = new_key()
-        assert call(a.app, "POST", f"/peer/add/any/{k}").status == 200  # anyone: self-service
-        wait_for(lambda: k in b.peers(), 3, "b has the peer")
+        k = add_seen(a, b)
         pk = keys.decode(k)
         a.hub.stats = {NAME: {pk: (0, 0, None)}}  # live on a, its client never came here
         b.hub.stats = {NAME: {pk: (0, 0, t0 + 3590)}}  # it handshook with b, in time

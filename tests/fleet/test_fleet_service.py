@@ -12,7 +12,7 @@ from tether import keys
 
 from ..api.support import call, new_key
 from ..e2e.netlab import wait_for
-from .hosts import NAME, Host
+from .hosts import NAME, Host, add_seen
 
 
 @pytest.fixture
@@ -108,9 +108,7 @@ def test_hand_written_peers_stay_local_and_keep_their_addresses(tmp_path, etcd):
 
 def test_hand_edit_of_a_rendered_block_is_restored(two, caplog):
     a, b = two
-    key = new_key()
-    assert call(a.app, "POST", f"/peer/add/any/{key}").status == 200
-    wait_for(lambda: key in b.peers(), 2, "the peer on b")
+    key = add_seen(a, b, within=2)
     text = b.path.read_text()
     b.path.write_text(text.replace("AllowedIPs = 10.77.0.2/32", "AllowedIPs = 10.77.0.0/24"))
     b.sync.file_changed(b.path.read_bytes())  # what the daemon's watcher reports

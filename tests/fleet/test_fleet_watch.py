@@ -8,7 +8,7 @@ from tether.appliance.fleet import DeviceFleetSync
 
 from ..api.support import call, new_key
 from ..e2e.netlab import wait_for
-from .hosts import NAME, Host
+from .hosts import NAME, Host, add_seen
 
 
 def reconnect(host: Host) -> None:
@@ -41,9 +41,7 @@ def test_cut_off_host_resumes_from_its_revision(tmp_path, etcd):
 def test_compacted_revision_means_one_full_read(tmp_path, etcd):
     a, b = Host(tmp_path, "a", etcd.urls), Host(tmp_path, "b", etcd.urls)
     try:
-        first = new_key()
-        assert call(a.app, "POST", f"/peer/add/any/{first}").status == 200
-        wait_for(lambda: first in b.peers(), 2, "b has it")
+        first = add_seen(a, b, within=2)
         b.sync.close()
         assert call(a.app, "DELETE", f"/peer/remove/{first}").status == 200
         added = [new_key() for _ in range(5)]
