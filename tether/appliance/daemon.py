@@ -350,10 +350,10 @@ class Daemon:
         dict store); see `_read`."""
         self.offered[name] = parsed
 
-    async def apply_now(self, name: str, parsed=None) -> None:
-        """Apply the file as it is now (after an edit by the API), before answering the user.
-        `parsed`: see `_read`."""
-        await self.sync(name, parsed)
+    async def apply_now(self, name: str) -> None:
+        """Apply the file as it is now (after an edit by the API), before answering the user
+        (what the API wrote, it `offer`ed first: see `_read`)."""
+        await self.sync(name)
         slot = self.slots.get(name)
         if slot is None or not slot.up:
             raise RuntimeError(slot.error if slot and slot.error else f"{name} is not running")

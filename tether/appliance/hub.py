@@ -49,11 +49,9 @@ class DaemonHub:
     def apply_now(self, name: str, changed: Collection[bytes] = (), written=None) -> None:
         """See DeviceHub: the daemon's own `sync` of that file, awaited (with `written`, a
         10,000-peer file the API just wrote is not parsed again)."""
-        parsed = None
-        if written is not None:
-            parsed = (written.data, written)
-            self.daemon.offer(name, parsed)  # in case the watcher gets there first
-        future = asyncio.run_coroutine_threadsafe(self.daemon.apply_now(name, parsed), self.loop)
+        if written is not None:  # what the daemon's read uses, whoever syncs first (watcher)
+            self.daemon.offer(name, (written.data, written))
+        future = asyncio.run_coroutine_threadsafe(self.daemon.apply_now(name), self.loop)
         try:
             future.result(CALL_TIMEOUT)
         except RuntimeError as e:

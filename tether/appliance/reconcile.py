@@ -91,9 +91,8 @@ def plan(
             for k in touched
         )
     peer_egress = None
-    if egress_may_differ:
-        every = new.peers if touched is not None else wanted.values()
-        peer_egress = {p.public_key: p.egress for p in every if p.egress is not None}
+    if egress_may_differ:  # every peer's, also when planning a few (the device takes them all)
+        peer_egress = {p.public_key: p.egress for p in new.peers if p.egress is not None}
         peer_egress.pop(own, None)
         if peer_egress == dict(running.peer_egress):
             peer_egress = None

@@ -311,7 +311,6 @@ class Device:
         10,000 peers (the reconciler's plan for one edit) pays for those alone; everything
         else in the value is the same as in the full one."""
         core = self._core
-        stats = core.peer_stats() if peers is None else core.peer_stats(peers)
         snap = {
             s.public_key: PeerState(
                 s.preshared_key,
@@ -322,7 +321,7 @@ class Device:
                 s.tx_bytes,
                 s.last_handshake,
             )
-            for s in stats
+            for s in core.peer_stats(peers)
         }
         counters = core.counters()
         if self._send_drops:
