@@ -35,7 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_exit_iperf import build, cannot_run, iperf_rate, iperf_start  # noqa: E402
+from bench_exit_iperf import (  # noqa: E402
+    build,
+    cannot_run,
+    iperf_rate,
+    iperf_start,
+    process_netns,
+)
 
 from tests.e2e.netlab import NetLab  # noqa: E402
 
@@ -54,7 +60,7 @@ def netns_pids(ns: str) -> dict[int, str]:
         if not entry.name.isdigit():
             continue
         try:
-            if int(os.readlink(entry / "ns/net").split("[")[1].rstrip("]")) != inode:
+            if process_netns(entry) != inode:
                 continue
             found[int(entry.name)] = (entry / "comm").read_text().strip()
         except (OSError, IndexError, ValueError):

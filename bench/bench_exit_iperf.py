@@ -101,6 +101,13 @@ def top_own(raw: Path, n: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
+def process_netns(proc_dir: Path) -> int:
+    """The network namespace (its inode, as `os.stat(/var/run/netns/NAME).st_ino` gives it) of
+    the process whose /proc directory is `proc_dir`; OSError, IndexError or ValueError when it
+    is gone or not readable."""
+    return int(os.readlink(proc_dir / "ns/net").split("[")[1].rstrip("]"))
+
+
 def cpu_times(pid: int) -> tuple[float, float, float, float]:
     """(user, system, on-CPU, waiting-for-a-CPU) seconds of a process's main thread so far
     (the last two from schedstat: a busy loop that is not on a CPU is starved, not slow)."""

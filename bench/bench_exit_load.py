@@ -61,6 +61,7 @@ from bench_exit_iperf import (  # noqa: E402
     iperf_rate,
     iperf_start,
     ours_server,
+    process_netns,
     py_spy,
     reference_server,
     top_own,
@@ -254,7 +255,7 @@ def cpu_census(namespaces: list[str]) -> Counter:
             continue
         try:
             comm, rest = (entry / "stat").read_text().rsplit(")", 1)
-            ino = int(os.readlink(entry / "ns/net").split("[")[1].rstrip("]"))
+            ino = process_netns(entry)
         except (OSError, IndexError, ValueError):
             continue
         fields = rest.split()
