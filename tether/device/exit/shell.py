@@ -17,7 +17,8 @@ the actions, and calls the context's `wake()`, which has the device collect the 
 and next timer once per loop iteration however many sockets reported in it.
 
 Sockets: a connected non-blocking UDP socket per UDP flow; a non-blocking TCP socket per TCP
-flow (TCP_NODELAY: the exit already coalesces per batch, and the peer does its own Nagle); one
+flow (tcp_host.py; TCP_NODELAY: the exit already coalesces per batch, and the peer does its own
+Nagle); one
 ping socket per address family for all echo requests (`SOCK_DGRAM`/`IPPROTO_ICMP`, allowed when
 `net.ipv4.ping_group_range` includes our group; as root without it, a raw socket).
 
@@ -39,7 +40,6 @@ import errno
 import logging
 import os
 import socket
-import struct
 import time
 from dataclasses import replace
 
@@ -53,10 +53,10 @@ from tether.device.exit.host import (
     raise_nofile_limit,
 )
 from tether.device.exit.sockets import TcpSock
+from tether.device.exit.tcp_host import HostTcp
 from tether.device.inside import InsideContext
 from tether.device.resolve import Resolver
 from tether.netstack.exit import (
-    READ_CHUNK,
     EchoSend,
     Exit,
     ExitConfig,
@@ -74,12 +74,10 @@ from tether.netstack.exit import (
 log = logging.getLogger("tether.exit")
 
 UDP_BATCH = 64  # datagrams read per readable callback
-TCP_BATCH = 4  # reads per readable callback (each up to READ_CHUNK)
 HOST_ADDRESS_REFRESH = 30.0
 _FD_RESERVE = 256  # descriptors kept for everything that is not a flow
 _IP_MTU = getattr(socket, "IP_MTU", 14)
 _IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
-_LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
 class ExitShell:
@@ -115,8 +113,6 @@ class ExitShell:
         )
         self._udp_buf = bytearray(65536)
         self._udp_view = memoryview(self._udp_buf)
-        self._tcp_buf = bytearray(READ_CHUNK)
-        self._tcp_view = memoryview(self._tcp_buf)
         self._pingers: dict[int, Pinger | None] = {}
         self._live: set = set()  # flows holding a host socket
         self._in_actions = False
@@ -125,25 +121,26 @@ class ExitShell:
         self.closed = False
         self._datagrams = DatagramSockets(self.loop, self._datagrams_ready)
         self._settings = settings
-        self._egress = Egresses(
+        self._tcp = tcp = HostTcp(self.loop, self.exit, self._live, self._host_input)
+        self._egress = tcp.egress = Egresses(
             self,
             name=context.name,
             resolver=Resolver(resolver),
             live=self._live,
             host_input=self._host_input,
-            tcp_ready=self._tcp_through_proxy,
+            tcp_ready=tcp.through_proxy,
             datagrams=self._datagrams,
         )
         self._handlers = {
             UdpOpen: self._udp_open,
             UdpSend: self._udp_send,
             UdpClose: self._udp_close,
-            TcpConnect: self._tcp_connect,
-            TcpWrite: self._tcp_write,
-            TcpShutdown: self._tcp_shutdown,
-            TcpClose: self._tcp_close,
-            TcpPauseReading: self._tcp_pause,
-            TcpResumeReading: self._tcp_resume,
+            TcpConnect: tcp.connect,
+            TcpWrite: tcp.write,
+            TcpShutdown: tcp.shutdown,
+            TcpClose: tcp.close,
+            TcpPauseReading: tcp.pause,
+            TcpResumeReading: tcp.resume,
             EchoSend: self._echo_send,
         }
         if settings is not None:
@@ -257,7 +254,7 @@ class ExitShell:
         for flow in list(self._live):
             h = flow.handle
             if isinstance(h, TcpSock):
-                self._close_tcp(flow, abort=True)
+                self._tcp.close_flow(flow, abort=True)
             elif h is not None:
                 self._udp_close(UdpClose(flow))
         for p in self._pingers.values():
@@ -389,215 +386,6 @@ class ExitShell:
         flow.handle = None
         self._datagrams.remove(sock.fileno())
         sock.close()
-
-    # -- TCP ---------------------------------------------------------------------------------
-
-    def _tcp_connect(self, a: TcpConnect) -> None:
-        flow = a.flow
-        if flow.egress is not None:
-            self._egress.connect_tcp(flow)  # through its proxy, or it fails: never directly
-            return
-        fam = socket.AF_INET if flow.version == 4 else socket.AF_INET6
-        try:
-            sock = socket.socket(fam, socket.SOCK_STREAM)
-        except OSError as e:
-            self.exit.receive_tcp_connect_failed(flow, e.errno or errno.EIO, time.monotonic())
-            return
-        h = flow.handle = TcpSock(sock)
-        self._live.add(flow)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex((flow.host, flow.port))
-        except OSError as e:
-            err = e.errno or errno.EIO
-        if err == 0:
-            self._tcp_established(flow)
-        elif err in (errno.EINPROGRESS, errno.EAGAIN):
-            h.connecting = True
-            self.loop.add_writer(h.fd, self._tcp_connect_done, flow)
-        else:
-            self.exit.receive_tcp_connect_failed(flow, err, time.monotonic())
-
-    def _tcp_connect_done(self, flow) -> None:
-        h = flow.handle
-        if h is None or h.closed:
-            return
-        self.loop.remove_writer(h.fd)
-        h.connecting = False
-        err = h.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.exit.receive_tcp_connect_failed(flow, err, time.monotonic())
-        else:
-            self._tcp_established(flow)
-        self._host_input()
-
-    def _tcp_through_proxy(self, flow, leftover: bytes) -> None:
-        """The proxy connected the flow: from here on its socket is like any other, and what
-        the destination sent along with the proxy's reply is the first data read."""
-        self._tcp_established(flow)
-        if leftover:
-            self.exit.receive_tcp_data(flow, leftover, time.monotonic())
-
-    def _tcp_established(self, flow) -> None:
-        h = flow.handle
-        h.reading = True
-        self.loop.add_reader(h.fd, self._tcp_readable, flow)
-        self.exit.receive_tcp_connected(flow, time.monotonic())
-
-    def _stop_reading(self, h: TcpSock) -> None:
-        if h.reading:
-            h.reading = False
-            self.loop.remove_reader(h.fd)
-
-    def _tcp_readable(self, flow) -> None:
-        h = flow.handle
-        if h is None or h.closed:
-            return
-        ex, sock, buf, view = self.exit, h.sock, self._tcp_buf, self._tcp_view
-        now = time.monotonic()
-        for _ in range(TCP_BATCH):
-            budget = ex.tcp_read_budget(flow)
-            if budget <= 0:
-                self._stop_reading(h)
-                break
-            try:
-                n = sock.recv_into(buf, budget)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._stop_reading(h)
-                ex.receive_tcp_reset(flow, now)
-                break
-            if n == 0:
-                self._stop_reading(h)
-                h.eof = True
-                ex.receive_tcp_eof(flow, now)
-                break
-            ex.receive_tcp_data(flow, view[:n], now)
-            if n < budget:
-                break  # the socket is most likely drained
-        self._host_input()
-
-    def _tcp_pause(self, a: TcpPauseReading) -> None:
-        h = a.flow.handle
-        if h is not None:
-            self._stop_reading(h)
-
-    def _tcp_resume(self, a: TcpResumeReading) -> None:
-        h = a.flow.handle
-        if h is not None and not h.reading and not h.eof and not h.closed and not h.connecting:
-            h.reading = True
-            self.loop.add_reader(h.fd, self._tcp_readable, a.flow)
-
-    def _tcp_write(self, a: TcpWrite) -> None:
-        flow = a.flow
-        h = flow.handle
-        if h is None or h.closed:
-            return
-        data = a.data
-        if h.pending is not None:
-            h.pending += data
-            return
-        try:
-            n = h.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError:
-            self._tcp_broken(flow)
-            return
-        if n < len(data):
-            rest = data if type(data) is bytearray else bytearray(data)  # take_peer_data's
-            del rest[:n]  # buffer is handed over, so trimming it in place copies nothing
-            h.pending = rest
-            self.loop.add_writer(h.fd, self._tcp_drain, flow)
-            self.exit.receive_tcp_write_blocked(flow, time.monotonic())
-
-    def _tcp_drain(self, flow) -> None:
-        h = flow.handle
-        if h is None or h.closed or h.pending is None:
-            return
-        try:
-            n = h.sock.send(h.pending)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._tcp_broken(flow)
-            return
-        del h.pending[:n]
-        if h.pending:
-            return
-        h.pending = None
-        self.loop.remove_writer(h.fd)
-        if h.shutdown_after:
-            self._shutdown(h)
-        if h.close_after:
-            self._close_tcp(flow, abort=False)
-            return
-        self.exit.receive_tcp_writable(flow, time.monotonic())
-        self._host_input()
-
-    def _tcp_broken(self, flow) -> None:
-        """A send failed (reset, broken pipe): the exit resets the peer and then closes us."""
-        h = flow.handle
-        if h.pending is not None:
-            h.pending = None
-            self.loop.remove_writer(h.fd)
-        if h.close_after:
-            self._close_tcp(flow, abort=True)
-            return
-        self._stop_reading(h)
-        self.exit.receive_tcp_reset(flow, time.monotonic())
-        self._host_input()
-
-    @staticmethod
-    def _shutdown(h: TcpSock) -> None:
-        try:
-            h.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def _tcp_shutdown(self, a: TcpShutdown) -> None:
-        h = a.flow.handle
-        if h is None or h.closed:
-            return
-        if h.pending is not None:
-            h.shutdown_after = True
-        else:
-            self._shutdown(h)
-
-    def _tcp_close(self, a: TcpClose) -> None:
-        h = a.flow.handle
-        if h is None and a.flow.egress is not None:
-            self._egress.forget_tcp(a.flow)  # still waiting for its proxy's address
-            return
-        if h is None or h.closed:
-            return
-        if not a.abort and h.pending is not None:
-            self._stop_reading(h)
-            h.close_after = True  # _tcp_drain closes it
-            return
-        self._close_tcp(a.flow, a.abort)
-
-    def _close_tcp(self, flow, abort: bool) -> None:
-        h = flow.handle
-        if h is None or h.closed:
-            return
-        h.closed = True
-        self._live.discard(flow)
-        if h.setup is not None:  # the proxy was still being asked
-            h.setup.cancel()
-            h.setup = None
-        self._stop_reading(h)
-        if h.pending is not None or h.connecting:
-            self.loop.remove_writer(h.fd)
-            h.pending = None
-        if abort:
-            try:
-                h.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-            except OSError:
-                pass
-        h.sock.close()
 
     # -- ICMP echo ---------------------------------------------------------------------------
 
