@@ -1,4 +1,5 @@
-"""Fuzz target for the exit's packet layer: IP parse, UDP/ICMP parse, ICMP errors, reassembly.
+"""Fuzz target for the exit's packet layer: IP parse, UDP/ICMP parse, ICMP errors, reassembly,
+and the datagram/segment class a batch is ordered by (`is_datagram`).
 
 Run: `python fuzz/fuzz_ip_packets.py [corpus_dir] [-max_total_time=60]` (needs atheris).
 The contract under test: a parser may raise `PacketError` and nothing else, whatever the bytes;
@@ -28,6 +29,7 @@ from tether.netstack.wire import (
     checksum,
     fragment_ipv4,
     fragment_ipv6,
+    is_datagram,
     may_send_error,
     parse_icmp,
     parse_ip,
@@ -37,6 +39,7 @@ from tether.netstack.wire import (
 # Small bounds so eviction and limits are reached; the clock comes from the input.
 _REASSEMBLER = Reassembler(max_bytes=1 << 16, max_datagrams=8, max_fragments=32)
 _LIMITER = ErrorRateLimiter()
+_DATAGRAM_PROTOCOLS = (PROTO_ICMP, PROTO_UDP, PROTO_ICMPV6)
 _SRC4, _DST4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 _SRC6, _DST6 = bytes(15) + b"\x01", bytes(15) + b"\x02"
 
@@ -105,11 +108,16 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
     if mode & 1:
         _structured(body, now)
     else:
+        datagram = is_datagram(body)  # the batch's order is chosen before any parse
         for truncated_ok in (False, True):
             try:
                 p = parse_ip(body, truncated_ok=truncated_ok)
             except PacketError:
                 continue
+            first_header = p.nh_pos in (6, 9)  # no IPv6 extension header in between
+            assert datagram == (
+                first_header and p.protocol in (PROTO_ICMP, PROTO_UDP, PROTO_ICMPV6)
+            )
             _exercise(p, now)
     _REASSEMBLER.expire(now)
     assert _REASSEMBLER.bytes <= _REASSEMBLER.max_bytes

@@ -128,13 +128,22 @@ class FakeDevice:
         self.packets: list[bytes] = []
         self.arrived = asyncio.Event()
         self.wakes = 0
+        self.sent_now: list[list[bytes]] = []  # each `send_now` call's packets, in order
         self._timer = None
         self._woken = False
 
-    def start(self, **kw) -> ExitShell:
-        context = InsideContext(self.loop, self.wake, self.mtu, self.addresses, None)
+    def start(self, *, send_now: bool = True, **kw) -> ExitShell:
+        context = InsideContext(
+            self.loop, self.wake, self.mtu, self.addresses, None,
+            send_now=self.send_now if send_now else None,
+        )  # fmt: skip
         self.inside = ExitShell(context, **kw)
         return self.inside
+
+    def send_now(self, packets: list[bytes]) -> None:
+        self.sent_now.append(list(packets))
+        self.packets += packets
+        self.arrived.set()
 
     def inject(self, *packets: bytes) -> None:
         self.inside.receive_packets([(PEER_KEY, p) for p in packets], time.monotonic())

@@ -90,7 +90,7 @@ def test_the_policy_judges_before_anything_reaches_the_proxy():
         h.deliver(syn(dst=dst))
         h.deliver(build_udp_packet(PEER4, dst, 5000, 53, b"q"))
         assert h.actions() == []  # no flow, nothing for the shell to send anywhere
-        rst, icmp = h.out()
+        icmp, rst = h.out()
         assert parse_segment(*_tcp(rst)).flags & RST
         assert parse_icmp(parse_ip(icmp)).code == 13  # administratively prohibited
     assert h.x.refusals()[PEER_KEY] == 6

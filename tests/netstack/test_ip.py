@@ -14,6 +14,7 @@ from tether.netstack.wire import (
     build_ipv6,
     checksum,
     fragment_ipv4,
+    is_datagram,
     parse_ip,
     parse_ipv4,
     parse_ipv6,
@@ -224,3 +225,50 @@ def test_fragment_ipv4_shape(size, mtu, options, ident):
                 i2 += 1 if opts[i2] == 1 else opts[i2 + 1]
         data += bytes(f.payload)
     assert data == bytes(orig.payload)
+
+
+# -- is_datagram: the batch order's class, read from the first header alone ----------------------
+
+DATAGRAM_PROTOCOLS = {1, 17, 58}  # ICMP, UDP, ICMPv6
+
+
+@given(v4addr, v4addr, byte, st.binary(max_size=64), ipv4_options(), st.integers(0, 0x1FFF))
+def test_is_datagram_names_the_protocol_of_every_ipv4_piece(src, dst, proto, payload, options, off):
+    whole = build_ipv4(src, dst, proto, payload, options=options)
+    assert (
+        is_datagram(whole)
+        == (proto in DATAGRAM_PROTOCOLS)
+        == (parse_ip(whole).protocol in DATAGRAM_PROTOCOLS)
+    )
+    # A later fragment carries no transport header, but its IP header still names the protocol:
+    # all pieces of a datagram stay in one class.
+    piece = bytearray(whole)
+    struct.pack_into("!H", piece, 6, 0x2000 | off)  # MF and an offset
+    assert is_datagram(bytes(piece)) == is_datagram(whole)
+
+
+@given(v6addr, v6addr, byte, st.binary(max_size=64))
+def test_is_datagram_reads_the_first_ipv6_next_header_only(src, dst, nh, payload):
+    packet = build_ipv6(src, dst, nh, payload)
+    assert is_datagram(packet) == (nh in DATAGRAM_PROTOCOLS)
+
+
+def test_is_datagram_puts_extension_headers_and_short_input_with_the_segments():
+    hop_by_hop = bytes([17, 0, 1, 4, 0, 0, 0, 0])  # then UDP: a datagram after all, left in order
+    udp = build_ipv6(bytes(16), bytes(16), 0, hop_by_hop + bytes(8))
+    assert parse_ip(udp).protocol == 17 and not is_datagram(udp)
+    assert not is_datagram(b"") and not is_datagram(b"\x45" * 9)
+    assert is_datagram(build_ipv4(bytes(4), bytes(4), 17, b"")[:10])
+
+
+@given(st.binary(max_size=80))
+def test_is_datagram_never_raises_and_agrees_with_the_parser(data):
+    answer = is_datagram(data)
+    try:
+        p = parse_ip(data)
+    except PacketError:
+        return
+    if p.nh_pos in (6, 9):  # no IPv6 extension header before the upper-layer protocol
+        assert answer == (p.protocol in DATAGRAM_PROTOCOLS)
+    else:
+        assert not answer

@@ -22,7 +22,8 @@ through the inside's `wake()`, which schedules one collection per loop iteration
 it is called. The answers to small packets (echo replies, UDP flows) do not wait for that turn:
 before each batch the device asks the inside to `poll()` them and collects at once if there were
 any, since a tunnel socket kept readable by an upload would otherwise be served first and the
-reply would wait for a whole batch.
+reply would wait for a whole batch. An answer that comes back while the inside is still working
+on a batch (it serves the batch's datagrams first) it sends through `send_now`, at once.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class Device:
                     addresses=self._addresses,
                     exit_settings=self._exit_settings,
                     name=self.name,
+                    send_now=self._send_now,
                 )
             )
             if self._peer_egress:  # applied before the start: the peers' first flows need it
@@ -432,6 +434,19 @@ class Device:
         if datagrams and self._sender is not None:
             self._send_drops += self._sender.send(datagrams)
         self._rearm()
+
+    def _send_now(self, packets: list[bytes]) -> None:
+        """The inside's `send_now`: these packets leave before the batch that is being worked
+        on is done (with whatever datagrams the core had queued by then)."""
+        if self.closed:
+            return
+        core = self._core
+        now, wall = time.monotonic(), time.time()
+        for packet in packets:
+            core.send_packet(packet, now, wall)
+        datagrams = core.take_datagrams()
+        if datagrams and self._sender is not None:
+            self._send_drops += self._sender.send(datagrams)
 
     def _forget(self, lost: set[bytes]) -> None:
         """Peers were removed or lost addresses (the file, the API through it, `wg set`, a key

@@ -100,6 +100,10 @@ class InsideContext:
     addresses: tuple
     exit_settings: ExitSettings | None
     name: str = ""  # the device's, for log lines
+    # "Send these packets toward peers now": encrypted and written before it returns, for an
+    # answer that came back while the inside is still working on a batch (None: the inside
+    # leaves them for take_packets). Not for bulk: every call is a write of its own.
+    send_now: Callable[[list[bytes]], None] | None = None
 
 
 InsideFactory = Callable[[InsideContext], Inside]

@@ -70,10 +70,12 @@ from tether.netstack.exit import (
     UdpOpen,
     UdpSend,
 )
+from tether.netstack.wire import is_datagram
 
 log = logging.getLogger("tether.exit")
 
 UDP_BATCH = 64  # datagrams read per readable callback
+ANSWER_POLL = 8  # TCP segments of a batch between two reads of the datagram sockets
 HOST_ADDRESS_REFRESH = 30.0
 _FD_RESERVE = 256  # descriptors kept for everything that is not a flow
 _IP_MTU = getattr(socket, "IP_MTU", 14)
@@ -154,13 +156,47 @@ class ExitShell:
     def receive_packets(
         self, packets: list[tuple[bytes, bytes]], now: float, queue_delay: float | None = None
     ) -> None:
-        """Inside: a batch of packets from peers; the host actions they cause run at once."""
+        """Inside: a batch of packets from peers; the host actions they cause run at once.
+
+        Datagrams (ICMP, UDP: `is_datagram`) are served before the batch's TCP segments, and
+        their host sends leave before the segments' work starts, as fq_codel serves sparse
+        flows first: a ping or a DNS query next to an upload would otherwise wait for every
+        segment ahead of it to be parsed, reassembled and written. Each class keeps its order
+        and no flow is in both, so nothing is reordered within a flow. The host answers while
+        the segments are worked on: every `ANSWER_POLL` segments the answers are read and, once
+        some are, sent at once (`InsideContext.send_now`) instead of after the whole batch and
+        its segments' encryption (on a download, a burst of them)."""
         if queue_delay is not None:
             self.exit.receive_queue_delay(queue_delay, now)
         deliver = self.exit.receive_packet
-        for peer_key, packet in packets:
+        segments = []
+        for item in packets:
+            if is_datagram(item[1]):
+                deliver(item[0], item[1], now)
+            else:
+                segments.append(item)
+        waiting = bool(segments) and len(segments) < len(packets)
+        if waiting:
+            self._run_actions()
+        for i, (peer_key, packet) in enumerate(segments, 1):
             deliver(peer_key, packet, now)
+            if waiting and i % ANSWER_POLL == 0 and self._answer_now():
+                waiting = False
         self._run_actions()
+        if waiting:
+            self._answer_now()
+
+    def _answer_now(self) -> bool:
+        """Read the datagram sockets now; send what the exit answered at once (or leave it to
+        the device's collection when it has no `send_now`). Whether any socket was ready."""
+        if not self.poll():
+            return False
+        send_now = self.context.send_now
+        if send_now is not None:
+            first = self.exit.take_first()
+            if first:
+                send_now(first)
+        return True
 
     def poll(self) -> bool:
         """Inside: read the ping sockets and UDP flows that are ready (datagrams.py), before

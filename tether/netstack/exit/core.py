@@ -353,9 +353,8 @@ class Exit:
         if ps.reassembler is not None:
             ps.reassembler = None
             self._reassembling.discard(ps)
-        packets = self._output.packets
-        if gone and packets:
-            packets[:] = [p for p in packets if _destination(p) not in gone]
+        if gone:
+            self._output.drop_toward(gone)
         if keep is None:
             del self._peers[peer_key]
         self._stats["flows_forgotten"] += ended
@@ -551,15 +550,17 @@ class Exit:
         actions.clear()  # the same list: the tables hold its bound `append`
         return out
 
+    def take_first(self) -> list[bytes]:
+        """The packets toward peers that leave ahead of the TCP segments (echo and UDP replies,
+        ICMP errors, forwards: `ExitOutput`), without the TCP batch step, so that a shell can
+        send an answer while a batch is still being worked on."""
+        return self._output.take_first()
+
     def take_packets(self) -> list[bytes]:
-        """IP packets toward peers, each at most `mtu` bytes (after the TCP batch step)."""
+        """IP packets toward peers, each at most `mtu` bytes (after the TCP batch step), those
+        the exit built one at a time first."""
         self.tcp.flush(self._now)
-        packets = self._output.packets
-        if not packets:
-            return []
-        out = packets[:]
-        packets.clear()
-        return out
+        return self._output.take_packets()
 
     def close(self) -> None:
         """Forget every flow. The actions that release their host sockets are left for
@@ -569,9 +570,4 @@ class Exit:
         self.echo.close_all()
         self._heap.clear()
         self._reassembling.clear()
-        self._output.packets.clear()
-
-
-def _destination(packet: bytes) -> bytes:
-    """The destination address of an IP packet the exit built (IPv4 or IPv6)."""
-    return packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
+        self._output.clear()

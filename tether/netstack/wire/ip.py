@@ -104,6 +104,21 @@ def _view(data: bytes | bytearray | memoryview) -> memoryview:
     return data if data.itemsize == 1 and data.ndim == 1 else data.cast("B")
 
 
+_ANSWERED_ONE_AT_A_TIME = bytes(
+    p in (PROTO_ICMP, PROTO_UDP, PROTO_ICMPV6) for p in range(256)
+)  # by IP protocol number: 1 for ICMP, UDP and ICMPv6
+
+
+def is_datagram(packet: bytes | bytearray | memoryview) -> bool:
+    """Whether the IP header names ICMP, UDP or ICMPv6 as what it carries, read from the
+    first header alone, for ordering a batch before it is parsed (see `ExitShell.receive_packets`).
+    Every fragment of an IPv4 datagram names its protocol, so a datagram's pieces stay together;
+    an IPv6 packet with extension headers, TCP and anything too short to tell are not datagrams."""
+    if len(packet) < 10:
+        return False
+    return _ANSWERED_ONE_AT_A_TIME[packet[9] if packet[0] >> 4 == 4 else packet[6]] == 1
+
+
 def parse_ip(data: bytes | bytearray | memoryview, *, truncated_ok: bool = False) -> IPPacket:
     """Parse an IPv4 or IPv6 packet, chosen by the version nibble.
 
