@@ -14,7 +14,8 @@ while reading the CPU time (/proc, user + system) of every process involved:
 as core-seconds per Gbit delivered. On this machine the client and the exit share 2 cores, so
 the rate in each direction is about what the sum of a row allows: the table shows which party
 a direction is expensive for (issue 14 asks for download >= 0.95 x upload; the last lines say
-what the exit's download cost would have to be for that, everything else as measured).
+what the exit's download cost would have to be for that, everything else as measured, and the
+ratio the other parties' costs allow with an exit as cheap on a download as on an upload, or free).
 
     python bench/bench_cpu_cost.py [--runs 3] [--seconds 8]
 """
@@ -177,6 +178,15 @@ def report(args, results: dict) -> None:
             f"{total_up / sum(down[p] for p in PARTIES):.2f}; for 0.95 at the same CPU the exit's "
             f"download cost would have to be {need:.2f} (now {down['exit']:.2f}, its upload "
             f"{up['exit']:.2f})"
+        )
+        # What the other parties allow whatever the exit does: with the exit's own cost equal
+        # in both directions (its upload's), and with an exit that cost nothing at all.
+        rest_up = total_up - up["exit"]
+        print(
+            f"  the client side alone costs {rest_down:.2f} on a download and {rest_up:.2f} on an "
+            f"upload: an exit whose download cost its upload's ({up['exit']:.2f}) would reach "
+            f"{total_up / (up['exit'] + rest_down):.2f}, one that cost nothing "
+            f"{rest_up / rest_down:.2f}"
         )
     print(
         "raw:",
