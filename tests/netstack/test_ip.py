@@ -14,6 +14,8 @@ from tether.netstack.wire import (
     build_ipv6,
     checksum,
     fragment_ipv4,
+    fragment_ipv6,
+    ipv6_fragment_chain,
     is_datagram,
     parse_ip,
     parse_ipv4,
@@ -248,27 +250,53 @@ def test_is_datagram_names_the_protocol_of_every_ipv4_piece(src, dst, proto, pay
 
 
 @given(v6addr, v6addr, byte, st.binary(max_size=64))
-def test_is_datagram_reads_the_first_ipv6_next_header_only(src, dst, nh, payload):
+def test_is_datagram_reads_the_ipv6_next_header(src, dst, nh, payload):
     packet = build_ipv6(src, dst, nh, payload)
-    assert is_datagram(packet) == (nh in DATAGRAM_PROTOCOLS)
+    if nh not in (0, 43, 44, 60):  # an extension header: the walk tells (below)
+        assert is_datagram(packet) == (nh in DATAGRAM_PROTOCOLS)
 
 
-def test_is_datagram_puts_extension_headers_and_short_input_with_the_segments():
-    hop_by_hop = bytes([17, 0, 1, 4, 0, 0, 0, 0])  # then UDP: a datagram after all, left in order
+def test_is_datagram_reads_ipv6_udp_through_extension_headers_and_short_input_is_not():
+    hop_by_hop = bytes([17, 0, 1, 4, 0, 0, 0, 0])  # then UDP: the same flow as plain UDP
     udp = build_ipv6(bytes(16), bytes(16), 0, hop_by_hop + bytes(8))
-    assert parse_ip(udp).protocol == 17 and not is_datagram(udp)
+    assert parse_ip(udp).protocol == 17 and is_datagram(udp)
+    tcp = build_ipv6(bytes(16), bytes(16), 0, bytes([6]) + hop_by_hop[1:] + bytes(20))
+    assert parse_ip(tcp).protocol == 6 and not is_datagram(tcp)
+    assert not is_datagram(build_ipv6(bytes(16), bytes(16), 0, hop_by_hop[:4]))  # truncated
     assert not is_datagram(b"") and not is_datagram(b"\x45" * 9)
     assert is_datagram(build_ipv4(bytes(4), bytes(4), 17, b"")[:10])
 
 
+@given(
+    v6addr,
+    v6addr,
+    st.sampled_from([6, 17, 58]),
+    st.integers(0, 3000),
+    st.integers(0, (1 << 32) - 1),
+)
+def test_every_ipv6_piece_is_in_the_class_of_the_whole(src, dst, proto, size, ident):
+    """A client fragments a flow's big datagrams and not its small ones: the pieces (the later
+    ones without a transport header) and the whole packet must be in one class."""
+    whole = build_ipv6(src, dst, proto, bytes(8 + size))
+    pieces = fragment_ipv6(whole, 1280, ident)
+    assert {is_datagram(p) for p in pieces} == {is_datagram(whole)} == {proto != 6}
+
+
 @given(st.binary(max_size=80))
 def test_is_datagram_never_raises_and_agrees_with_the_parser(data):
+    """As the parser's protocol, except that an IPv6 fragment header's next header decides (a
+    later piece can tell nothing else)."""
     answer = is_datagram(data)
     try:
         p = parse_ip(data)
     except PacketError:
         return
-    if p.nh_pos in (6, 9):  # no IPv6 extension header before the upper-layer protocol
-        assert answer == (p.protocol in DATAGRAM_PROTOCOLS)
-    else:
-        assert not answer
+    if p.version == 6:
+        try:
+            _, frag = ipv6_fragment_chain(p.raw)
+        except PacketError:
+            frag = None
+        if frag is not None:
+            assert answer == (p.raw[frag] in DATAGRAM_PROTOCOLS)
+            return
+    assert answer == (p.protocol in DATAGRAM_PROTOCOLS)

@@ -110,13 +110,37 @@ _ANSWERED_ONE_AT_A_TIME = bytes(
 
 
 def is_datagram(packet: bytes | bytearray | memoryview) -> bool:
-    """Whether the IP header names ICMP, UDP or ICMPv6 as what it carries, read from the
-    first header alone, for ordering a batch before it is parsed (see `ExitShell.receive_packets`).
-    Every fragment of an IPv4 datagram names its protocol, so a datagram's pieces stay together;
-    an IPv6 packet with extension headers, TCP and anything too short to tell are not datagrams."""
+    """Whether the packet carries ICMP, UDP or ICMPv6, for ordering a batch before it is parsed
+    (see `ExitShell.receive_packets`). Every packet of a flow must land in the same class, or the
+    flow is reordered: every fragment of an IPv4 datagram names its protocol; an IPv6 packet is
+    read through its extension headers (`_datagram_v6`), and a fragment by its fragment header's
+    next header, which every piece of the datagram carries. Anything too short to tell is not a
+    datagram."""
     if len(packet) < 10:
         return False
-    return _ANSWERED_ONE_AT_A_TIME[packet[9] if packet[0] >> 4 == 4 else packet[6]] == 1
+    if packet[0] >> 4 == 4:
+        return _ANSWERED_ONE_AT_A_TIME[packet[9]] == 1
+    nh = packet[6]
+    if nh in _EXT:
+        return _datagram_v6(packet, nh)
+    return _ANSWERED_ONE_AT_A_TIME[nh] == 1
+
+
+def _datagram_v6(packet: bytes | bytearray | memoryview, nh: int) -> bool:
+    """`is_datagram` past IPv6 extension headers: a client fragments its big UDP datagrams and not
+    its small ones, so a flow has packets with and without a fragment header. The walk stops at
+    the fragment header, whose next header is what a later piece (no transport header) can tell.
+    Bounded as the parser's walk; a truncated chain is not a datagram (the exit drops it)."""
+    off, end = 40, len(packet)
+    for _ in range(MAX_EXTENSION_HEADERS):
+        if off + 8 > end:
+            return False
+        if nh == PROTO_IPV6_FRAG:
+            return _ANSWERED_ONE_AT_A_TIME[packet[off]] == 1
+        nh, off = packet[off], off + ((packet[off + 1] + 1) << 3)
+        if nh not in _EXT:
+            return _ANSWERED_ONE_AT_A_TIME[nh] == 1
+    return False
 
 
 def parse_ip(data: bytes | bytearray | memoryview, *, truncated_ok: bool = False) -> IPPacket:
