@@ -29,7 +29,6 @@ from tether.netstack.wire import (
     checksum,
     fragment_ipv4,
     fragment_ipv6,
-    ipv6_fragment_chain,
     is_datagram,
     may_send_error,
     parse_icmp,
@@ -102,15 +101,15 @@ def _structured(data: bytes, now: float) -> None:
 
 
 def _class_protocol(p) -> int:
-    """The protocol `is_datagram` must go by: the parser's, except that an IPv6 fragment
-    header's next header decides (a later piece of the datagram can tell nothing else)."""
-    if p.version == 6:
-        try:
-            _, frag = ipv6_fragment_chain(p.raw)
-        except PacketError:
-            return p.protocol
-        return p.raw[frag]
-    return p.protocol
+    """The protocol `is_datagram` must go by, the same for every piece of a flow: the parser's,
+    except past IPv6 extension headers, where only hop-by-hop and routing are walked, a fragment
+    header's next header decides and destination options (0x3C) stop the walk."""
+    if p.version == 4:
+        return p.protocol
+    raw, nh, off = p.raw, p.raw[6], 40
+    while nh in (0, 43):
+        nh, off = raw[off], off + ((raw[off + 1] + 1) << 3)
+    return raw[off] if nh == 44 else nh
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)

@@ -128,12 +128,15 @@ def is_datagram(packet: bytes | bytearray | memoryview) -> bool:
 
 def _datagram_v6(packet: bytes | bytearray | memoryview, nh: int) -> bool:
     """`is_datagram` past IPv6 extension headers: a client fragments its big UDP datagrams and not
-    its small ones, so a flow has packets with and without a fragment header. The walk stops at
-    the fragment header, whose next header is what a later piece (no transport header) can tell.
-    Bounded as the parser's walk; a truncated chain is not a datagram (the exit drops it)."""
+    its small ones, so a flow has packets with and without a fragment header. Walked: what stays
+    in front of a fragment header (hop-by-hop, routing). The fragment header's next header
+    decides, as a later piece (no transport header) can tell nothing else. Destination options
+    may go behind the fragment header, where a later piece cannot see past them, so a packet
+    that carries them is a segment, fragmented or not. Bounded as the parser's walk; a
+    truncated chain is not a datagram (the exit drops it)."""
     off, end = 40, len(packet)
     for _ in range(MAX_EXTENSION_HEADERS):
-        if off + 8 > end:
+        if off + 8 > end or nh == PROTO_IPV6_OPTS:
             return False
         if nh == PROTO_IPV6_FRAG:
             return _ANSWERED_ONE_AT_A_TIME[packet[off]] == 1
