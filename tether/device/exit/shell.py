@@ -162,7 +162,9 @@ class ExitShell:
         their host sends leave before the segments' work starts, as fq_codel serves sparse
         flows first: a ping or a DNS query next to an upload would otherwise wait for every
         segment ahead of it to be parsed, reassembled and written. Each class keeps its order
-        and no flow is in both, so nothing is reordered within a flow. The host answers while
+        and a flow's packets are all in one class (`is_datagram` decides a fragment as its
+        whole; a flow that puts IPv6 destination options on some packets only is the one way to
+        be in both), so nothing is reordered within a flow. The host answers while
         the segments are worked on: every `ANSWER_POLL` segments the answers are read and, once
         some are, sent at once (`InsideContext.send_now`) instead of after the whole batch and
         its segments' encryption (on a download, a burst of them)."""
@@ -182,6 +184,7 @@ class ExitShell:
             deliver(peer_key, packet, now)
             if waiting and i % ANSWER_POLL == 0 and self._answer_now():
                 waiting = False
+                now = time.monotonic()  # what the poll fed the exit was stamped later
         self._run_actions()
         if waiting:
             self._answer_now()
