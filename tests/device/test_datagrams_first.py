@@ -219,6 +219,31 @@ def test_an_answer_that_comes_back_mid_batch_is_sent_at_once(delay):
 
 
 @SERVER_DELAYS
+def test_a_far_ends_answer_is_sent_at_once_from_a_batch_of_segments_alone(delay):
+    """The far end of a call answers some milliseconds after its query left, in the middle of a
+    later batch that holds only TCP segments (an upload): read and sent by the first poll after
+    it came, as the flow is open (`Exit.awaits_datagrams`)."""
+
+    async def main():
+        async with exit_and_echo_server(delay=delay) as (dev, shell, server, query):
+            shell.receive_packets([(PEER_KEY, query)], time.monotonic())  # the flow opens
+            assert shell.take_packets() == []
+            sent = []
+            seen = Recorder(shell, held_until_answered(server, shell, lambda _: sent.append(
+                len(dev.sent_now))))  # fmt: skip
+            segments = 4 * ANSWER_POLL
+            shell.receive_packets(
+                [(PEER_KEY, tcp4(seq=s)) for s in range(segments)], time.monotonic()
+            )
+            assert seen.notes == [True]
+            assert sent[ANSWER_POLL - 1] == 0 and sent[ANSWER_POLL] == 1
+            ((answer,),) = dev.sent_now
+            assert bytes(parse_udp(parse_ip(answer)).payload) == b"QUERY"
+
+    run(main())
+
+
+@SERVER_DELAYS
 def test_without_send_now_the_answer_leaves_first_in_the_collection(delay):
     async def main():
         async with exit_and_echo_server(send_now=False, delay=delay) as (dev, shell, server, query):

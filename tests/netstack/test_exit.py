@@ -372,6 +372,25 @@ def test_udp_idle_expiry_unreplied_replied_dns():
     assert h.x.flow_count == 0 and h.x.next_timer() is None
 
 
+def test_the_exit_awaits_datagrams_while_a_udp_flow_is_open_or_a_ping_is_out():
+    h = Harness()
+    assert not h.x.awaits_datagrams()
+    h.deliver(build_echo(PEER4, NET4, 1, 1, b"p", reply=False))
+    (send,) = h.actions()
+    assert h.x.awaits_datagrams()
+    h.x.receive_echo_reply(4, NET4, send.seq, b"p", h.now)
+    h.out()
+    assert not h.x.awaits_datagrams()  # answered
+    h.deliver(build_echo(PEER4, NET4, 1, 2, b"p", reply=False))
+    h.actions()
+    h.run_until(h.now + 10.1)
+    assert not h.x.awaits_datagrams()  # forgotten unanswered
+    (o, _) = udp_flow(h, dport=9000)
+    assert h.x.awaits_datagrams()
+    h.run_until(h.now + 30.1)
+    assert h.actions() == [UdpClose(o.flow)] and not h.x.awaits_datagrams()
+
+
 def test_udp_per_peer_limit_evicts_least_recently_used():
     h = Harness(config=ExitConfig(max_flows_per_peer=3))
     flows = [udp_flow(h, sport=1000 + i)[0].flow for i in range(3)]

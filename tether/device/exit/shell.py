@@ -164,10 +164,15 @@ class ExitShell:
         segment ahead of it to be parsed, reassembled and written. Each class keeps its order
         and a flow's packets are all in one class (`is_datagram` decides a fragment as its
         whole; a flow that puts IPv6 destination options on some packets only is the one way to
-        be in both), so nothing is reordered within a flow. The host answers while
-        the segments are worked on: every `ANSWER_POLL` segments the answers are read and, once
-        some are, sent at once (`InsideContext.send_now`) instead of after the whole batch and
-        its segments' encryption (on a download, a burst of them)."""
+        be in both), so nothing is reordered within a flow.
+
+        The host answers while the segments are worked on: while the batch brought datagrams or
+        the exit awaits answers to earlier ones (`Exit.awaits_datagrams`: a game's or a call's
+        far end answers milliseconds later, in the middle of some other batch), the datagram
+        sockets are read every `ANSWER_POLL` segments and what they brought is sent at once
+        (`InsideContext.send_now`) instead of after the whole batch and its segments'
+        encryption (on a download, a burst of them). Once per batch: a host-side flood gets
+        one more turn per batch, not one per `ANSWER_POLL` segments."""
         if queue_delay is not None:
             self.exit.receive_queue_delay(queue_delay, now)
         deliver = self.exit.receive_packet
@@ -177,9 +182,13 @@ class ExitShell:
                 deliver(item[0], item[1], now)
             else:
                 segments.append(item)
-        waiting = bool(segments) and len(segments) < len(packets)
-        if waiting:
-            self._run_actions()
+        waiting = False
+        if segments:
+            if len(segments) < len(packets):
+                waiting = True
+                self._run_actions()
+            else:
+                waiting = self.exit.awaits_datagrams()
         for i, (peer_key, packet) in enumerate(segments, 1):
             deliver(peer_key, packet, now)
             if waiting and i % ANSWER_POLL == 0 and self._answer_now():

@@ -218,6 +218,12 @@ class Exit:
         c["timer_entries"] = len(self._heap)
         return c
 
+    def awaits_datagrams(self) -> bool:
+        """Whether an answer may come from the host's datagram side: a UDP flow is open or an
+        echo request is outstanding (the shell then reads its datagram sockets between the TCP
+        segments of a batch, so that the answer does not wait for the batch)."""
+        return bool(self.udp.flows or self.echo.pending)
+
     def refusals(self) -> dict[bytes, int]:
         """Packets refused by the policy, per peer key (peers with none are left out). One
         entry per peer the exit tracks, gone with the peer's state."""
