@@ -27,10 +27,13 @@ to the owner by key hash or by position in the file, initiations forwarded betwe
 (default `tuple`: whoever receives the initiation). --no-latency skips part 1. --split (needs
 tcpdump) adds to part 1 how much of each ping's round trip was spent in the exit, from the
 datagram bringing the request in to the one taking the reply out (bench/ping_split.py); the
-rest is the client's side.
+rest is the client's side. --far-end MS adds to part 1 a call's far end: UDP probes every 20 ms
+to a server in inet that answers MS late, in the middle of some later batch (the round trip
+less MS; with --split, each answer's time in the exit; bench/far_end.py).
 
     python bench/bench_exit_load.py [--runs 3] [--seconds 8] [--clients 1,4,12]
-                                    [--workers 2] [--no-latency] [--split] [--profile DIR]
+                                    [--workers 2] [--no-latency] [--split] [--far-end MS]
+                                    [--profile DIR]
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import far_end  # noqa: E402
 import ping_split  # noqa: E402
 from bench_exit_iperf import (  # noqa: E402
     INET,
@@ -214,15 +218,26 @@ def quantile(xs: list[float], q: float) -> float:
 
 
 def under_load(
-    ns: str, port: int, seconds: int, reverse: bool, split: tuple[str, Path] | None = None
+    ns: str,
+    port: int,
+    seconds: int,
+    reverse: bool,
+    split: tuple[str, Path] | None = None,
+    far_ms: float = 0.0,
 ) -> dict[str, float]:
     """`split` (the exit's namespace, a capture file): also the exit's share of each ping
-    (ping_split.py), as "exit p50"/"exit p90"."""
+    (ping_split.py), as "exit p50"/"exit p90". `far_ms`: also a far end answering that late
+    (far_end.py), as "far p50"/"far p90"/"far lost" (and "far exit p50"/"far exit p90")."""
     capture = ping_split.Capture(*split) if split else None
+    far_capture = None
+    if split and far_ms:
+        far_capture = far_end.capture(split[0], split[1].with_suffix(".far.pcap"))
     proc = iperf_start(ns, port, seconds, *(["-R"] if reverse else []))
     time.sleep(1.0)  # past slow start: the queue is what is measured (and tcpdump is up)
+    prober = far_end.Prober(ns, INET, far_ms, seconds - 2) if far_ms else None
     size = ping_split.PING_SIZE if split else 56
     rtts, sent = ping(ns, max(10, int((seconds - 2) / 0.05)), size=size)
+    far = prober.result() if prober is not None else None
     rate = iperf_result(proc, seconds)
     row = {
         "Mbit/s": rate,
@@ -235,6 +250,12 @@ def under_load(
         exit_share = capture.stop()
         row["exit p50"] = quantile(exit_share, 0.5)
         row["exit p90"] = quantile(exit_share, 0.9)
+    if far is not None:
+        row["far p50"], row["far p90"] = quantile(far[0], 0.5), quantile(far[0], 0.9)
+        row["far lost"] = far[1] - len(far[0])
+    if far_capture is not None:
+        answers = far_capture.stop()
+        row["far exit p50"], row["far exit p90"] = quantile(answers, 0.5), quantile(answers, 0.9)
     return row
 
 
@@ -335,6 +356,13 @@ def main() -> int:
         help="part 1 also gives the exit's share of each ping (tcpdump; ping_split.py)",
     )
     parser.add_argument(
+        "--far-end",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="part 1 also probes a UDP far end that answers MS late (far_end.py)",
+    )
+    parser.add_argument(
         "--profile", metavar="DIR", help="profile one extra round of part 2 into DIR"
     )
     args = parser.parse_args()
@@ -355,6 +383,8 @@ def main() -> int:
         return 0
     if args.split and not ping_split.available():
         parser.error("--split needs tcpdump (apt install tcpdump)")
+    if not 0 <= args.far_end <= 1000:
+        parser.error("--far-end: a delay of 0..1000 ms")
     paths = ["tetherctl", REFERENCE] + [
         f"tetherctl x{w}" + (f" {rule}" if rule != "tuple" else "") for w, rule in workers
     ]
@@ -367,6 +397,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             pids: dict[str, list[int]] = {}
             clients = build(lab, Path(tmp), nmax, paths, workers, pids)
+            if args.far_end and not args.no_latency:  # ends by itself; killed below anyway
+                far_end.start_server(lab, lab.name("i"), INET, args.far_end, 4 * 3600)
             for nss in clients.values():  # handshakes done before measuring
                 for ns in nss:
                     ping(ns, 3, 0.2)
@@ -389,7 +421,14 @@ def main() -> int:
                         pcap = Path(tmp) / f"split-{run}-{direction}-{paths.index(path)}.pcap"
                         split = (lab.name("x"), pcap) if args.split else None
                         load[direction][path].append(
-                            under_load(clients[path][0], ports[path], args.seconds, reverse, split)
+                            under_load(
+                                clients[path][0],
+                                ports[path],
+                                args.seconds,
+                                reverse,
+                                split,
+                                args.far_end,
+                            )  # fmt: skip
                         )
                         time.sleep(0.5)
                 for n in counts:
@@ -443,11 +482,18 @@ def report(args, paths: list[str], load: dict, multi: dict, counts: list[int]) -
         keys_ = ("p50", "p90", "max", "lost") + (("Mbit/s",) if direction != "idle" else ())
         if args.split and direction != "idle":
             keys_ += ("exit p50", "exit p90")
+        if args.far_end and direction != "idle":
+            keys_ += ("far p50", "far p90", "far lost")
+            keys_ += ("far exit p50", "far exit p90") if args.split else ()
         for key in keys_:
-            unit = "" if key in ("lost", "Mbit/s") else " ms"
+            unit = "" if key in ("lost", "far lost", "Mbit/s") else " ms"
             label = f"ping {key}{unit}" if key != "Mbit/s" else "iperf3 Mbit/s"
             if key.startswith("exit "):
                 label = f"ping {key[5:]} in the exit ms"
+            elif key.startswith("far exit "):
+                label = f"far {key[9:]} in the exit ms"
+            elif key.startswith("far "):
+                label = f"far answer {key[4:]}{unit}"
             line(f"{direction}: {label}", load[direction], key)
     for n in counts:
         for key in ("Mbit/s", "jain"):

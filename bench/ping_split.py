@@ -28,9 +28,10 @@ PING_SIZE = 200
 _UDP_LENGTH = 8 + 16 + 240 + 16  # UDP header, WireGuard data header, padded packet, tag
 
 
-def shares(tcpdump_text: str) -> list[float]:
+def shares(tcpdump_text: str, begins=None, ends=None) -> list[float]:
     """The exit's share (ms) of each ping, from `tcpdump -tt -nn` lines of an `any` capture:
-    from a datagram coming In to the next one going Out."""
+    from a datagram coming In to the next one going Out (of those lines `begins` and `ends`
+    accept, when given: far_end.py's capture holds other datagrams too)."""
     out: list[float] = []
     start = None
     for line in tcpdump_text.splitlines():
@@ -41,27 +42,30 @@ def shares(tcpdump_text: str) -> list[float]:
             t = float(fields[0])
         except ValueError:
             continue
-        if fields[2] == "In":
+        if fields[2] == "In" and (begins is None or begins(line)):
             start = t
-        elif fields[2] == "Out" and start is not None:
+        elif fields[2] == "Out" and start is not None and (ends is None or ends(line)):
             out.append((t - start) * 1e3)
             start = None
     return out
 
 
 class Capture:
-    """tcpdump in namespace `ns` for the ping datagrams, into `pcap`, until `stop()`."""
+    """tcpdump in namespace `ns` for the ping datagrams (or what `bpf` picks), into `pcap`,
+    until `stop()`, which reads the capture with `parse` (`shares`, or far_end's)."""
 
-    def __init__(self, ns: str, pcap: Path) -> None:
+    def __init__(self, ns: str, pcap: Path, bpf: str = "", parse=None) -> None:
         self.pcap = pcap
+        self.parse = parse or shares
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, "tcpdump", "-i", "any", "-nn", "-B", "8192",
-             "--time-stamp-precision=nano", "-w", str(pcap), f"udp and udp[4:2] == {_UDP_LENGTH}"],
+             "--time-stamp-precision=nano", "-w", str(pcap),
+             bpf or f"udp and udp[4:2] == {_UDP_LENGTH}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
 
     def stop(self) -> list[float]:
-        """The exit's share of each ping captured (ms), in order."""
+        """The exit's share of each ping (or answer) captured (ms), in order."""
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(10)
@@ -74,7 +78,7 @@ class Capture:
             ["tcpdump", "-r", str(self.pcap), "-nn", "-tt", "--time-stamp-precision=nano"],
             capture_output=True, text=True, timeout=60,
         ).stdout  # fmt: skip
-        return shares(text)
+        return self.parse(text)
 
 
 def available() -> bool:
