@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -33,14 +34,34 @@ def test_each_answer_is_paired_with_the_next_tunnel_datagram_out():
     assert [round(x, 3) for x in got] == [0.2, 1.2]  # the last Out had no answer before it
 
 
+def answering(port: int, seconds: float) -> bool:
+    """Whether the far end on loopback `port` answers within `seconds` (asked every 0.1 s)."""
+    end = time.monotonic() + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("127.0.0.1", port))
+        s.settimeout(0.1)
+        while time.monotonic() < end:
+            s.send(b"up?")
+            try:
+                if s.recv(64) == b"up?":
+                    return True
+            except OSError:  # not yet listening (refused), or not yet answered
+                pass
+    return False
+
+
 def test_the_server_answers_late_and_the_prober_takes_the_delay_off():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # Its interpreter starts late on purpose, as on a loaded machine: a probe sent before it
+    # is up is refused, so the probes start once it answers.
     server = subprocess.Popen(
-        [sys.executable, "-c", far_end.SERVER, "127.0.0.1", str(port), "0.03", "10"]
-    )
+        ["sh", "-c", 'sleep 0.2; exec "$0" -c "$1" 127.0.0.1 "$2" 0.03 10',
+         sys.executable, far_end.SERVER, str(port)],
+    )  # fmt: skip
     try:
+        assert answering(port, 10.0)
         out = subprocess.run(
             [sys.executable, "-c", far_end.PROBER, "127.0.0.1", str(port), "1.0", "0.03", "150"],
             capture_output=True, text=True, timeout=30, check=True,
