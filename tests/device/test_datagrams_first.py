@@ -361,3 +361,62 @@ def test_an_ipv6_udp_flow_is_not_reordered_around_its_fragmented_datagrams():
     batch = [*pieces, small, tcp4()]
     delivered, _ = delivered_order(batch)
     assert delivered[: len(pieces) + 1] == [*pieces, small]
+
+
+# -- the exit's clock ----------------------------------------------------------------------------
+
+
+class ClockWatch:
+    """Wraps the exit's `receive_packet`: whether each packet was handed a `now` no earlier
+    than the exit's clock (what the host side fed it last), as the exit requires."""
+
+    def __init__(self, shell) -> None:
+        self.steps_back: list[float] = []
+        self._exit = shell.exit
+        self._real = shell.exit.receive_packet
+        shell.exit.receive_packet = self
+
+    def __call__(self, peer_key, packet, now) -> None:
+        if now < self._exit._now:
+            self.steps_back.append(self._exit._now - now)
+        self._real(peer_key, packet, now)
+
+
+def test_the_exits_clock_does_not_step_back_after_a_mid_batch_poll():
+    """The poll fed the exit an answer stamped later than the batch: the segments after it
+    are handed a fresh clock."""
+
+    async def main():
+        async with exit_and_echo_server() as (dev, shell, server, query):
+            shell.receive_packets([(PEER_KEY, query)], time.monotonic())  # the flow opens
+            assert server.got.wait(2.0) and readable(shell)
+            watch = ClockWatch(shell)
+            batch = [(PEER_KEY, tcp4(seq=s)) for s in range(2 * ANSWER_POLL)]
+            shell.receive_packets(batch, time.monotonic())
+            assert len(dev.sent_now) == 1 and watch.steps_back == []
+
+    run(main())
+
+
+def test_the_exits_clock_does_not_step_back_after_the_datagrams_host_sends():
+    """A datagram's host send fails (the destination refused the one before it): the error is
+    fed to the exit stamped after the batch's clock, before the segments are worked on."""
+
+    async def main():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed: the host answers port unreachable
+        dev = FakeDevice(asyncio.get_running_loop())
+        try:
+            shell = dev.start(allow_local=True)
+            query = build_udp_packet(PEER4, LO4, 4000, port, b"query")
+            shell.receive_packets([(PEER_KEY, query)], time.monotonic())
+            assert readable(shell)  # the refusal is pending on the flow's socket
+            watch = ClockWatch(shell)
+            batch = [(PEER_KEY, query)] + [(PEER_KEY, tcp4(seq=s)) for s in range(2)]
+            shell.receive_packets(batch, time.monotonic())
+            assert watch.steps_back == []
+        finally:
+            dev.close()
+
+    run(main())
