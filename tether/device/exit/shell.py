@@ -172,7 +172,9 @@ class ExitShell:
         sockets are read every `ANSWER_POLL` segments and what they brought is sent at once
         (`InsideContext.send_now`) instead of after the whole batch and its segments'
         encryption (on a download, a burst of them). Once per batch: a host-side flood gets
-        one more turn per batch, not one per `ANSWER_POLL` segments."""
+        one more turn per batch, not one per `ANSWER_POLL` segments. What the host side fed
+        the exit meanwhile (an answer, a failed send's error) was stamped later than the
+        batch: the segments after it get a fresh clock, as the exit's must not step back."""
         if queue_delay is not None:
             self.exit.receive_queue_delay(queue_delay, now)
         deliver = self.exit.receive_packet
@@ -187,6 +189,7 @@ class ExitShell:
             if len(segments) < len(packets):
                 waiting = True
                 self._run_actions()
+                now = time.monotonic()  # a failed host send fed the exit a later clock
             else:
                 waiting = self.exit.awaits_datagrams()
         for i, (peer_key, packet) in enumerate(segments, 1):
