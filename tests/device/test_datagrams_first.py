@@ -316,10 +316,12 @@ def test_the_devices_send_now_encrypts_and_sends_before_the_inside_returns():
     run(main())
 
 
-def test_what_a_peer_can_make_one_batch_cost_is_bounded():
-    """An attacker's batches of a datagram and many segments: without an answer, one poll per
-    ANSWER_POLL segments and one after; with the host flooding the flow, one poll and one
-    `send_now` (the poll reads a bounded batch from each socket), however long the batch."""
+@pytest.mark.parametrize("with_datagram", [True, False])
+def test_what_a_peer_can_make_one_batch_cost_is_bounded(with_datagram):
+    """An attacker's batches of a datagram and many segments, or of segments alone while its
+    UDP flow is open (`Exit.awaits_datagrams`): without an answer, one poll per ANSWER_POLL
+    segments and one after; with the host flooding the flow, one poll and one `send_now` (the
+    poll reads a bounded batch from each socket), however long the batch."""
 
     async def main():
         flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -327,10 +329,13 @@ def test_what_a_peer_can_make_one_batch_cost_is_bounded():
         dev = FakeDevice(asyncio.get_running_loop())
         try:
             shell = dev.start(allow_local=True)
-            polls = count_polls(shell)
             segments = 8 * ANSWER_POLL
             query = build_udp_packet(PEER4, LO4, 4000, flood.getsockname()[1], b"query")
             batch = [(PEER_KEY, query)] + [(PEER_KEY, tcp4(seq=s)) for s in range(segments)]
+            if not with_datagram:
+                shell.receive_packets(batch[:1], time.monotonic())  # the flow opens
+                batch = batch[1:]
+            polls = count_polls(shell)
             shell.receive_packets(batch, time.monotonic())  # nobody answers
             assert len(polls) == segments // ANSWER_POLL + 1 and dev.sent_now == []
 
