@@ -228,10 +228,22 @@ def under_load(
     """`split` (the exit's namespace, a capture file): also the exit's share of each ping
     (ping_split.py), as "exit p50"/"exit p90". `far_ms`: also a far end answering that late
     (far_end.py), as "far p50"/"far p90"/"far lost" (and "far exit p50"/"far exit p90")."""
-    capture = ping_split.Capture(*split) if split else None
-    far_capture = None
+    captures = []  # tcpdumps are not the lab's: closed here whatever happens
+    try:
+        return _under_load(ns, port, seconds, reverse, split, far_ms, captures)
+    finally:
+        for capture in captures:
+            capture.close()
+
+
+def _under_load(ns, port, seconds, reverse, split, far_ms, captures: list) -> dict[str, float]:
+    capture = far_capture = None
+    if split:
+        capture = ping_split.Capture(*split)
+        captures.append(capture)
     if split and far_ms:
         far_capture = far_end.capture(split[0], split[1].with_suffix(".far.pcap"))
+        captures.append(far_capture)
     proc = iperf_start(ns, port, seconds, *(["-R"] if reverse else []))
     time.sleep(1.0)  # past slow start: the queue is what is measured (and tcpdump is up)
     prober = far_end.Prober(ns, INET, far_ms, seconds - 2) if far_ms else None

@@ -64,6 +64,12 @@ class Capture:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
 
+    def close(self) -> None:
+        """End tcpdump if `stop` never did (the measurement failed half way)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> list[float]:
         """The exit's share of each ping (or answer) captured (ms), in order."""
         self.proc.send_signal(signal.SIGINT)
