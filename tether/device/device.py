@@ -422,29 +422,31 @@ class Device:
         if inside is not None:
             outbound = inside.take_packets()
             if outbound:
-                now, wall = time.monotonic(), time.time()
-                send = core.send_packet
-                for packet in outbound:
-                    send(packet, now, wall)
+                self._encrypt(outbound)
         role = self._role
         if role is not None and role.forward is not None:
             for key, datagram, source in core.take_forwards():
                 role.forward(role.owner(key), key, datagram, source)
-        datagrams = core.take_datagrams()
-        if datagrams and self._sender is not None:
-            self._send_drops += self._sender.send(datagrams)
+        self._write()
         self._rearm()
 
     def _send_now(self, packets: list[bytes]) -> None:
         """The inside's `send_now`: these packets leave before the batch that is being worked
         on is done (with whatever datagrams the core had queued by then)."""
-        if self.closed:
-            return
-        core = self._core
+        if not self.closed:
+            self._encrypt(packets)
+            self._write()
+
+    def _encrypt(self, packets: list[bytes]) -> None:
+        """The inside's packets toward peers, to the core (routed, encrypted into datagrams)."""
         now, wall = time.monotonic(), time.time()
+        send = self._core.send_packet
         for packet in packets:
-            core.send_packet(packet, now, wall)
-        datagrams = core.take_datagrams()
+            send(packet, now, wall)
+
+    def _write(self) -> None:
+        """The core's datagrams, to the socket (GSO runs; drops counted as a NIC's)."""
+        datagrams = self._core.take_datagrams()
         if datagrams and self._sender is not None:
             self._send_drops += self._sender.send(datagrams)
 
