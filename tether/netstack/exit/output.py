@@ -68,13 +68,9 @@ class ExitOutput:
 
     def take_packets(self) -> list[bytes]:
         """Everything queued toward peers, `first` ahead of `packets`, and empty both."""
-        first, packets = self.first, self.packets
-        if not first:
-            out = packets[:]
-        else:
-            out = first + packets
-            first.clear()
-        packets.clear()  # the same list: the TCP table holds its bound `append`
+        out = self.first + self.packets
+        self.first.clear()
+        self.packets.clear()  # the same list: the TCP table holds its bound `append`
         return out
 
     def take_first(self) -> list[bytes]:
